@@ -1,0 +1,47 @@
+# vitsweep: `make sweep` runs the default study from a fresh clone; `make test` runs the suite.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+N      ?= 4
+PORT   ?= 8080
+
+.DEFAULT_GOAL := help
+.PHONY: help install sweep test bench report dashboard workers clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install vitsweep with its dev tools
+
+sweep: $(STAMP)  ## run (or resume) the default study, then write its report; ARGS=overrides
+	$(BIN)/vitsweep -m $(ARGS)
+	$(BIN)/vitsweep-report $(ARGS)
+
+test: $(STAMP)  ## the whole test suite (slow tests included)
+	$(BIN)/ruff check vitsweep tests hydra_plugins
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, README table
+	$(BIN)/python -m vitsweep.bench $(ARGS)
+
+report: $(STAMP)  ## rebuild a study's report from its storage; ARGS=experiment=...
+	$(BIN)/vitsweep-report $(ARGS)
+
+dashboard: $(STAMP)  ## optuna-dashboard on 127.0.0.1:PORT (8080) for the study storage
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) $${VITSWEEP_STORAGE:-sqlite:///multirun/vitsweep.db}
+
+workers: $(STAMP)  ## N local workers on one study (ARGS=overrides); each asks for its next trial
+	@for i in $$(seq $(N)); do $(BIN)/vitsweep -m $(ARGS) > multirun/worker-$$i.log 2>&1 & done; \
+	 echo "started $(N) workers; logs in multirun/worker-*.log"; wait
+
+clean:  ## remove outputs (multirun/*) and caches; keeps .venv
+	find multirun -mindepth 1 -not -name .gitkeep -delete
+	rm -rf .pytest_cache .ruff_cache outputs

@@ -1,0 +1,41 @@
+"""Shared fixtures: run the real console scripts in a throwaway root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    return env
+
+
+def run_cli(
+    tool: str, *args: str, cwd: Path, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A launch directory: outputs go to <workdir>/multirun like a user's checkout."""
+    return tmp_path

@@ -1,0 +1,31 @@
+"""What every benchmark section returns, so `python -m vitsweep.bench` can print, save and
+put it in the README the same way."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Target:
+    name: str  # e.g. "tome r=13 / stock"
+    value: float
+    goal: str  # e.g. ">= 1.7"
+    met: bool
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[dict[str, Any]]  # the table: one dict per row, same keys
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # machine, settings, caveats
+
+
+def median_over(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
+    """Median of `repeats` calls of `fn` and the raw values (quote medians, keep the spread)."""
+    values = [fn() for _ in range(repeats)]
+    return statistics.median(values), values

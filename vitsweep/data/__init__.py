@@ -1,0 +1,30 @@
+"""Datasets that need no download: scikit-learn digits, synthetic X-ray, ImageFolder trees."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from vitsweep.data.splits import Splits
+from vitsweep.spec import ConfigError, DataSpec
+
+__all__ = ["Splits", "load"]
+
+
+@lru_cache(maxsize=4)
+def load(spec: DataSpec) -> Splits:
+    """The train/val/test splits of `spec`, cached per process (trials in one worker share them)."""
+    if spec.name == "digits":
+        from vitsweep.data.digits import load_digits
+
+        return load_digits(spec)
+    if spec.name == "xray_synth":
+        from vitsweep.data.xray import load_xray
+
+        return load_xray(spec)
+    if spec.name == "folder":
+        from vitsweep.data.folder import load_folder
+
+        return load_folder(spec)
+    raise ConfigError(
+        f"data.name={spec.name!r}: unknown dataset; valid: digits, xray_synth, folder"
+    )

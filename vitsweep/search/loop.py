@@ -1,0 +1,179 @@
+"""The study loop: ask -> overrides -> launch -> tell, until the study's budget is met.
+
+No Hydra here: `launch` is any callable that runs a batch of override lists and returns one
+`Outcome` each, which is what tests and the Hydra sweeper both provide.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vitsweep.search.heartbeat import beating, recover_stale
+from vitsweep.search.space import SearchSpace, format_override
+from vitsweep.search.spec import SweeperSpec
+from vitsweep.spec import TrialSpec
+
+log = logging.getLogger("vitsweep.sweep")
+
+BASELINE_ATTR = "baseline"
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # the job's resolved config, for the trial's W&B run
+    error: str | None = None
+
+
+@dataclass
+class Constraint:
+    metric: str
+    op: str  # ">=" or "<="
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        for op in (">=", "<="):
+            if op in text:
+                metric, bound = (s.strip() for s in text.split(op, 1))
+                try:
+                    return cls(metric, op, float(bound))
+                except ValueError:
+                    break
+        from vitsweep.spec import ConfigError
+
+        raise ConfigError(
+            f"hydra.sweeper.constraints: {text!r}: expected '<metric> >= <number>' or '<= <number>'"
+        )
+
+    def violation(self, metrics: dict[str, Any]) -> float:
+        """Optuna's convention: <= 0 is feasible."""
+        value = float(metrics[self.metric])
+        return self.bound - value if self.op == ">=" else value - self.bound
+
+
+class StudyFailed(RuntimeError):
+    """The failure budget is spent; the study stops (its trials stay in storage)."""
+
+
+def failure_budget(spec: SweeperSpec) -> int:
+    return math.floor(spec.max_failure_rate * spec.n_trials)
+
+
+def counted_failures(trials: list[FrozenTrial]) -> int:
+    """Failures of the candidates themselves; trials of killed workers do not count."""
+    return sum(
+        1
+        for t in trials
+        if t.state == TrialState.FAIL
+        and not str(t.user_attrs.get("fail_reason", "stale")).startswith("stale")
+    )
+
+
+class StudyLoop:
+    def __init__(
+        self,
+        spec: SweeperSpec,
+        study: optuna.Study,
+        space: SearchSpace,
+        base: TrialSpec,
+        launch: Callable[[list[list[str]]], list[Outcome]],
+        on_trial: Callable[[FrozenTrial, Outcome], None] = lambda t, o: None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        self.spec, self.study, self.space, self.base = spec, study, space, base
+        self.launch, self.on_trial = launch, on_trial
+        self.prefix = list(prefix)  # overrides every trial gets (the command line's)
+        self.objectives = list(spec.objectives)
+        self.constraints = [Constraint.parse(c) for c in spec.constraints]
+        self.ran: list[int] = []
+
+    def run(self) -> list[int]:
+        """Run trials until the study holds `n_trials` COMPLETE ones; return numbers run here."""
+        spec = self.spec
+        while True:
+            stale = recover_stale(self.study, spec.grace_period, spec.on_stale == "retry")
+            if stale:
+                log.warning("recovered stale trials %s (%s)", stale, spec.on_stale)
+            trials = self.study.get_trials(deepcopy=False)
+            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            failures = counted_failures(trials)
+            if failures > failure_budget(spec):
+                raise StudyFailed(
+                    f"{failures} failed trials exceed hydra.sweeper.max_failure_rate="
+                    f"{spec.max_failure_rate} of n_trials={spec.n_trials}; see fail_reason"
+                )
+            if complete >= spec.n_trials:
+                return self.ran
+            free = spec.n_trials - complete - running
+            if free <= 0:
+                # Others hold the rest of the budget: wait for them, or for them to go stale.
+                time.sleep(min(spec.heartbeat_interval, 2.0))
+                continue
+            self._run_batch(min(free, spec.n_jobs), complete)
+
+    def _run_batch(self, size: int, complete: int) -> None:
+        batch = [self.study.ask() for _ in range(size)]
+        overrides = []
+        for t in batch:
+            if t.user_attrs.get(BASELINE_ATTR):
+                chosen = dict(self.spec.baseline)
+            else:
+                chosen = self.space.sample(t, self.base)
+            lines = [format_override(k, v) for k, v in chosen.items()]
+            overrides.append([*self.prefix, *lines, f"trial_number={t.number}"])
+            log.info(
+                "trial %d (%d/%d complete): %s",
+                t.number,
+                complete,
+                self.spec.n_trials,
+                " ".join(lines) or "(base config)",
+            )
+        with beating(self.study, batch, self.spec.heartbeat_interval):
+            outcomes = self.launch(overrides)
+        for t, outcome in zip(batch, outcomes, strict=True):
+            frozen = self._tell(t, outcome)
+            self.ran.append(t.number)
+            self.on_trial(frozen, outcome)
+
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial:
+        reason = outcome.error
+        values: list[float] = []
+        if reason is None:
+            metrics = outcome.metrics or {}
+            for name in self.objectives:
+                value = metrics.get(name)
+                if value is None:
+                    reason = f"objective {name!r} missing from the trial's metrics"
+                    break
+                if not math.isfinite(float(value)):
+                    reason = f"objective {name!r} is {value}"
+                    break
+                values.append(float(value))
+        if reason is None:
+            for key, value in (outcome.metrics or {}).items():
+                trial.set_user_attr(key, value)
+            if self.constraints:
+                trial.set_user_attr(
+                    "constraints", [c.violation(outcome.metrics) for c in self.constraints]
+                )
+            frozen = self.study.tell(trial, values)
+            log.info("trial %d COMPLETE %s", trial.number, _fmt_values(self.objectives, values))
+        else:
+            trial.set_user_attr("fail_reason", reason)
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d FAIL: %s", trial.number, reason)
+        return frozen
+
+
+def _fmt_values(names: list[str], values: list[float]) -> str:
+    return " ".join(f"{n}={v:.4g}" for n, v in zip(names, values, strict=True))

@@ -1,0 +1,64 @@
+"""Plain description of a study: what the sweeper's config becomes after the doorway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vitsweep.spec import METRIC_NAMES, ConfigError
+
+DEFAULT_OBJECTIVES = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: Literal["tpe", "nsga2", "random", "gp", "grid"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = 8  # tpe/gp: random trials before the model kicks in
+    population_size: int = 16  # nsga2
+
+
+@dataclass(frozen=True)
+class SweeperSpec:
+    study_name: str = "vitsweep"
+    storage: str | None = None  # any Optuna URL; None: sqlite:///<paths.root>/vitsweep.db
+    n_trials: int = 20  # the study's total budget of COMPLETE trials, across launches and workers
+    objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    params: dict[str, str] = field(default_factory=dict)  # Hydra sweep grammar per key
+    space_hook: str | None = None  # dotted path of a conditional-space function
+    constraints: tuple[str, ...] = ()  # e.g. "accuracy >= 0.8"
+    max_failure_rate: float = 0.5  # failed trials allowed, as a fraction of n_trials
+    enqueue_baseline: bool = True
+    baseline: dict[str, Any] = field(default_factory=dict)  # overrides of trial 0
+    heartbeat_interval: int = 5  # seconds between heartbeats of a running trial
+    grace_period: int = 20  # seconds without heartbeat before a RUNNING trial is stale
+    on_stale: Literal["retry", "fail"] = "retry"  # a dead worker's trial: run again or drop
+    n_jobs: int = 1  # trials handed to the launcher at once (joblib/submitit run them in parallel)
+
+    def __post_init__(self) -> None:
+        numeric = [m for m in METRIC_NAMES if m != "energy_source"]
+        for name, direction in self.objectives.items():
+            if name not in numeric:
+                raise ConfigError(
+                    f"hydra.sweeper.objectives.{name}: not a metric; valid: {', '.join(numeric)}"
+                )
+            if direction not in ("maximize", "minimize"):
+                raise ConfigError(
+                    f"hydra.sweeper.objectives.{name}={direction}: valid: maximize, minimize"
+                )
+        if not self.objectives:
+            raise ConfigError("hydra.sweeper.objectives: name at least one metric")
+        if self.n_trials < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials}: must be >= 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: must be in [0, 1]"
+            )
+        if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                f"hydra.sweeper.grace_period={self.grace_period}: must exceed "
+                f"heartbeat_interval={self.heartbeat_interval} (both >= 1 s)"
+            )
+        if self.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: must be >= 1")

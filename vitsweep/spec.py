@@ -1,0 +1,160 @@
+"""Plain, frozen descriptions of one candidate: what `trial.run` consumes and returns.
+
+These dataclasses are the only thing that crosses the doorway (`vitsweep.app`) into the rooms;
+no DictConfig beyond this point. Field names mirror the config keys (`data.image_size` ->
+`TrialSpec.data.image_size`) so that an error can name the key a user typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+METRIC_NAMES = (
+    "accuracy",
+    "test_accuracy",
+    "throughput",
+    "latency_ms",
+    "energy",
+    "energy_source",
+    "params",
+    "flops",
+    "model_bytes",
+    "peak_mem_bytes",
+)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key and the valid values."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: Literal["digits", "xray_synth", "folder"] = "digits"
+    root: str | None = None  # folder: ImageFolder tree with train/ val/ [test/]
+    image_size: int = 32
+    in_chans: int = 3  # channels fed to the model (xray: depth slices)
+    slices: int = 3  # xray_synth: depth slices rendered into channels
+    samples_per_class: int = 200  # xray_synth
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """AutoFormer-style supernet search space (choices per dimension)."""
+
+    embed_dim: tuple[int, ...] = (192, 216, 240)
+    depth: tuple[int, ...] = (12, 13, 14)
+    mlp_ratio: tuple[float, ...] = (3.5, 4.0)
+    num_heads: tuple[int, ...] = (3, 4)
+    head_dim: int = 64
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    kind: Literal["vit", "supernet"] = (
+        "vit"  # vit: a fixed model (standalone/loaded); supernet: a subnet
+    )
+    timm_name: str | None = None  # vit: a timm model name, built with random weights
+    checkpoint: str | None = None  # weights on disk; nothing downloads
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int = 192
+    depth: int = 6
+    num_heads: int | tuple[int, ...] = 3  # int, or one entry per layer
+    mlp_ratio: float | tuple[float, ...] = 4.0  # float, or one entry per layer
+    head_dim: int | None = None  # None: embed_dim // num_heads (timm); supernets fix it (64)
+    space: SpaceSpec | None = None  # supernet: the space the subnet is drawn from
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    mode: Literal["none", "tome"] = "none"
+    r: int | tuple[int, ...] = 0  # tokens merged per block (int or per-block list)
+    keep_ratio: float | None = (
+        None  # alternative to r: fraction of tokens left after the last block
+    )
+    schedule: Literal["constant", "decreasing"] = "constant"  # how an int r / keep_ratio spreads
+    prop_attn: bool = True
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    mode: Literal["fp32", "fp16", "bf16", "int8", "mixed", "tq"] = "fp32"
+    cast: Literal["autocast", "full"] = "autocast"  # fp16/bf16: autocast or a full cast
+    bits: tuple[int, ...] = (4, 6, 8)  # mixed: candidate bit-widths per layer
+    budget_kind: Literal["bytes", "bops"] = "bytes"  # mixed
+    budget_ratio: float = 0.25  # mixed: budget as a fraction of the fp32 model's bytes/BOPs
+    calib_batches: int = 2  # mixed/tq: batches of training data for calibration
+    hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
+    rate: float = 3.0  # tq: average bits per weight
+    finetune_steps: int = 0  # tq: optional fine-tuning after quantization
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 64  # throughput batch; latency is always batch 1
+    eval_batch_size: int = 256
+    threads: int = 0  # 0: leave torch's default
+    warmup: int = 3
+    min_repeats: int = 5
+    max_repeats: int = 30
+    max_cv: float = 0.05
+    time_cap_s: float = 5.0
+    energy: Literal["auto", "nvml", "rapl", "estimate"] = "auto"
+    watts: float = 15.0  # estimate: assumed average power draw
+    energy_window_s: float = 2.0
+    lock: bool = True  # serialize timed sections of workers sharing this machine
+    lock_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    data: DataSpec = field(default_factory=DataSpec)
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    token: TokenSpec = field(default_factory=TokenSpec)
+    precision: PrecisionSpec = field(default_factory=PrecisionSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    root: str = "multirun"  # paths.root: storage, supernets, reports
+    seed: int = 0
+    trial_number: int | None = None  # the Optuna trial number when run by the sweeper
+
+
+@dataclass
+class Metrics:
+    """Everything one candidate is judged by; names match DESIGN.md everywhere."""
+
+    accuracy: float
+    test_accuracy: float
+    throughput: float
+    latency_ms: float
+    energy: float
+    energy_source: str
+    params: int
+    flops: float
+    model_bytes: int
+    peak_mem_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)  # throughput_cv, precision_exec, ...
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, **extra}

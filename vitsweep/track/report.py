@@ -1,0 +1,83 @@
+"""The study's files under `<root>/<study>/report/`: trials.csv, pareto.csv, pareto.png,
+results.yaml. Rebuilt from storage alone, so it can run at any time, for any study."""
+
+from __future__ import annotations
+
+import csv
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitsweep.track.pareto import StudyTable
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def plot_front(table: StudyTable, path: Path) -> None:
+    """One panel per objective pair: all complete trials, the front on top, the baseline marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table.objectives)
+    pairs = list(combinations(names, 2)) or [(names[0], names[0])]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2), squeeze=False)
+    done = [r for r in table.rows if r["state"] == "COMPLETE"]
+    for ax, (x, y) in zip(axes[0], pairs, strict=True):
+        rest = [r for r in done if not r["is_pareto"]]
+        front = sorted((r for r in done if r["is_pareto"]), key=lambda r: r[x])
+        ax.scatter([r[x] for r in rest], [r[y] for r in rest], c="0.7", s=18, label="trials")
+        ax.scatter([r[x] for r in front], [r[y] for r in front], c="C3", s=30, label="Pareto front")
+        for r in done:
+            if r["baseline"]:
+                ax.scatter([r[x]], [r[y]], marker="*", s=160, c="C0", label="baseline")
+        ax.set_xlabel(f"{x} ({table.objectives[x]})")
+        ax.set_ylabel(f"{y} ({table.objectives[y]})")
+        if x in ("throughput", "energy", "flops", "params"):
+            ax.set_xscale("log")
+        if y in ("throughput", "energy", "flops", "params"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "trials.csv", table.rows)
+    _write_csv(out_dir / "pareto.csv", [r for r in table.rows if r["is_pareto"]])
+    if any(r["state"] == "COMPLETE" for r in table.rows):
+        plot_front(table, out_dir / "pareto.png")
+    results = {
+        "study": study_name,
+        **extra,
+        "objectives": table.objectives,
+        "n_trials": len(table.rows),
+        "n_complete": sum(r["state"] == "COMPLETE" for r in table.rows),
+        "baseline": table.baseline,
+        "pareto": [
+            {k: r[k] for k in ("number", *table.objectives)} for r in table.rows if r["is_pareto"]
+        ],
+        "headline": table.headline,
+    }
+    tmp = out_dir / "results.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(results, sort_keys=False))
+    tmp.replace(out_dir / "results.yaml")
+    return out_dir
