@@ -28,6 +28,12 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the key and the valid values."""
 
 
+def require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise the one-line error `key=value: rule` unless `ok` (NaN never passes a comparison)."""
+    if not ok:
+        raise ConfigError(f"{key}={value}: {rule}")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     name: Literal["digits", "xray_synth", "folder"] = "digits"
@@ -39,6 +45,20 @@ class DataSpec:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.image_size >= 8, "data.image_size", self.image_size, "must be >= 8")
+        require(self.in_chans >= 1, "data.in_chans", self.in_chans, "must be >= 1")
+        require(self.slices >= 1, "data.slices", self.slices, "must be >= 1")
+        require(
+            self.samples_per_class >= 10,
+            "data.samples_per_class",
+            self.samples_per_class,
+            "must be >= 10",
+        )
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            require(0.0 < v < 0.5, f"data.{key}", v, "must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,41 @@ class ArchSpec:
     head_dim: int | None = None  # None: embed_dim // num_heads (timm); supernets fix it (64)
     space: SpaceSpec | None = None  # supernet: the space the subnet is drawn from
 
+    def __post_init__(self) -> None:
+        for key in ("img_size", "patch_size", "embed_dim", "depth"):
+            require(getattr(self, key) >= 1, f"arch.{key}", getattr(self, key), "must be >= 1")
+        require(
+            self.img_size % self.patch_size == 0,
+            "arch.patch_size",
+            self.patch_size,
+            f"must divide arch.img_size={self.img_size}",
+        )
+        for key in ("num_heads", "mlp_ratio"):
+            v = getattr(self, key)
+            values = v if isinstance(v, tuple) else (v,)
+            require(all(x > 0 for x in values), f"arch.{key}", list(values), "must be > 0")
+            if isinstance(v, tuple):
+                require(
+                    len(v) == self.depth,
+                    f"arch.{key}",
+                    list(v),
+                    f"needs one entry per layer (arch.depth={self.depth})",
+                )
+        if self.head_dim is None and self.timm_name is None:
+            for h in self.num_heads if isinstance(self.num_heads, tuple) else (self.num_heads,):
+                require(
+                    self.embed_dim % h == 0,
+                    "arch.num_heads",
+                    self.num_heads,
+                    f"must divide arch.embed_dim={self.embed_dim} (or set arch.head_dim)",
+                )
+        require(
+            self.kind != "supernet" or self.space is not None,
+            "arch.space",
+            None,
+            "arch.kind=supernet needs a search space",
+        )
+
 
 @dataclass(frozen=True)
 class TokenSpec:
@@ -78,6 +133,15 @@ class TokenSpec:
     )
     schedule: Literal["constant", "decreasing"] = "constant"  # how an int r / keep_ratio spreads
     prop_attn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.keep_ratio is not None:
+            require(
+                0.0 < self.keep_ratio <= 1.0,
+                "token.keep_ratio",
+                self.keep_ratio,
+                "must be in (0, 1]",
+            )
 
 
 @dataclass(frozen=True)
@@ -91,6 +155,30 @@ class PrecisionSpec:
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
     finetune_steps: int = 0  # tq: optional fine-tuning after quantization
+
+    def __post_init__(self) -> None:
+        require(
+            0.0 < self.budget_ratio <= 1.0,
+            "precision.budget_ratio",
+            self.budget_ratio,
+            "must be in (0, 1]",
+        )
+        require(
+            bool(self.bits) and all(2 <= b <= 8 for b in self.bits),
+            "precision.bits",
+            list(self.bits),
+            "each must be in 2..8",
+        )
+        require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
+        require(
+            self.calib_batches >= 1, "precision.calib_batches", self.calib_batches, "must be >= 1"
+        )
+        require(
+            self.hutchinson_samples >= 1,
+            "precision.hutchinson_samples",
+            self.hutchinson_samples,
+            "must be >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -110,6 +198,20 @@ class MeasureSpec:
     lock: bool = True  # serialize timed sections of workers sharing this machine
     lock_path: str | None = None
 
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "min_repeats"):
+            require(getattr(self, key) >= 1, f"measure.{key}", getattr(self, key), "must be >= 1")
+        require(
+            self.max_repeats >= self.min_repeats,
+            "measure.max_repeats",
+            self.max_repeats,
+            f"must be >= measure.min_repeats={self.min_repeats}",
+        )
+        require(self.warmup >= 0, "measure.warmup", self.warmup, "must be >= 0")
+        require(self.threads >= 0, "measure.threads", self.threads, "must be >= 0 (0: default)")
+        for key in ("max_cv", "time_cap_s", "watts", "energy_window_s"):
+            require(getattr(self, key) > 0, f"measure.{key}", getattr(self, key), "must be > 0")
+
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -123,6 +225,27 @@ class TrainSpec:
     sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 0, "train.epochs", self.epochs, "must be >= 0")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        require(
+            0 <= self.min_lr <= self.lr,
+            "train.min_lr",
+            self.min_lr,
+            f"must be in [0, train.lr={self.lr}]",
+        )
+        require(self.warmup_epochs >= 0, "train.warmup_epochs", self.warmup_epochs, "must be >= 0")
+        require(
+            0 <= self.label_smoothing < 1,
+            "train.label_smoothing",
+            self.label_smoothing,
+            "must be in [0, 1)",
+        )
+        require(
+            self.sandwich_random >= 0, "train.sandwich_random", self.sandwich_random, "must be >= 0"
+        )
 
 
 @dataclass(frozen=True)

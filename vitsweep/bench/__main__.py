@@ -1,0 +1,104 @@
+"""`python -m vitsweep.bench`: run the benchmark sections, print them, save JSON under
+multirun/bench/, and regenerate the README's results table from what was just measured."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from vitsweep.bench.common import Section
+
+SECTIONS = ("sweeper", "supernet", "tome", "precision", "measure")
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown(sections: list[Section]) -> str:
+    out = []
+    for s in sections:
+        out.append(f"#### {s.title}\n")
+        if s.rows:
+            cols = list(s.rows[0])
+            out.append("| " + " | ".join(cols) + " |")
+            out.append("|" + "---|" * len(cols))
+            out += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in s.rows]
+            out.append("")
+        for t in s.targets:
+            mark = "met" if t.met else "**missed**"
+            out.append(f"- {t.name}: {_cell(t.value)} (target {t.goal}) — {mark}")
+        out += [f"- {n}" for n in s.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def update_readme(text: str) -> None:
+    doc = README.read_text()
+    if START not in doc or END not in doc:
+        return
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def load(path: Path) -> list[Section]:
+    from vitsweep.bench.common import Target
+
+    sections = []
+    for d in json.loads(path.read_text()):
+        d["targets"] = [Target(**t) for t in d["targets"]]
+        sections.append(Section(**d))
+    return sections
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m vitsweep.bench")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats: a smoke check")
+    ap.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        valid = ", ".join(SECTIONS)
+        raise SystemExit(f"vitsweep.bench: error: --only {unknown[0]}: valid: {valid}")
+    out_dir = Path("multirun") / "bench" / ("quick" if args.quick else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== bench {name} ...", flush=True)
+        sections = importlib.import_module(f"vitsweep.bench.{name}").run(quick=args.quick)
+        for s in sections:
+            s.notes.append(f"{name}: {time.perf_counter() - t0:.0f} s on {machine()}")
+        (out_dir / f"{name}.json").write_text(
+            json.dumps([dataclasses.asdict(s) for s in sections], indent=2, default=str)
+        )
+        print(markdown(sections), flush=True)
+    if not args.no_readme and not args.quick:
+        # The table shows the latest full-mode run of every section (this run's and earlier ones).
+        saved = [out_dir / f"{n}.json" for n in SECTIONS if (out_dir / f"{n}.json").exists()]
+        update_readme(markdown([s for p in saved for s in load(p)]))
+        print(f"README results table regenerated from {len(saved)} sections ({README})")
+
+
+if __name__ == "__main__":
+    main()
