@@ -41,9 +41,20 @@ def plot_front(table: StudyTable, path: Path) -> None:
         front = sorted((r for r in done if r["is_pareto"]), key=lambda r: r[x])
         ax.scatter([r[x] for r in rest], [r[y] for r in rest], c="0.7", s=18, label="trials")
         ax.scatter([r[x] for r in front], [r[y] for r in front], c="C3", s=30, label="Pareto front")
+        for r in front:
+            ax.annotate(
+                str(r["number"]),
+                (r[x], r[y]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         for r in done:
             if r["baseline"]:
-                ax.scatter([r[x]], [r[y]], marker="*", s=160, c="C0", label="baseline")
+                edge = "C3" if r["is_pareto"] else "none"
+                ax.scatter(
+                    [r[x]], [r[y]], marker="*", s=180, c="C0", edgecolors=edge, label="baseline"
+                )
         ax.set_xlabel(f"{x} ({table.objectives[x]})")
         ax.set_ylabel(f"{y} ({table.objectives[y]})")
         if x in ("throughput", "energy", "flops", "params"):
