@@ -123,6 +123,8 @@ def publish(ctx: SweepContext, study: optuna.Study, tracker) -> Path:
     """Rebuild the report from storage; mirror the front to W&B when tracking."""
     table = study_table(study, ctx.sweeper.objectives)
     extra = {"storage": mask_url(ctx.storage_url), "n_trials_budget": ctx.sweeper.n_trials}
+    if table.hypervolume:
+        study.set_user_attr("hypervolume", table.hypervolume[-1])
     out = write_report(table, ctx.study_dir / "report", ctx.sweeper.study_name, extra)
     if tracker is not None:
         tracker.log_summary(table.rows, list(table.objectives), table.headline, extra)

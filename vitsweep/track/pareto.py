@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep.spec import METRIC_NAMES
+from vitsweep.track.hypervolume import history
 
 
 @dataclass
@@ -23,6 +24,7 @@ class StudyTable:
     pareto: list[int]  # trial numbers on the front (feasible, non-dominated, COMPLETE)
     baseline: int | None  # the baseline trial's number
     headline: list[dict[str, Any]]  # each front trial vs the baseline
+    hypervolume: list[float]  # baseline-normalized, after each complete trial (completion order)
 
 
 def _row(t: FrozenTrial, objectives: dict[str, str], front: set[int]) -> dict[str, Any]:
@@ -73,14 +75,19 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
     rows = [_row(t, objectives, front) for t in trials]
     base = next((r for r in rows if r["baseline"] and r["state"] == "COMPLETE"), None)
     pareto = sorted(front)
-    headline = []
+    headline: list[dict[str, Any]] = []
+    hv: list[float] = []
     if base is not None:
         by_number = {r["number"]: r for r in rows}
         headline = [headline_row(by_number[n], base) for n in pareto]
+        names, directions = list(objectives), list(objectives.values())
+        order = sorted(complete, key=lambda t: (t.datetime_complete, t.number))
+        hv = history([tuple(t.values) for t in order], tuple(base[n] for n in names), directions)
     return StudyTable(
         objectives=dict(objectives),
         rows=rows,
         pareto=pareto,
         baseline=base["number"] if base else None,
         headline=headline,
+        hypervolume=hv,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from vitsweep.track.html import write_html
 from vitsweep.track.pareto import StudyTable
 
 
@@ -76,6 +77,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
     _write_csv(out_dir / "pareto.csv", [r for r in table.rows if r["is_pareto"]])
     if any(r["state"] == "COMPLETE" for r in table.rows):
         plot_front(table, out_dir / "pareto.png")
+        write_html(table, table.hypervolume, out_dir / "report.html", f"vitsweep: {study_name}")
     results = {
         "study": study_name,
         **extra,
@@ -87,6 +89,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
             {k: r[k] for k in ("number", *table.objectives)} for r in table.rows if r["is_pareto"]
         ],
         "headline": table.headline,
+        "hypervolume": table.hypervolume[-1] if table.hypervolume else None,
     }
     tmp = out_dir / "results.yaml.tmp"
     tmp.write_text(yaml.safe_dump(results, sort_keys=False))

@@ -1,0 +1,124 @@
+"""report.html: one self-contained file (plotly.js inlined once) with the front of every
+objective pair, a 3-D view, the front and headline tables, the hypervolume over trials and
+per-axis effects. Built from the same `StudyTable` as the CSVs."""
+
+from __future__ import annotations
+
+import html
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from vitsweep.track.pareto import StudyTable
+
+AXES = ("param:arch.depth", "param:arch.embed_dim", "param:token.r", "param:precision")
+LOG_AXES = ("throughput", "energy", "flops", "params", "latency_ms", "model_bytes")
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
+    import plotly.graph_objects as go
+
+    done = [r for r in table.rows if r["state"] == "COMPLETE"]
+    names = list(table.objectives)
+    hover = [f"trial {r['number']}" + (" (baseline)" if r["baseline"] else "") for r in done]
+    colors = ["#d62728" if r["is_pareto"] else "#9e9e9e" for r in done]
+    out = []
+    for x, y in combinations(names, 2):
+        fig = go.Figure(
+            go.Scatter(
+                x=[r[x] for r in done],
+                y=[r[y] for r in done],
+                mode="markers",
+                text=hover,
+                marker={"color": colors, "size": 9},
+            )
+        )
+        fig.update_layout(
+            title=f"{y} vs {x} (red: Pareto front)", xaxis_title=x, yaxis_title=y, height=420
+        )
+        if x in LOG_AXES:
+            fig.update_xaxes(type="log")
+        if y in LOG_AXES:
+            fig.update_yaxes(type="log")
+        out.append((f"{y} vs {x}", fig))
+    if len(names) >= 3:
+        a, b, c = names[:3]
+        fig = go.Figure(
+            go.Scatter3d(
+                x=[r[a] for r in done],
+                y=[r[b] for r in done],
+                z=[r[c] for r in done],
+                mode="markers",
+                text=hover,
+                marker={"color": colors, "size": 5},
+            )
+        )
+        fig.update_layout(
+            title="3-D view of the objectives",
+            height=560,
+            scene={"xaxis_title": a, "yaxis_title": b, "zaxis_title": c},
+        )
+        out.append(("3-D", fig))
+    if hv:
+        fig = go.Figure(go.Scatter(y=hv, mode="lines+markers"))
+        fig.update_layout(
+            title="Hypervolume (baseline-normalized) after each complete trial",
+            xaxis_title="complete trials",
+            yaxis_title="hypervolume",
+            height=360,
+        )
+        out.append(("hypervolume", fig))
+    for axis in AXES:
+        if not any(r.get(axis) is not None for r in done):
+            continue
+        for metric in ("accuracy", "throughput"):
+            pts = [r for r in done if r.get(axis) is not None]
+            fig = go.Figure(
+                go.Box(
+                    x=[str(r[axis]) for r in pts],
+                    y=[r[metric] for r in pts],
+                    boxpoints="all",
+                    jitter=0.4,
+                )
+            )
+            fig.update_layout(
+                title=f"{metric} by {axis.removeprefix('param:')}",
+                xaxis_title=axis.removeprefix("param:"),
+                yaxis_title=metric,
+                height=340,
+            )
+            out.append((f"{metric} by {axis}", fig))
+    return out
+
+
+def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> None:
+    parts = []
+    for i, (_, fig) in enumerate(figures(table, hv)):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    front = [r for r in table.rows if r["is_pareto"]]
+    cols = ["number", *table.objectives, "params", "flops", "latency_ms", "energy_source"]
+    headline_cols = list(table.headline[0]) if table.headline else []
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{sum(r["state"] == "COMPLETE" for r in table.rows)} complete of {len(table.rows)} trials;
+baseline: trial {table.baseline}.</p>
+<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}
+<h2>Pareto front</h2>{_table(front, cols)}
+<h2>Plots</h2>{"".join(parts)}
+</body></html>"""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(doc)
+    tmp.replace(path)

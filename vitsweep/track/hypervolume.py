@@ -1,0 +1,56 @@
+"""Hypervolume of a study's front, normalized by the baseline trial.
+
+Normalization (documented in the README): every objective becomes its ratio to the baseline
+trial's value, so the baseline sits at 1 on every axis; maximized ratios are negated so that
+all axes are minimized. Reference point: ratio 0 for maximized objectives and ratio 2 for
+minimized ones (a candidate must beat zero accuracy/throughput and twice the baseline's
+energy to add volume). The baseline alone therefore has hypervolume 1 for two objectives
+(1 x (2-1)) and 1 for three (1 x 1 x 1). Optuna's WFG implementation computes the volume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume  # Optuna's own WFG hypervolume
+
+REF_MAX, REF_MIN = 0.0, 2.0
+
+
+def normalized_losses(
+    values: list[tuple[float, ...]], baseline: tuple[float, ...], directions: list[str]
+) -> np.ndarray:
+    rows = []
+    for v in values:
+        row = []
+        for x, b, d in zip(v, baseline, directions, strict=True):
+            ratio = x / b if b else math.inf
+            row.append(-ratio if d == "maximize" else ratio)
+        rows.append(row)
+    return np.asarray(rows, dtype=float).reshape(len(rows), len(directions))
+
+
+def reference_point(directions: list[str]) -> np.ndarray:
+    return np.asarray([-REF_MAX if d == "maximize" else REF_MIN for d in directions], dtype=float)
+
+
+def hypervolume(
+    values: list[tuple[float, ...]], baseline: tuple[float, ...], directions: list[str]
+) -> float:
+    """Volume dominated by `values` (baseline-normalized) up to the reference point."""
+    if not values:
+        return 0.0
+    losses = normalized_losses(values, baseline, directions)
+    ref = reference_point(directions)
+    inside = losses[np.all(losses < ref, axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    return float(compute_hypervolume(inside, ref))
+
+
+def history(
+    values: list[tuple[float, ...]], baseline: tuple[float, ...], directions: list[str]
+) -> list[float]:
+    """Hypervolume after each of `values` in order (the trials' completion order)."""
+    return [hypervolume(values[: i + 1], baseline, directions) for i in range(len(values))]
