@@ -20,11 +20,17 @@ def _metrics(x: float) -> dict:
 
 
 def test_nan_and_raising_trials_fail_with_reasons_and_the_study_finishes(tmp_path: Path) -> None:
-    spec = SweeperSpec(study_name="s", n_trials=5, max_failure_rate=0.6, enqueue_baseline=False,
-                       params={"x": "choice(1,2,3,4,5,6)"})
+    spec = SweeperSpec(
+        study_name="s",
+        n_trials=5,
+        max_failure_rate=0.6,
+        enqueue_baseline=False,
+        params={"x": "choice(1,2,3,4,5,6)"},
+    )
     storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    study, created = create_or_load(storage, "s", ["maximize", "maximize", "minimize"],
-                                    optuna.samplers.RandomSampler(seed=1))
+    study, created = create_or_load(
+        storage, "s", ["maximize", "maximize", "minimize"], optuna.samplers.RandomSampler(seed=1)
+    )
     assert created
     calls = []
 
@@ -46,7 +52,9 @@ def test_nan_and_raising_trials_fail_with_reasons_and_the_study_finishes(tmp_pat
 
     StudyLoop(spec, study, parse_space(spec.params), TrialSpec(), launch).run()
     trials = study.get_trials()
-    reasons = {t.number: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL}
+    reasons = {
+        t.number: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL
+    }
     assert reasons == {
         1: "RuntimeError: boom in the job",
         2: "objective 'energy' is nan",

@@ -67,7 +67,9 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
         assert run.summary["accuracy"] == pytest.approx(t.values[0])
         assert run.summary["throughput"] == pytest.approx(t.values[1])
         assert run.summary["energy_source"] == "estimate"
-    summaries = [r for r in read_runs(workdir / "multirun" / "smoke" / "wandb") if r.job_type == "summary"]
+    summaries = [
+        r for r in read_runs(workdir / "multirun" / "smoke" / "wandb") if r.job_type == "summary"
+    ]
     assert summaries and summaries[-1].summary["n_pareto"] >= 1
 
     # pareto.csv is exactly the non-dominated set of the trials' values.
@@ -91,8 +93,12 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
 @pytest.mark.slow
 def test_a_raising_trial_is_failed_with_its_reason_and_the_sweep_goes_on(workdir: Path) -> None:
     run_cli(
-        "vitsweep", *SMOKE, "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=1.0",
-        "+hydra.sweeper.params.measure.batch_size=choice(0,16)", cwd=workdir,
+        "vitsweep",
+        *SMOKE,
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "+hydra.sweeper.params.measure.batch_size=choice(0,16)",
+        cwd=workdir,
     )
     trials = load_study(workdir).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -106,8 +112,13 @@ def test_a_raising_trial_is_failed_with_its_reason_and_the_sweep_goes_on(workdir
 @pytest.mark.slow
 def test_failure_budget_stops_the_study_with_a_clear_error(workdir: Path) -> None:
     proc = run_cli(
-        "vitsweep", *SMOKE, "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0",
-        "+hydra.sweeper.params.measure.batch_size=choice(0)", cwd=workdir, check=False,
+        "vitsweep",
+        *SMOKE,
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.max_failure_rate=0",
+        "+hydra.sweeper.params.measure.batch_size=choice(0)",
+        cwd=workdir,
+        check=False,
     )
     assert proc.returncode != 0
     assert "exceed hydra.sweeper.max_failure_rate=0.0" in proc.stderr
@@ -119,8 +130,14 @@ def test_failure_budget_stops_the_study_with_a_clear_error(workdir: Path) -> Non
 @pytest.mark.slow
 def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(workdir: Path) -> None:
     args = [str(BIN / "vitsweep"), *SMOKE, "hydra.sweeper.n_trials=4"]
-    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        cwd=workdir,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db = workdir / "multirun" / "vitsweep.db"
     killed = None
     deadline = time.time() + 120

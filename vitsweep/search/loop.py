@@ -114,6 +114,8 @@ class StudyLoop:
                 )
             if complete >= spec.n_trials:
                 return self.ran
+            if spec.stop_when.enabled and self._plateaued():
+                return self.ran
             free = spec.n_trials - complete - running
             if free <= 0:
                 # Others hold the rest of the budget: wait for them, or for them to go stale.
@@ -121,8 +123,32 @@ class StudyLoop:
                 continue
             self._run_batch(min(free, spec.n_jobs), complete)
 
+    def _plateaued(self) -> bool:
+        from vitsweep.track.hypervolume import history, plateaued
+
+        stop = self.spec.stop_when
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        base = next((t for t in done if t.user_attrs.get(BASELINE_ATTR)), None)
+        if base is None:
+            return False
+        done.sort(key=lambda t: (t.datetime_complete, t.number))
+        hv = history(
+            [tuple(t.values) for t in done], tuple(base.values), list(self.spec.objectives.values())
+        )
+        if not plateaued(hv, stop.patience, stop.min_improvement):
+            return False
+        reason = (
+            f"hypervolume {hv[-1]:.4g} improved < {stop.min_improvement:.2%} over the last "
+            f"{stop.patience} complete trials"
+        )
+        self.study.set_user_attr("stopped", reason)
+        log.warning("stopping early: %s", reason)
+        return True
+
     def _run_batch(self, size: int, complete: int) -> None:
-        batch = [self.study.ask() for _ in range(size)]
+        batch = self._within_budget([self.study.ask() for _ in range(size)])
+        if not batch:
+            return
         overrides = []
         for t in batch:
             if t.user_attrs.get(BASELINE_ATTR):
@@ -144,6 +170,29 @@ class StudyLoop:
             frozen = self._tell(t, outcome)
             self.ran.append(t.number)
             self.on_trial(frozen, outcome)
+
+    def _within_budget(self, asked: list[optuna.Trial]) -> list[optuna.Trial]:
+        """Drop the claims that overshoot the budget; give them back PRUNED, never run.
+
+        Workers that count free slots at the same moment can together ask for more trials than
+        remain. Storages hand out trial numbers atomically, so every worker agrees that the
+        lowest-numbered COMPLETE/RUNNING trials own the budget: a claim ranked beyond it yields.
+        """
+        live = sorted(
+            t.number
+            for t in self.study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+            )
+        )
+        kept = []
+        for t in asked:
+            if t.number in live and live.index(t.number) >= self.spec.n_trials:
+                t.set_user_attr("skip_reason", "budget already claimed by other workers")
+                self.study.tell(t, state=TrialState.PRUNED)
+                log.info("trial %d given back: budget already claimed by other workers", t.number)
+            else:
+                kept.append(t)
+        return kept
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> FrozenTrial:
         reason = outcome.error

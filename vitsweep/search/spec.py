@@ -19,6 +19,24 @@ class SamplerSpec:
 
 
 @dataclass(frozen=True)
+class StopSpec:
+    """End the study early once the front stops moving (Optuna cannot prune multi-objective
+    trials; this is the study-level answer)."""
+
+    enabled: bool = False
+    patience: int = 10  # complete trials to look back over
+    min_improvement: float = 0.01  # relative hypervolume gain below which the study stops
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"hydra.sweeper.stop_when.patience={self.patience}: must be >= 1")
+        if not self.min_improvement >= 0:
+            raise ConfigError(
+                f"hydra.sweeper.stop_when.min_improvement={self.min_improvement}: must be >= 0"
+            )
+
+
+@dataclass(frozen=True)
 class SweeperSpec:
     study_name: str = "vitsweep"
     storage: str | None = None  # any Optuna URL; None: sqlite:///<paths.root>/vitsweep.db
@@ -35,6 +53,7 @@ class SweeperSpec:
     grace_period: int = 20  # seconds without heartbeat before a RUNNING trial is stale
     on_stale: Literal["retry", "fail"] = "retry"  # a dead worker's trial: run again or drop
     n_jobs: int = 1  # trials handed to the launcher at once (joblib/submitit run them in parallel)
+    stop_when: StopSpec = field(default_factory=StopSpec)  # off by default
 
     def __post_init__(self) -> None:
         numeric = [m for m in METRIC_NAMES if m != "energy_source"]

@@ -54,3 +54,14 @@ def history(
 ) -> list[float]:
     """Hypervolume after each of `values` in order (the trials' completion order)."""
     return [hypervolume(values[: i + 1], baseline, directions) for i in range(len(values))]
+
+
+def plateaued(hv: list[float], patience: int, min_improvement: float) -> bool:
+    """True when the last `patience` trials raised the hypervolume by less than
+    `min_improvement` (relative to its value `patience` trials ago)."""
+    if len(hv) <= patience:
+        return False
+    before, now = hv[-1 - patience], hv[-1]
+    if before <= 0:
+        return False
+    return (now - before) / before < min_improvement
