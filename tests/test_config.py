@@ -51,9 +51,12 @@ BAD = {
     "hydra.sweeper.n_trials=0": "hydra.sweeper.n_trials=0: must be >= 1",
     "hydra.sweeper.objectives.accuracy=max": "valid: maximize, minimize",
     "+hydra.sweeper.objectives.speed=maximize": "hydra.sweeper.objectives.speed: not a metric",
-    "hydra.sweeper.objectives.fps=maximize": "unknown key; to add one: +hydra.sweeper.objectives.fps",
+    "+hydra.sweeper.params.x=choice(0)": "Hydra cannot sweep hydra.* keys",
+    "hydra.sweeper.objectives.fps=maximize": "to add one: +hydra.sweeper.objectives.fps",
     "foo=1": "foo",
     "token.r=choice(0,4)": "a sweep needs -m",
+    "measure.batch_size=0": "measure.batch_size=0: must be >= 1",
+    "arch.patch_size=5": "arch.patch_size=5: must divide arch.img_size=32",
     "hydra.sweeper.max_failure_rate=2": "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
     "hydra.sweeper.params={token.r:'choice(0,'}": "hydra.sweeper.params.token.r",
 }

@@ -97,7 +97,7 @@ def test_a_raising_trial_is_failed_with_its_reason_and_the_sweep_goes_on(workdir
         *SMOKE,
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.max_failure_rate=1.0",
-        "+hydra.sweeper.params.measure.batch_size=choice(0,16)",
+        "measure.batch_size=choice(0,16)",
         cwd=workdir,
     )
     trials = load_study(workdir).get_trials()
@@ -116,7 +116,7 @@ def test_failure_budget_stops_the_study_with_a_clear_error(workdir: Path) -> Non
         *SMOKE,
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.max_failure_rate=0",
-        "+hydra.sweeper.params.measure.batch_size=choice(0)",
+        "measure.batch_size=choice(0)",
         cwd=workdir,
         check=False,
     )
@@ -149,7 +149,8 @@ def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(wor
             running = load_study(workdir).get_trials(states=(TrialState.RUNNING,))
         except (KeyError, Exception):
             continue
-        if running and running[0].number >= 1:
+        if running and running[0].number >= 1 and len(running[0].params) == 3:
+            time.sleep(0.3)  # all params drawn: the job itself is running now
             os.kill(proc.pid, signal.SIGKILL)
             killed = running[0]
     proc.wait()

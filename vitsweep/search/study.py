@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import FrozenTrial
 
@@ -62,8 +63,7 @@ class SweepContext:
         plain = []
         for o in parser.parse_overrides(arguments):
             if o.is_sweep_override():
-                key = o.get_key_element().removeprefix("hydra.sweeper.params.")
-                dists[key] = _distribution(key, o)
+                dists[o.key_or_group] = _distribution(o.key_or_group, o)
             else:
                 plain.append(o.input_line)
         space = dataclasses.replace(self.space, distributions=dists)
@@ -125,7 +125,11 @@ def publish(ctx: SweepContext, study: optuna.Study, tracker) -> Path:
     extra = {"storage": mask_url(ctx.storage_url), "n_trials_budget": ctx.sweeper.n_trials}
     if table.hypervolume:
         study.set_user_attr("hypervolume", table.hypervolume[-1])
-    out = write_report(table, ctx.study_dir / "report", ctx.sweeper.study_name, extra)
+    # Workers that finish together write the same report files through the same temp names;
+    # one at a time, or a rename finds its temp file already moved by another worker.
+    ctx.study_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(ctx.study_dir / ".report.lock"):
+        out = write_report(table, ctx.study_dir / "report", ctx.sweeper.study_name, extra)
     if tracker is not None:
         tracker.log_summary(table.rows, list(table.objectives), table.headline, extra)
     return out
