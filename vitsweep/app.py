@@ -191,8 +191,6 @@ def check(args: list[str]) -> None:
     except OverrideParseException as e:
         _fail(_one_line(e))
     sweeps = [o for o in parsed if o.is_sweep_override()]
-    if sweeps and not multirun:
-        _fail(f"{sweeps[0].input_line}: a sweep needs -m (vitsweep -m ...)")
     for o in sweeps:
         if o.key_or_group.startswith("hydra."):
             key = o.key_or_group.removeprefix("hydra.sweeper.params.")
@@ -200,6 +198,8 @@ def check(args: list[str]) -> None:
                 f"{o.input_line}: Hydra cannot sweep hydra.* keys; write {key}=<sweep> on the "
                 "command line, or put it under hydra.sweeper.params in an experiment"
             )
+    if sweeps and not multirun:
+        _fail(f"{sweeps[0].input_line}: a sweep needs -m (vitsweep -m ...)")
     try:
         cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])
         ctx = sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([o.input_line for o in sweeps])
