@@ -260,7 +260,15 @@ def train_main() -> None:
         spec = trial_spec(cfg)
         splits = data.load(spec.data)
         if spec.arch.kind == "supernet":
-            path = models.train_supernet(spec.arch.space, spec.data, spec.train, splits, spec.root)
+            path = models.train_supernet(
+                spec.arch.space,
+                spec.data,
+                spec.train,
+                splits,
+                spec.root,
+                patch_size=spec.arch.patch_size,
+                img_size=spec.arch.img_size,
+            )
             print(f"supernet: {path}")
         else:
             models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)

@@ -223,6 +223,7 @@ class TrainSpec:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
+    threads: int = 0  # torch threads while training; 0: torch's default
     seed: int = 0
     progress: bool = True
 

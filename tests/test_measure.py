@@ -1,0 +1,440 @@
+"""How candidates are judged: statistics, meters, FLOPs, memory, OOM retry, accuracy, lock."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+from filelock import FileLock, Timeout
+from torch.utils.data import TensorDataset
+
+from vitsweep.measure import (
+    EstimateMeter,
+    MeterUnavailable,
+    RaplMeter,
+    RepeatStats,
+    coefficient_of_variation,
+    count_flops,
+    count_params,
+    counter_delta,
+    evaluate,
+    measure_all,
+    measure_energy,
+    measure_throughput,
+    peak_memory_bytes,
+    resolve_device,
+    select_meter,
+    thread_scope,
+    timed_repeats,
+    timing_lock,
+    with_oom_retry,
+)
+from vitsweep.runctx import RunContext
+from vitsweep.spec import ConfigError, MeasureSpec
+
+CPU = RunContext()
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
+
+
+def tiny_vit(img: int = 16) -> torch.nn.Module:
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=img,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+    )
+
+
+# --- statistics over repeats ---------------------------------------------------------------
+
+
+def test_median_and_cv_are_taken_over_the_recorded_repeats():
+    times = (0.10, 0.20, 0.10, 0.40, 0.125)
+    stats = RepeatStats(times, items_per_repeat=10, iters=2, max_cv=0.05)
+    rates = np.array([10 / t for t in times])
+    assert stats.repeats == 5
+    assert stats.rate == pytest.approx(float(np.median(rates)))
+    assert stats.cv == pytest.approx(float(rates.std(ddof=1) / rates.mean()))
+    assert stats.median_step_s == pytest.approx(float(np.median(times)) / 2)
+    assert stats.best_rate == pytest.approx(float(rates.max()))
+    assert stats.noisy  # a CV this large is not a measurement to trust
+    assert coefficient_of_variation([3.0]) == 0.0
+
+
+def sleeper(durations):
+    cycle = itertools.cycle(durations)
+    return lambda: time.sleep(next(cycle))
+
+
+def test_steady_repeats_stop_at_min_repeats_with_the_right_median():
+    spec = MeasureSpec(warmup=1, min_repeats=4, max_repeats=50, max_cv=0.5, time_cap_s=10)
+    stats = timed_repeats(sleeper([0.02]), lambda: None, spec, items_per_step=1, repeat_target_s=0)
+    assert stats.repeats == 4 and stats.iters == 1
+    assert 0.02 <= stats.median_step_s < 0.03  # sleep never returns early; allow a loaded box
+    assert not stats.noisy
+
+
+def test_unsteady_repeats_run_to_max_repeats_and_are_flagged_noisy():
+    # calibration takes one sleep, so the timed repeats alternate 5 ms / 40 ms from a known phase
+    spec = MeasureSpec(warmup=0, min_repeats=3, max_repeats=8, max_cv=0.05, time_cap_s=60)
+    stats = timed_repeats(
+        sleeper([0.04, 0.005]), lambda: None, spec, items_per_step=1, repeat_target_s=0
+    )
+    assert stats.repeats == 8
+    assert stats.noisy
+    fast, slow = sorted(stats.times_s)[:4], sorted(stats.times_s)[4:]
+    assert max(fast) < 0.02 < min(slow)  # the recorded repeats are the ones that ran
+    assert stats.cv == pytest.approx(coefficient_of_variation([1 / t for t in stats.times_s]))
+
+
+def test_time_cap_ends_an_unsteady_measurement():
+    spec = MeasureSpec(warmup=0, min_repeats=2, max_repeats=10_000, max_cv=0.01, time_cap_s=0.3)
+    t0 = time.perf_counter()
+    stats = timed_repeats(sleeper([0.002, 0.02]), lambda: None, spec, 1, repeat_target_s=0)
+    assert time.perf_counter() - t0 < 2.0
+    assert 2 <= stats.repeats < 10_000 and stats.noisy
+
+
+def test_repeats_are_lengthened_for_fast_steps():
+    spec = MeasureSpec(warmup=1, min_repeats=3, max_repeats=3, time_cap_s=10)
+    stats = timed_repeats(sleeper([0.001]), lambda: None, spec, 4, repeat_target_s=0.02)
+    assert stats.iters >= 5 and stats.items_per_repeat == 4 * stats.iters
+    assert min(stats.times_s) >= 0.001 * stats.iters
+
+
+def test_bad_repeat_settings_name_the_key():
+    with pytest.raises(ValueError, match=r"measure\.max_repeats"):
+        timed_repeats(lambda: None, lambda: None, MeasureSpec(min_repeats=5, max_repeats=2), 1)
+
+
+def test_thread_scope_sets_and_restores():
+    before = torch.get_num_threads()
+    with thread_scope(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with thread_scope(0) as n:
+        assert n == before
+    with pytest.raises(ValueError, match=r"measure\.threads"):
+        with thread_scope(-1):
+            pass
+
+
+# --- out of memory --------------------------------------------------------------------------
+
+
+class OomAbove(torch.nn.Module):
+    """Raises torch's real OOM exception for batches larger than `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: batch {x.shape[0]} > {self.limit}")
+        return self.fc(x)
+
+
+def test_oom_halves_the_batch_until_it_fits():
+    spec = MeasureSpec(batch_size=20, warmup=0, min_repeats=2, max_repeats=2)
+    stats, batch = measure_throughput(OomAbove(6), CPU, (8,), spec, repeat_target_s=0)
+    assert batch == 5  # 20 -> 10 -> 5
+    assert stats.items_per_repeat == 5 * stats.iters
+
+
+def test_oom_at_batch_one_is_raised():
+    with pytest.raises(torch.OutOfMemoryError):
+        with_oom_retry(lambda b: OomAbove(0)(torch.zeros(b, 8)), 4, "cpu")
+
+
+# --- energy meters --------------------------------------------------------------------------
+
+
+def write_rapl(base, zone: str, energy_uj: int, max_uj: int, name: str = "package-0") -> None:
+    """A counter directory in the layout of /sys/class/powercap/intel-rapl:N."""
+    d = base / zone
+    d.mkdir(exist_ok=True)
+    (d / "name").write_text(name + "\n")
+    (d / "energy_uj").write_text(f"{energy_uj}\n")
+    (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+
+
+def test_counter_delta_unfolds_a_wrap():
+    assert counter_delta(100, 250, 1000) == 150
+    assert counter_delta(900, 50, 1000) == 150
+
+
+def test_rapl_meter_sums_packages_and_handles_wrap_around(tmp_path):
+    max_uj = 262_143_328_850  # a real package's max_energy_range_uj
+    write_rapl(tmp_path, "intel-rapl:0", max_uj - 2_000_000, max_uj)
+    write_rapl(tmp_path, "intel-rapl:1", 5_000_000, max_uj, "package-1")
+    write_rapl(tmp_path, "intel-rapl:0:0", 123, max_uj, "core")  # subzone: inside package 0
+    meter = RaplMeter(str(tmp_path))
+    assert meter.zones == ["intel-rapl:0", "intel-rapl:1"]
+    start = meter.read_j()
+    # package 0 wraps: 2 J to the top, then 3 J more; package 1 moves 1.5 J; the core zone moves
+    write_rapl(tmp_path, "intel-rapl:0", 3_000_000, max_uj)
+    write_rapl(tmp_path, "intel-rapl:1", 6_500_000, max_uj, "package-1")
+    write_rapl(tmp_path, "intel-rapl:0:0", 9_999_999, max_uj, "core")
+    assert meter.read_j() - start == pytest.approx(2.0 + 3.0 + 1.5)
+    write_rapl(tmp_path, "intel-rapl:0", 4_000_000, max_uj)  # no wrap this time
+    assert meter.read_j() - start == pytest.approx(7.5)
+
+
+def test_rapl_unreadable_is_unavailable_and_an_explicit_request_fails(tmp_path):
+    with pytest.raises(MeterUnavailable):
+        RaplMeter(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"measure\.energy=rapl"):
+        select_meter("rapl", "cpu", 15.0, rapl_base=str(tmp_path))
+    # auto with nothing readable falls back to the labelled estimate
+    meter = select_meter("auto", "cpu", 15.0, rapl_base=str(tmp_path))
+    assert meter.source == "estimate"
+
+
+def test_rapl_through_select_meter(tmp_path):
+    write_rapl(tmp_path, "intel-rapl:0", 10, 1000)
+    assert select_meter("auto", "cpu", 15.0, rapl_base=str(tmp_path)).source == "rapl"
+
+
+@NO_GPU
+def test_auto_on_this_machine_without_meters_is_estimate():
+    if os.path.isdir("/sys/class/powercap"):
+        try:
+            RaplMeter()
+            pytest.skip("this machine has readable RAPL counters")
+        except MeterUnavailable:
+            pass
+    assert select_meter("auto", resolve_device("auto"), 15.0).source == "estimate"
+
+
+@NO_GPU
+def test_nvml_requested_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"measure\.energy=nvml") as err:
+        select_meter("nvml", resolve_device("auto"), 15.0)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_meter_and_device_name_the_key():
+    with pytest.raises(ConfigError, match=r"measure\.energy=.*valid: auto, nvml, rapl, estimate"):
+        select_meter("joulemeter", "cpu", 15.0)
+    with pytest.raises(ConfigError, match=r"measure\.device"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match=r"measure\.watts"):
+        EstimateMeter(0)
+
+
+@NO_GPU
+def test_cuda_requested_without_a_gpu_is_a_clear_error():
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match=r"measure\.device='cuda'"):
+        resolve_device("cuda")
+
+
+class TickingMeter:
+    """A counter that, like NVML's, moves only every `period` seconds at a constant power."""
+
+    source = "test-ticking"
+    ticks = True
+
+    def __init__(self, watts: float, period: float) -> None:
+        self.watts, self.period = watts, period
+
+    def read_j(self) -> float:
+        return self.watts * self.period * (time.perf_counter() // self.period)
+
+    def power_w(self) -> float:
+        return self.watts
+
+    def close(self) -> None:
+        pass
+
+
+def test_energy_window_gives_power_times_time_per_image():
+    step = sleeper([0.01])
+    reading = measure_energy(step, lambda: None, 4, EstimateMeter(20.0), 0.3, preload_s=0)
+    assert reading.window_s >= 0.3 and reading.images % 4 == 0
+    assert reading.power_w == pytest.approx(20.0, rel=1e-3)
+    assert reading.joules_per_image == pytest.approx(
+        20.0 * reading.window_s / reading.images, rel=1e-3
+    )
+    assert not reading.aligned
+
+
+def test_coarse_counter_is_read_between_its_ticks():
+    # reading a 100 ms counter at arbitrary moments could be off by a third over 0.35 s;
+    # between ticks the power is exact
+    reading = measure_energy(
+        sleeper([0.005]), lambda: None, 2, TickingMeter(40.0, 0.1), 0.35, 0, sample_power=True
+    )
+    assert reading.aligned
+    assert reading.power_w == pytest.approx(40.0, rel=0.05)
+    assert reading.sampled_power_w == pytest.approx(40.0)  # the cross-check's integral
+    assert reading.sampled_joules_per_image == pytest.approx(
+        40.0 * reading.window_s / reading.images
+    )
+    assert reading.joules_per_image == pytest.approx(
+        reading.power_w * reading.window_s / reading.images
+    )
+
+
+# --- cost ------------------------------------------------------------------------------------
+
+
+def test_flops_of_vit_tiny_match_timm_published_gmacs():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    flops = count_flops(model, CPU, (3, 224, 224))
+    assert flops == pytest.approx(2 * 1.26e9, rel=0.05)
+    assert count_params(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_flops_follow_the_executed_token_count():
+    # fewer tokens through the same weights (what ToMe does) must count fewer FLOPs
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        dynamic_img_size=True,
+    )
+    full = count_flops(model, CPU, (3, 32, 32))  # 64 patches + cls
+    fewer = count_flops(model, CPU, (3, 16, 16))  # 16 patches + cls, same weights
+    assert fewer < 0.5 * full
+
+
+def test_int8_dynamic_layers_keep_their_params_and_flops():
+    from torch.ao.quantization import quantize_dynamic
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    assert count_params(q) == count_params(model) == 64 * 32 + 32 + 32 * 10 + 10
+    assert count_flops(q, CPU, (64,)) == count_flops(model, CPU, (64,)) == 2 * (64 * 32 + 32 * 10)
+
+
+class BigActivation(torch.nn.Module):
+    """Allocates a known activation (`mib` MiB per image) during forward."""
+
+    def __init__(self, mib: int) -> None:
+        super().__init__()
+        self.n = mib * 2**20 // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.new_ones(x.shape[0], self.n) * 2.0
+        return big[:, :3] + big.sum(dim=1, keepdim=True)
+
+
+def test_cpu_peak_memory_sees_the_activation():
+    model = BigActivation(mib=16)
+    peak4 = peak_memory_bytes(model, CPU, torch.zeros(4, 8))
+    peak1 = peak_memory_bytes(model, CPU, torch.zeros(1, 8))
+    assert peak4 >= 0.9 * 4 * 16 * 2**20
+    assert peak4 > 2 * peak1
+
+
+# --- accuracy --------------------------------------------------------------------------------
+
+
+class FirstFeatures(torch.nn.Module):
+    """Logits = the first `k` input features, so its predictions are known in advance."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, : self.k]
+
+
+def test_evaluate_counts_top1_hits():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(103, 1, 4, 4, generator=gen)
+    pred = x.flatten(1)[:, :5].argmax(1)
+    labels = pred.clone()
+    labels[::3] = (labels[::3] + 1) % 5  # every third label is wrong on purpose
+    expected = float((pred == labels).float().mean())
+    acc = evaluate(FirstFeatures(5), CPU, TensorDataset(x, labels), batch_size=16)
+    assert acc == pytest.approx(expected)
+    assert 0.6 < acc < 0.7
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(FirstFeatures(5), CPU, TensorDataset(x[:0], labels[:0]), batch_size=16)
+
+
+def test_evaluate_runs_through_the_context_and_restores_the_mode():
+    model = tiny_vit().train()
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, 3, 16, 16, generator=gen), torch.randint(0, 5, (40,), generator=gen)
+    data = TensorDataset(x, y)
+    bf16 = RunContext(autocast_dtype=torch.bfloat16)
+    model.eval()
+    with torch.inference_mode():
+        fp32_logits = torch.cat([model(xb) for xb in x.split(8)])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_logits = torch.cat([model(xb).float() for xb in x.split(8)])
+    assert not torch.equal(fp32_logits, bf16_logits)  # the two contexts really differ
+    model.train()
+    assert evaluate(model, CPU, data, 8) == pytest.approx(
+        float((fp32_logits.argmax(1) == y).float().mean())
+    )
+    assert model.training  # the caller's mode is restored
+    assert evaluate(model, bf16, data, 8) == pytest.approx(
+        float((bf16_logits.argmax(1) == y).float().mean())
+    )
+
+
+# --- lock and the whole protocol ---------------------------------------------------------------
+
+
+def test_timing_lock_excludes_other_holders(tmp_path):
+    path = str(tmp_path / "t.lock")
+    with timing_lock(MeasureSpec(lock_path=path)) as waited:
+        assert waited >= 0
+        with pytest.raises(Timeout):
+            FileLock(path, timeout=0.1).acquire()
+    FileLock(path, timeout=0.1).acquire().lock.release()
+    with timing_lock(MeasureSpec(lock=False, lock_path=str(tmp_path / "no.lock"))) as waited:
+        assert waited == 0.0
+    assert not (tmp_path / "no.lock").exists()
+
+
+def test_measure_all_reports_every_number(tmp_path):
+    model = tiny_vit().train()
+    spec = MeasureSpec(
+        batch_size=8,
+        threads=1,
+        warmup=1,
+        min_repeats=3,
+        max_repeats=5,
+        time_cap_s=1.0,
+        energy="estimate",
+        watts=30.0,
+        lock_path=str(tmp_path / "m.lock"),
+    )
+    before = torch.get_num_threads()
+    out = measure_all(model, CPU, (3, 16, 16), spec, repeat_target_s=0.01)
+    assert torch.get_num_threads() == before and model.training  # state restored
+    assert out["threads"] == 1 and out["batch_size"] == 8 and out["measure_device"] == "cpu"
+    assert out["throughput"] > 0 and out["latency_ms"] > 0
+    assert out["energy_source"] == "estimate"
+    assert out["energy"] == pytest.approx(30.0 / out["throughput"])
+    assert out["energy_power_w"] == 30.0 and out["energy_window_s"] == 0.0
+    assert out["params"] == sum(p.numel() for p in model.parameters())
+    assert out["flops"] == count_flops(model, CPU, (3, 16, 16)) > 0
+    assert out["peak_mem_bytes"] >= 0
+    assert 3 <= out["repeats"] <= 5 and isinstance(out["noisy"], bool)
+    assert out["throughput_cv"] >= 0 and out["latency_cv"] >= 0

@@ -1,0 +1,220 @@
+"""Training: schedule, resume after interruption, caching, the worker lock, `build_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import threading
+import time
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import Subset
+
+from vitsweep import data
+from vitsweep.models import build_model, load_supernet, train_supernet
+from vitsweep.models.checkpoint import CheckpointError
+from vitsweep.models.train import lr_factor, supernet_path
+from vitsweep.spec import ArchSpec, ConfigError, DataSpec, SpaceSpec, TrainSpec
+
+DATA = DataSpec(image_size=16)  # scikit-learn digits, real data, upsampled to 16 px
+SPACE = SpaceSpec(embed_dim=(16, 32), depth=(1, 2), mlp_ratio=(1.0, 2.0), num_heads=(1, 2),
+                  head_dim=8)  # fmt: skip
+TRAIN = TrainSpec(epochs=3, batch_size=32, lr=3e-3, warmup_epochs=1, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: with 2 intra-op threads, OpenMP stalls under load
+    (measured here: 139 s vs 1.3 s for the same resume test). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Interrupted(Exception):
+    """Stands in for a kill after an epoch's checkpoint is on disk."""
+
+
+@pytest.fixture(scope="module")
+def splits() -> data.Splits:
+    full = data.load(DATA)
+    return dataclasses.replace(full, train=Subset(full.train, range(160)))
+
+
+def supernet_arch(**dims) -> ArchSpec:
+    dims = {"embed_dim": 16, "depth": 2, "num_heads": (1, 2), "mlp_ratio": 2.0, **dims}
+    return ArchSpec(kind="supernet", img_size=16, patch_size=4, space=SPACE, **dims)
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_min() -> None:
+    f = [lr_factor(s, warmup_steps=4, total_steps=20, min_ratio=0.01) for s in range(21)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(f[3:]))
+    assert math.isclose(f[12], 0.01 + 0.99 * 0.5, rel_tol=1e-9)  # half way through the cosine
+    assert math.isclose(f[20], 0.01)
+
+
+def test_interrupted_training_resumes_on_the_same_schedule(splits, tmp_path) -> None:
+    whole = train_supernet(SPACE, DATA, TRAIN, splits, tmp_path / "a", patch_size=4)
+
+    seen: list[int] = []
+
+    def kill_after_first(record: dict) -> None:
+        seen.append(record["epoch"])
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    root = tmp_path / "b"
+    with pytest.raises(Interrupted):
+        train_supernet(SPACE, DATA, TRAIN, splits, root, patch_size=4, on_epoch=kill_after_first)
+    final = supernet_path(SPACE, DATA, TRAIN, root, img_size=16, patch_size=4)
+    assert not final.exists() and final.with_suffix(".train.pt").exists()
+    resumed = train_supernet(
+        SPACE, DATA, TRAIN, splits, root, patch_size=4, on_epoch=kill_after_first
+    )
+    assert seen == [1, 2, 3]  # the second call started at epoch 2
+    assert not final.with_suffix(".train.pt").exists()
+
+    a, b = load_supernet(whole), load_supernet(resumed)
+    steps = math.ceil(160 / TRAIN.batch_size)
+    assert len(b.meta["lrs"]) == TRAIN.epochs * steps
+    assert b.meta["lrs"] == pytest.approx(a.meta["lrs"], rel=1e-12)
+    assert max(b.meta["lrs"]) == pytest.approx(TRAIN.lr)
+    assert [r["epoch"] for r in b.meta["history"]] == [1, 2, 3]
+    assert b.meta["history"][-1]["loss"] < b.meta["history"][0]["loss"]  # it learns
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_second_call_is_a_cache_hit(splits, tmp_path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1)
+    path = train_supernet(SPACE, DATA, train, splits, tmp_path, patch_size=4)
+    stamp = path.stat().st_mtime_ns
+    epochs: list[dict] = []
+    t0 = time.perf_counter()
+    again = train_supernet(
+        SPACE, DATA, train, splits, tmp_path, patch_size=4, on_epoch=epochs.append
+    )
+    assert again == path and epochs == [] and path.stat().st_mtime_ns == stamp
+    assert time.perf_counter() - t0 < 1.0
+    other = train_supernet(
+        SPACE, DATA, dataclasses.replace(train, seed=1), splits, tmp_path, patch_size=4
+    )
+    assert other != path  # the key covers the training config
+
+
+def test_two_workers_starting_together_train_once(splits, tmp_path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1)
+    epochs: list[dict] = []
+    paths = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        start.wait()
+        paths.append(
+            train_supernet(
+                SPACE, DATA, train, splits, tmp_path, patch_size=4, on_epoch=epochs.append
+            )
+        )
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 2 and paths[0] == paths[1] and paths[0].exists()
+    assert len(epochs) == 1  # one epoch trained in all: the second worker waited and loaded
+
+
+def test_build_model_extracts_a_subnet_of_the_cached_supernet(splits, tmp_path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1)
+    arch = supernet_arch()
+    model = build_model(arch, train, DATA, splits, str(tmp_path))
+    assert isinstance(model, VisionTransformer) and not model.training
+    assert [b.attn.num_heads for b in model.blocks] == [1, 2]
+    assert next(model.parameters()).dtype == torch.float32
+    path = supernet_path(SPACE, DATA, train, tmp_path, img_size=16, patch_size=4)
+    net = load_supernet(path)
+    assert load_supernet(path) is net  # memoised: trials in one process do not reload
+    x = torch.stack([splits.val[i][0] for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x, embed_dim=16, depth=2, num_heads=[1, 2],
+                                                  mlp_ratio=2.0))  # fmt: skip
+    again = build_model(arch, train, DATA, splits, str(tmp_path))
+    assert again is not model  # a fresh module each time: surgery may modify it
+    with pytest.raises(ConfigError, match=r"arch\.num_heads\[1\]=4: valid: 1, 2"):
+        build_model(supernet_arch(num_heads=(1, 4)), train, DATA, splits, str(tmp_path))
+
+
+def test_build_model_trains_a_standalone_vit_once_and_loads_checkpoints(splits, tmp_path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1)
+    arch = ArchSpec(kind="vit", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    model = build_model(arch, train, DATA, splits, str(tmp_path))
+    cached = list((tmp_path / "models").glob("*.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = build_model(arch, train, DATA, splits, str(tmp_path))
+    assert cached[0].stat().st_mtime_ns == stamp
+    x = torch.stack([splits.val[i][0] for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+    weights = tmp_path / "mine.pt"
+    torch.save(model.state_dict(), weights)
+    loaded = build_model(
+        dataclasses.replace(arch, checkpoint=str(weights)), train, DATA, splits, "/nonexistent"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"mine\.pt: unreadable checkpoint") as err:
+        build_model(dataclasses.replace(arch, checkpoint=str(weights)), train, DATA, splits, "x")
+    assert "\n" not in str(err.value)
+
+
+def test_corrupt_cached_supernet_names_the_file(splits, tmp_path) -> None:
+    train = dataclasses.replace(TRAIN, epochs=1)
+    path = supernet_path(SPACE, DATA, train, tmp_path, img_size=16, patch_size=4)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        build_model(supernet_arch(), train, DATA, splits, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        (dict(img_size=32), r"arch\.img_size=32: differs from data\.image_size=16"),
+        (dict(kind="cnn"), r"arch\.kind='cnn': valid: vit, supernet"),
+        (dict(timm_name="no_such_vit"), r"arch\.timm_name='no_such_vit': unknown timm model"),
+        (dict(timm_name="resnet18"), r"'resnet18': not buildable as a timm VisionTransformer"),
+        (dict(kind="supernet", space=SPACE, head_dim=16), r"arch\.head_dim=16: the supernet"),
+    ],
+)
+def test_bad_arch_is_a_one_line_config_error(splits, tmp_path, arch, message) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        build_model(ArchSpec(**{"img_size": 16, **arch}), TRAIN, DATA, splits, str(tmp_path))
+    assert "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())  # rejected before any training
+
+
+def test_untrained_standalone_vit_is_seeded_and_not_cached(splits, tmp_path) -> None:
+    arch = ArchSpec(kind="vit", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    untrained = dataclasses.replace(TRAIN, epochs=0)
+    a = build_model(arch, untrained, DATA, splits, str(tmp_path))
+    b = build_model(arch, untrained, DATA, splits, str(tmp_path))
+    torch.testing.assert_close(a.head.weight, b.head.weight, rtol=0, atol=0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_training_config_is_rejected(splits, tmp_path) -> None:
+    empty = dataclasses.replace(splits, train=Subset(splits.train, []))
+    with pytest.raises(ConfigError, match=r"training split is empty"):
+        train_supernet(SPACE, DATA, TRAIN, empty, tmp_path)
+    with pytest.raises(ConfigError, match=r"arch\.patch_size=5"):
+        train_supernet(SPACE, DATA, TRAIN, splits, tmp_path, patch_size=5)

@@ -1,0 +1,104 @@
+"""`measure_all`: every speed, energy and cost number of one candidate, in one call.
+
+Order matters: peak memory is taken first (before warm-up has grown the allocator's caches),
+FLOPs outside the lock (they time nothing), then throughput, latency and energy inside the
+machine-wide timing lock, with the thread count fixed for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
+from vitsweep.measure.device import device_name, is_cuda, synchronizer
+from vitsweep.measure.energy import (
+    EstimateMeter,
+    measure_energy,
+    select_meter,
+)
+from vitsweep.measure.lock import timing_lock
+from vitsweep.measure.speed import (
+    REPEAT_TARGET_S,
+    eval_mode,
+    forward_step,
+    make_input,
+    measure_latency,
+    measure_throughput,
+    thread_scope,
+    with_oom_retry,
+)
+from vitsweep.runctx import RunContext
+from vitsweep.spec import MeasureSpec
+
+
+def measure_all(
+    model: torch.nn.Module,
+    ctx: RunContext,
+    sample_shape: tuple[int, int, int],
+    spec: MeasureSpec,
+    *,
+    repeat_target_s: float = REPEAT_TARGET_S,
+) -> dict[str, Any]:
+    """Throughput, latency, energy, params, FLOPs and peak memory of `model` run through `ctx`.
+
+    The model must already sit on `ctx.device`. Energy per image uses the meter chosen by
+    `spec.energy`; the estimate needs no extra window (assumed watts / measured throughput).
+    """
+    sample_shape = tuple(sample_shape)  # type: ignore[assignment]
+    meter = select_meter(spec.energy, ctx.device, spec.watts)
+    try:
+        with thread_scope(spec.threads) as threads:
+            params = count_params(model)
+            flops = count_flops(model, ctx, sample_shape)
+            peak_mem, _ = with_oom_retry(
+                lambda b: peak_memory_bytes(model, ctx, make_input(b, sample_shape, ctx)),
+                spec.batch_size,
+                ctx.device,
+            )
+            with timing_lock(spec) as lock_wait_s:
+                tput, batch = measure_throughput(model, ctx, sample_shape, spec, repeat_target_s)
+                lat = measure_latency(model, ctx, sample_shape, spec, repeat_target_s)
+                if isinstance(meter, EstimateMeter):
+                    energy = meter.watts / tput.rate
+                    window_s = 0.0
+                    power_w = meter.watts
+                else:
+                    with torch.inference_mode(), eval_mode(model):
+                        x = make_input(batch, sample_shape, ctx)
+                        reading = measure_energy(
+                            forward_step(model, ctx, x),
+                            synchronizer(ctx.device),
+                            batch,
+                            meter,
+                            spec.energy_window_s,
+                            preload_s=1.0 if is_cuda(ctx.device) else 0.2,
+                        )
+                    energy = reading.joules_per_image
+                    window_s = reading.window_s
+                    power_w = reading.power_w
+    finally:
+        meter.close()
+    return {
+        "throughput": tput.rate,
+        "latency_ms": lat.median_step_s * 1e3,
+        "energy": energy,
+        "energy_source": meter.source,
+        "params": params,
+        "flops": flops,
+        "peak_mem_bytes": peak_mem,
+        "throughput_cv": tput.cv,
+        "latency_cv": lat.cv,
+        "repeats": tput.repeats,
+        "latency_repeats": lat.repeats,
+        "iters_per_repeat": tput.iters,
+        "noisy": tput.noisy or lat.noisy,
+        "threads": threads,
+        "batch_size": batch,
+        "measure_device": torch.device(ctx.device).type,
+        "device_name": device_name(ctx.device),
+        "energy_window_s": window_s,
+        "energy_power_w": power_w,
+        "lock_wait_s": lock_wait_s,
+    }

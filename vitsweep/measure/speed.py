@@ -1,0 +1,245 @@
+"""The speed protocol: warm-up, timed repeats until the spread is small, medians, OOM retry.
+
+Each repeat times `iters` back-to-back steps between two device synchronizations, so that on a
+GPU the queue stays full inside a repeat and the timestamps still mean "finished". Repeats go on
+from `min_repeats` until the coefficient of variation (CV) of the per-repeat rates is below
+`max_cv`, or `max_repeats` or `time_cap_s` is reached; a result that never settled is `noisy`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from vitsweep.measure.device import is_cuda, synchronizer
+from vitsweep.runctx import RunContext
+from vitsweep.spec import MeasureSpec
+
+T = TypeVar("T")
+
+# A repeat shorter than this is dominated by timer and scheduler jitter on a busy CPU;
+# repeats of tiny models therefore run several steps each.
+REPEAT_TARGET_S = 0.05
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample standard deviation over mean; 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class RepeatStats:
+    """Timings of one timed section: every repeat kept, so the spread can be reported."""
+
+    times_s: tuple[float, ...]  # wall seconds per repeat
+    items_per_repeat: int  # images processed per repeat (batch x iters)
+    iters: int  # steps per repeat
+    max_cv: float
+
+    @property
+    def repeats(self) -> int:
+        return len(self.times_s)
+
+    @property
+    def rates(self) -> list[float]:
+        """Images per second of each repeat."""
+        return [self.items_per_repeat / t for t in self.times_s]
+
+    @property
+    def rate(self) -> float:
+        """Median images per second."""
+        return statistics.median(self.rates)
+
+    @property
+    def best_rate(self) -> float:
+        """Fastest repeat's images per second: interference only ever slows a repeat down, so
+        on a shared machine this is the steadier estimate of what the hardware can do."""
+        return max(self.rates)
+
+    @property
+    def median_step_s(self) -> float:
+        """Median seconds of one step (one forward of one batch)."""
+        return statistics.median(self.times_s) / self.iters
+
+    @property
+    def cv(self) -> float:
+        return coefficient_of_variation(self.rates)
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv >= self.max_cv
+
+
+def _validate(spec: MeasureSpec) -> None:
+    checks = {
+        "measure.warmup": spec.warmup >= 0,
+        "measure.min_repeats": spec.min_repeats >= 1,
+        "measure.max_repeats": spec.max_repeats >= spec.min_repeats,
+        "measure.max_cv": spec.max_cv > 0,
+        "measure.time_cap_s": spec.time_cap_s > 0,
+        "measure.threads": spec.threads >= 0,
+        "measure.batch_size": spec.batch_size >= 1,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(
+                f"{key}={getattr(spec, key.split('.')[1])!r}: invalid; need warmup >= 0, "
+                "1 <= min_repeats <= max_repeats, max_cv > 0, time_cap_s > 0, threads >= 0, "
+                "batch_size >= 1"
+            )
+
+
+def timed_repeats(
+    step: Callable[[], object],
+    sync: Callable[[], None],
+    spec: MeasureSpec,
+    items_per_step: int,
+    repeat_target_s: float = REPEAT_TARGET_S,
+) -> RepeatStats:
+    """Warm up, calibrate steps per repeat, then time repeats until the CV settles or time is up."""
+    _validate(spec)
+    for _ in range(spec.warmup):
+        step()
+    sync()
+    # One timed step calibrates how many steps make a repeat long enough to time reliably,
+    # without letting the minimum repeats alone overrun the time cap.
+    t0 = time.perf_counter()
+    step()
+    sync()
+    one = max(time.perf_counter() - t0, 1e-9)
+    target = min(repeat_target_s, spec.time_cap_s / (2 * spec.min_repeats))
+    iters = max(1, math.ceil(target / one)) if target > 0 else 1
+
+    times: list[float] = []
+    started = time.perf_counter()
+    while True:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        n = len(times)
+        if n >= spec.max_repeats:
+            break
+        if n >= spec.min_repeats:
+            rates = [items_per_step * iters / t for t in times]
+            if coefficient_of_variation(rates) < spec.max_cv:
+                break
+            if time.perf_counter() - started >= spec.time_cap_s:
+                break
+    return RepeatStats(tuple(times), items_per_step * iters, iters, spec.max_cv)
+
+
+@contextlib.contextmanager
+def thread_scope(threads: int) -> Iterator[int]:
+    """Use `threads` intra-op threads inside (0: leave as is); yields the count in effect."""
+    if threads < 0:
+        raise ValueError(f"measure.threads={threads}: must be >= 0 (0 keeps torch's default)")
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if threads > 0:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode inside, the caller's mode restored after (a training loop may share the model)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def make_input(batch: int, sample_shape: tuple[int, ...], ctx: RunContext) -> torch.Tensor:
+    """A fixed pseudo-random batch already on the device in the context's input dtype."""
+    gen = torch.Generator().manual_seed(0)
+    return ctx.prepare(torch.randn((batch, *sample_shape), generator=gen))
+
+
+def free_device_memory(device: str) -> None:
+    gc.collect()
+    if is_cuda(device):
+        torch.cuda.empty_cache()
+
+
+def with_oom_retry(fn: Callable[[int], T], batch_size: int, device: str) -> tuple[T, int]:
+    """Run `fn(batch)`; on out-of-memory halve the batch and retry. Returns (result, batch used)."""
+    batch = batch_size
+    while True:
+        try:
+            return fn(batch), batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+        # Outside the except block: the traceback no longer pins the failed step's tensors.
+        free_device_memory(device)
+        batch = max(1, batch // 2)
+
+
+def forward_step(model: torch.nn.Module, ctx: RunContext, x: torch.Tensor) -> Callable[[], object]:
+    """One inference forward exactly as accuracy is evaluated (ctx.forward)."""
+
+    def step() -> object:
+        return ctx.forward(model, x)
+
+    return step
+
+
+def time_forward(
+    model: torch.nn.Module,
+    ctx: RunContext,
+    sample_shape: tuple[int, ...],
+    batch: int,
+    spec: MeasureSpec,
+    repeat_target_s: float = REPEAT_TARGET_S,
+) -> RepeatStats:
+    """Timed repeats of `model` on one batch of `batch` images (inference mode, eval mode)."""
+    with torch.inference_mode(), eval_mode(model):
+        x = make_input(batch, sample_shape, ctx)
+        return timed_repeats(
+            forward_step(model, ctx, x), synchronizer(ctx.device), spec, batch, repeat_target_s
+        )
+
+
+def measure_throughput(
+    model: torch.nn.Module,
+    ctx: RunContext,
+    sample_shape: tuple[int, ...],
+    spec: MeasureSpec,
+    repeat_target_s: float = REPEAT_TARGET_S,
+) -> tuple[RepeatStats, int]:
+    """Images/s at `spec.batch_size` (halved on OOM). Returns (stats, batch used)."""
+    return with_oom_retry(
+        lambda b: time_forward(model, ctx, sample_shape, b, spec, repeat_target_s),
+        spec.batch_size,
+        ctx.device,
+    )
+
+
+def measure_latency(
+    model: torch.nn.Module,
+    ctx: RunContext,
+    sample_shape: tuple[int, ...],
+    spec: MeasureSpec,
+    repeat_target_s: float = REPEAT_TARGET_S,
+) -> RepeatStats:
+    """Batch-1 timings; latency_ms = 1000 x `median_step_s`."""
+    return time_forward(model, ctx, sample_shape, 1, spec, repeat_target_s)

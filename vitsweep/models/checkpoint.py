@@ -1,0 +1,99 @@
+"""Checkpoint files: atomic writes, safe loads, cache keys.
+
+A worker killed mid-write must never leave a half file where the next one looks (temp file in
+the same directory + `os.replace`, which is atomic on POSIX); loading never unpickles code
+(`weights_only=True`); every failure is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temp file beside `path`, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
+    """Load a checkpoint written by `atomic_save` holding `{"kind": kind, ...}`, tensors only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({one_line(e)}); delete it to retrain"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
+        found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a vitsweep {kind} checkpoint (found {found!r})")
+    if obj.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {obj.get('format')!r}, expected {FORMAT_VERSION}; "
+            "delete it to retrain"
+        )
+    return obj
+
+
+def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming the file on any mismatch."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint holds no state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise CheckpointError(f"{path}: weights do not match the model ({detail[:160]})") from None
+
+
+def plain(obj: Any) -> Any:
+    """A JSON-able copy of specs (dataclasses, tuples) for hashing and for `weights_only` files."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def cache_key(**parts: Any) -> str:
+    """A short stable hash of everything that changes the trained weights."""
+    text = json.dumps(
+        {"format": FORMAT_VERSION, **plain(parts)}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

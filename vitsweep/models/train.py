@@ -1,0 +1,442 @@
+"""Training, cached and resumable: the supernet (sandwich rule) and standalone ViTs.
+
+One loop (`fit`) serves both: AdamW without decay on norms/biases/embeddings, linear warm-up then
+cosine per step, label smoothing, a progress bar, an atomic checkpoint after every epoch holding
+model + optimizer + scheduler + epoch + RNG state, so a killed run resumes on the same schedule.
+`cached` wraps a run in a file lock so that workers starting together train a file only once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vitsweep.data.splits import Splits
+from vitsweep.models import spaces
+from vitsweep.models.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    cache_key,
+    load_state,
+    plain,
+    safe_load,
+)
+from vitsweep.models.supernet import Supernet
+from vitsweep.spec import ConfigError, DataSpec, SpaceSpec, TrainSpec
+
+# Called after each epoch's checkpoint is on disk with {"epoch", "loss", "val_acc", ...}.
+EpochHook = Callable[[dict[str, Any]], None]
+# One optimisation step's forward/backward: (model, x, y, rng, criterion) -> mean loss.
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, random.Random, nn.Module], float]
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier at optimizer step `step`: linear warm-up to 1, then cosine to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_device(train: TrainSpec) -> torch.device:
+    """`train.device` if the spec has one (auto|cpu|cuda), else CUDA when present."""
+    want = getattr(train, "device", "auto")
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device={want!r}: valid: auto, cpu, cuda")
+    return torch.device(want)
+
+
+def check_train(train: TrainSpec, splits: Splits) -> None:
+    """What `TrainSpec` cannot check on its own (it validates its ranges when built)."""
+    if train.epochs > 0 and len(splits.train) == 0:  # type: ignore[arg-type]
+        raise ConfigError("data: the training split is empty; nothing to train on")
+
+
+@torch.inference_mode()
+def accuracy(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy of `forward` (logits) over `dataset`."""
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        pred = forward(x.to(device)).argmax(-1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    return correct / max(1, total)
+
+
+def fit(
+    model: nn.Module,
+    train: TrainSpec,
+    splits: Splits,
+    *,
+    step_fn: StepFn,
+    eval_fn: Callable[[nn.Module, torch.device], dict[str, float]],
+    state_path: Path,
+    config: dict[str, Any],
+    desc: str,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, Any]:
+    """Train `model` in place for `train.epochs`, resuming from `state_path` if it exists.
+
+    Returns {"history": per-epoch records, "lrs": the LR of every optimizer step}. The training
+    RNG (global torch state, the data order, the subnet sampler) is forked so the caller's is
+    untouched, and saved with each checkpoint so a resumed run draws what an unbroken one would.
+    """
+    check_train(train, splits)
+    threads = train.threads  # 0: leave torch's default
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _fit(model, train, splits, step_fn, eval_fn, state_path, config, desc, on_epoch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(
+    model: nn.Module,
+    train: TrainSpec,
+    splits: Splits,
+    step_fn: StepFn,
+    eval_fn: Callable[[nn.Module, torch.device], dict[str, float]],
+    state_path: Path,
+    config: dict[str, Any],
+    desc: str,
+    on_epoch: EpochHook | None,
+) -> dict[str, Any]:
+    device = train_device(train)
+    model.to(device)
+    groups = param_groups_weight_decay(
+        model, train.weight_decay, no_weight_decay_list=("*pos_embed", "*cls_token")
+    )
+    opt = torch.optim.AdamW(groups, lr=train.lr)
+    data_gen = torch.Generator().manual_seed(train.seed)
+    loader = DataLoader(splits.train, batch_size=train.batch_size, shuffle=True, generator=data_gen)
+    steps = len(loader)
+    total = train.epochs * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        partial(
+            lr_factor,
+            warmup_steps=min(train.warmup_epochs * steps, total),
+            total_steps=total,
+            min_ratio=train.min_lr / train.lr,
+        ),
+    )
+    sampler = random.Random(train.seed)
+    criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+    history: list[dict[str, Any]] = []
+    lrs: list[float] = []
+    start = 0
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train.seed)
+        if state_path.exists():
+            state = safe_load(state_path, "train_state")
+            if state.get("config") != config:
+                raise CheckpointError(f"{state_path}: resume state belongs to another run")
+            load_state(model, state["model"], state_path)
+            try:
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng"]["torch"])
+                data_gen.set_state(state["rng"]["data"])
+                sampler.setstate(_as_tuple(state["rng"]["sampler"]))
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise CheckpointError(f"{state_path}: bad resume state ({e!r})"[:240]) from None
+            start, history, lrs = int(state["epoch"]), list(state["history"]), list(state["lrs"])
+
+        bar = tqdm(
+            total=total,
+            initial=start * steps,
+            desc=desc,
+            disable=not train.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(start, train.epochs):
+                model.train()
+                losses = []
+                for x, y in loader:
+                    x, y = x.to(device), y.to(device)
+                    lrs.append(opt.param_groups[0]["lr"])
+                    opt.zero_grad(set_to_none=True)
+                    losses.append(step_fn(model, x, y, sampler, criterion))
+                    opt.step()
+                    sched.step()
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+                model.eval()
+                record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses)}
+                record.update(eval_fn(model, device))
+                history.append(record)
+                bar.set_postfix(
+                    {k: f"{v:.3f}" if isinstance(v, float) else v for k, v in record.items()}
+                )
+                atomic_save(
+                    {
+                        "kind": "train_state",
+                        "format": FORMAT_VERSION,
+                        "config": config,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": opt.state_dict(),
+                        "scheduler": _scheduler_state(sched),
+                        "epoch": epoch + 1,
+                        "rng": {
+                            "torch": torch.get_rng_state(),
+                            "data": data_gen.get_state(),
+                            "sampler": sampler.getstate(),
+                        },
+                        "history": history,
+                        "lrs": lrs,
+                    },
+                    state_path,
+                )
+                if on_epoch is not None:
+                    on_epoch(dict(record))
+        finally:
+            bar.close()
+    model.to("cpu").eval()
+    return {"history": history, "lrs": lrs}
+
+
+def _scheduler_state(sched: torch.optim.lr_scheduler.LambdaLR) -> dict[str, Any]:
+    """LambdaLR's state without the lambda (rebuilt from the spec; a partial cannot be stored)."""
+    state = sched.state_dict()
+    state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
+    return state
+
+
+def _as_tuple(v: Any) -> Any:
+    """`random.Random.setstate` wants tuples; a checkpoint may hand back lists."""
+    return tuple(_as_tuple(x) for x in v) if isinstance(v, list | tuple) else v
+
+
+def cached(path: Path, produce: Callable[[], None]) -> Path:
+    """Run `produce` (which writes `path`) unless `path` exists; one worker at a time per file.
+
+    A worker that finds the lock taken waits for it, then sees the file and returns: a supernet
+    is never trained twice, whichever worker started first.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_suffix(".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"vitsweep: waiting for another worker to finish {path}", file=sys.stderr)
+        lock.acquire()
+    try:
+        if not path.exists():
+            produce()
+    finally:
+        lock.release()
+    return path
+
+
+# -- the supernet ----------------------------------------------------------------------------
+
+
+def supernet_path(
+    space: SpaceSpec,
+    data: DataSpec,
+    train: TrainSpec,
+    root: str | Path,
+    *,
+    img_size: int,
+    patch_size: int,
+) -> Path:
+    """<root>/supernets/<key>.pt, key = hash of data + space + input geometry + training."""
+    key = cache_key(
+        kind="supernet",
+        data=data,
+        space=space,
+        img_size=img_size,
+        patch_size=patch_size,
+        train=train_key(train),
+    )
+    return Path(root) / "supernets" / f"{key}.pt"
+
+
+def train_key(train: TrainSpec) -> dict[str, Any]:
+    """The training fields that change the weights (not the progress bar)."""
+    d = plain(train)
+    d.pop("progress", None)
+    return d
+
+
+def sandwich_step(
+    net: Supernet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: random.Random,
+    criterion: nn.Module,
+    *,
+    n_random: int,
+) -> float:
+    """Largest, smallest and `n_random` random subnets on one batch, gradients summed.
+
+    Training the extremes every step bounds the space (BigNAS/OFA's sandwich rule); the random
+    ones cover the middle. Each backward runs before the next forward to keep memory at one
+    subnet's activations.
+    """
+    shapes = [net.largest, net.smallest] + [spaces.sample(net.space, rng) for _ in range(n_random)]
+    total = 0.0
+    for shape in shapes:
+        loss = criterion(net(x, shape=shape), y)
+        loss.backward()
+        total += float(loss.detach())
+    return total / len(shapes)
+
+
+def train_supernet(
+    space: SpaceSpec,
+    data: DataSpec,
+    train: TrainSpec,
+    splits: Splits,
+    root: str | Path,
+    *,
+    patch_size: int = 4,
+    img_size: int | None = None,
+    on_epoch: EpochHook | None = None,
+) -> Path:
+    """Train (or resume, or find cached) the supernet of `space` on `splits`; returns its file.
+
+    `patch_size`/`img_size` (default: the data's size) fix the input geometry, part of the key.
+    """
+    img_size = splits.image_size if img_size is None else int(img_size)
+    if img_size != splits.image_size:
+        raise ConfigError(
+            f"arch.img_size={img_size}: differs from data.image_size={splits.image_size}"
+        )
+    if patch_size < 1 or img_size % patch_size:
+        raise ConfigError(f"arch.patch_size={patch_size}: must divide image size {img_size}")
+    spaces.validate_space(space)
+    check_train(train, splits)
+    path = supernet_path(space, data, train, root, img_size=img_size, patch_size=patch_size)
+
+    def produce() -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train.seed)
+            net = Supernet(
+                space,
+                img_size=img_size,
+                patch_size=patch_size,
+                in_chans=splits.in_chans,
+                num_classes=splits.num_classes,
+            )
+
+        def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
+            assert isinstance(model, Supernet)
+            return {
+                "val_acc_largest": accuracy(
+                    partial(model, shape=model.largest), splits.val, device
+                ),
+                "val_acc_smallest": accuracy(
+                    partial(model, shape=model.smallest), splits.val, device
+                ),
+            }
+
+        config = {"key": path.stem, "what": "supernet"}
+        result = fit(
+            net,
+            train,
+            splits,
+            step_fn=partial(sandwich_step, n_random=train.sandwich_random),
+            eval_fn=evaluate,
+            state_path=path.with_suffix(".train.pt"),
+            config=config,
+            desc=f"supernet {path.stem}",
+            on_epoch=on_epoch,
+        )
+        meta = {
+            **result,
+            "data": plain(data),
+            "train": train_key(train),
+            "class_names": list(splits.class_names),
+        }
+        net.save(path, meta=meta)
+        path.with_suffix(".train.pt").unlink(missing_ok=True)
+
+    return cached(path, produce)
+
+
+def plain_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: random.Random,
+    criterion: nn.Module,
+) -> float:
+    """One ordinary forward/backward (standalone models)."""
+    loss = criterion(model(x), y)
+    loss.backward()
+    return float(loss.detach())
+
+
+def train_standalone(
+    make_model: Callable[[], nn.Module],
+    config: dict[str, Any],
+    train: TrainSpec,
+    splits: Splits,
+    path: Path,
+    *,
+    on_epoch: EpochHook | None = None,
+) -> Path:
+    """Train `make_model()` for `train.epochs` and cache its weights at `path` (resumable)."""
+    check_train(train, splits)
+
+    def produce() -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train.seed)
+            model = make_model()
+
+        def evaluate(m: nn.Module, device: torch.device) -> dict[str, float]:
+            return {"val_acc": accuracy(m, splits.val, device)}
+
+        result = fit(
+            model,
+            train,
+            splits,
+            step_fn=plain_step,
+            eval_fn=evaluate,
+            state_path=path.with_suffix(".train.pt"),
+            config={"key": path.stem, "what": "model"},
+            desc=f"model {path.stem}",
+            on_epoch=on_epoch,
+        )
+        atomic_save(
+            {
+                "kind": "model",
+                "format": FORMAT_VERSION,
+                "config": config,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "meta": result,
+            },
+            path,
+        )
+        path.with_suffix(".train.pt").unlink(missing_ok=True)
+
+    return cached(path, produce)
