@@ -26,6 +26,11 @@ sweep: $(STAMP)  ## run (or resume) the default study, then write its report; AR
 	$(BIN)/vitsweep-report $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (slow tests included)
+	@# The scale-out tests start a throwaway PostgreSQL cluster: install the server if missing.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	 if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	 else echo "make test: no PostgreSQL server; as root: apt-get install -y postgresql"; fi
 	$(BIN)/ruff check vitsweep tests hydra_plugins
 	$(BIN)/python -m pytest -q $(ARGS)
 

@@ -6,7 +6,9 @@ journal (one machine or a shared filesystem). Passwords never leave this module 
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from pathlib import Path
 
 import optuna
@@ -27,6 +29,21 @@ def default_url(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'vitsweep.db'}"
 
 
+def _with_installed_driver(url: str) -> str:
+    """`postgresql://` -> `postgresql+psycopg2://` when only psycopg2 is installed.
+
+    SQLAlchemy 2.1 maps a driverless `postgresql://` to psycopg 3, while the driver this package
+    depends on is psycopg2; users write the plain URL, so pick the driver that is really there.
+    """
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage for `url`; a bad URL is a one-line error with the password masked."""
     if url.startswith("journal:"):
@@ -38,15 +55,33 @@ def open_storage(url: str) -> BaseStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (ImportError, ValueError) as e:
-        raise ConfigError(f"hydra.sweeper.storage={mask_url(url)}: {mask_url(str(e))}") from None
-    except Exception as e:  # sqlalchemy.exc.OperationalError and friends: server down, auth
-        first = mask_url(str(e)).strip().splitlines()[0]
-        raise ConfigError(
-            f"hydra.sweeper.storage={mask_url(url)}: cannot connect: {first}"
-        ) from None
+    for attempt in range(_SCHEMA_ATTEMPTS):
+        try:
+            return RDBStorage(_with_installed_driver(url), engine_kwargs=engine_kwargs)
+        except (ImportError, ValueError) as e:
+            message = f"hydra.sweeper.storage={mask_url(url)}: {mask_url(str(e))}"
+            raise ConfigError(message) from None
+        except Exception as e:  # sqlalchemy.exc.OperationalError and friends: server down, auth
+            if _lost_schema_race(e) and attempt + 1 < _SCHEMA_ATTEMPTS:
+                time.sleep(random.uniform(0.1, 0.5))
+                continue
+            first = mask_url(str(e)).strip().splitlines()[0]
+            raise ConfigError(
+                f"hydra.sweeper.storage={mask_url(url)}: cannot connect: {first}"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+_SCHEMA_ATTEMPTS = 8
+
+
+def _lost_schema_race(e: Exception) -> bool:
+    """Workers started together on an empty database all run Optuna's CREATE TABLE and version
+    stamp; the losers fail with a duplicate key (PostgreSQL's pg_type, SQLite's alembic_version)
+    or 'already exists'. The schema is there by then, so opening again succeeds."""
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(e, IntegrityError) or "already exists" in str(e)
 
 
 def create_or_load(

@@ -1,0 +1,351 @@
+"""ToMe: exact at r=0, right token counts, prefix kept, reversible, and the maths checked against
+independent brute-force computations on random data."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention, Mlp
+from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitsweep.bench.tome_reference import apply_reference_tome
+from vitsweep.spec import ConfigError, TokenSpec
+from vitsweep.tome import (
+    apply_token,
+    apply_tome,
+    bipartite_soft_matching,
+    forward_tokens,
+    is_patched,
+    make_schedule,
+    merge_wavg,
+    remove_tome,
+    schedule_of,
+    token_counts,
+)
+from vitsweep.tome.patch import _attention
+
+IMG, PATCH, DIM = 48, 8, 64  # 36 patches: enough to merge a few per block, fast on 2 cores
+NUM_PATCHES = (IMG // PATCH) ** 2
+
+
+def vit(**kw: object) -> VisionTransformer:
+    torch.manual_seed(0)
+    args = dict(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=4, num_heads=4, num_classes=5)
+    args.update(kw)
+    return VisionTransformer(**args).eval()
+
+
+def subnet() -> VisionTransformer:
+    """Like our supernet's subnets: per-layer heads and MLP ratio, head_dim 64 != DIM/heads."""
+    model = vit(depth=3, qkv_bias=True)
+    torch.manual_seed(1)
+    for blk, heads, ratio in zip(model.blocks, (1, 3, 2), (3.0, 4.0, 3.5), strict=True):
+        blk.attn = Attention(DIM, heads, attn_head_dim=64, qkv_bias=True)
+        blk.mlp = Mlp(DIM, int(DIM * ratio))
+    return model.eval()
+
+
+MODELS = {
+    "plain": lambda: vit(),
+    "layerscale": lambda: vit(init_values=0.1),
+    "qk_norm": lambda: vit(qk_norm=True),
+    "registers": lambda: vit(reg_tokens=3, no_embed_class=True, init_values=0.1),
+    "avg_no_cls": lambda: vit(class_token=False, global_pool="avg"),
+    "subnet": subnet,
+}
+
+
+def prefix_of(model: VisionTransformer) -> int:
+    return model.num_prefix_tokens
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
+
+
+def mlp_token_counts(model: VisionTransformer, x: torch.Tensor) -> list[int]:
+    """Tokens each block's MLP really received (the merge sits between attention and MLP)."""
+    seen: list[int] = []
+    hooks = [
+        b.mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+        for b in model.blocks
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_r0_matches_stock(name: str, images: torch.Tensor) -> None:
+    model = MODELS[name]()
+    with torch.no_grad():
+        stock = model(images)
+        apply_tome(model, 0)
+        assert is_patched(model)
+        torch.testing.assert_close(model(images), stock, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_merging_changes_output_and_counts(name: str, images: torch.Tensor) -> None:
+    model = MODELS[name]()
+    n = NUM_PATCHES + prefix_of(model)
+    with torch.no_grad():
+        stock = model(images)
+    apply_tome(model, 4)
+    depth = len(model.blocks)
+    expected = [n - 4 * (i + 1) for i in range(depth)]
+    assert token_counts(model, n) == expected
+    assert mlp_token_counts(model, images) == expected
+    with torch.no_grad():
+        merged = model(images)
+        assert forward_tokens(model, images)[0].shape[1] == expected[-1]
+    assert merged.shape == stock.shape and torch.isfinite(merged).all()
+    assert not torch.allclose(merged, stock, atol=1e-4)
+
+
+def test_r0_runs_exactly_the_stock_ops(images: torch.Tensor) -> None:
+    """'No added work at r=0': the same torch calls, in the same order, as the stock model."""
+
+    class Record(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    model = vit(init_values=0.1, qk_norm=True)
+    traces = []
+    for patch in (False, True):
+        if patch:
+            apply_tome(model, 0)
+        with torch.no_grad(), Record() as rec:
+            model(images)
+        traces.append(rec.calls)
+    assert traces[0] == traces[1] and "scaled_dot_product_attention" in traces[0]
+
+
+def test_schedules_lists_and_caps(images: torch.Tensor) -> None:
+    model = vit(reg_tokens=2)  # 3 prefix tokens, 36 mergeable
+    n, p = NUM_PATCHES + 3, 3
+    apply_tome(model, [0, 5, 0, 2])
+    assert mlp_token_counts(model, images) == [n, n - 5, n - 5, n - 7]
+    apply_tome(model, 100)  # capped at half the mergeable tokens, every block
+    expected, left = [], n
+    for _ in range(4):
+        left -= (left - p) // 2
+        expected.append(left)
+    assert expected[0] == p + 18 and token_counts(model, n) == expected
+    assert mlp_token_counts(model, images) == expected
+    assert make_schedule(6, 4, schedule="decreasing") == (12, 8, 4, 0)
+    dec = make_schedule(5, 12, schedule="decreasing")
+    assert sum(dec) == 60 and list(dec) == sorted(dec, reverse=True) and dec[-1] == 0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "decreasing"])
+def test_keep_ratio_reaches_its_target(schedule: str, images: torch.Tensor) -> None:
+    model = vit()
+    n = NUM_PATCHES + 1
+    apply_tome(model, keep_ratio=0.4, schedule=schedule)
+    assert mlp_token_counts(model, images)[-1] == round(0.4 * n)
+    apply_tome(model, keep_ratio=0.01, schedule=schedule)  # unreachable: as few as capping allows
+    assert token_counts(model, n)[-1] == token_counts(apply_tome(vit(), 100), n)[-1]
+
+
+def test_prefix_tokens_survive_and_sizes_add_up(images: torch.Tensor) -> None:
+    def with_twin_registers() -> VisionTransformer:
+        """Identical registers: the most similar pair there is, the first a matcher merges."""
+        model = vit(reg_tokens=3, no_embed_class=True)
+        model.reg_token.data[:] = model.reg_token.data[:, :1]
+        return model
+
+    model = apply_tome(with_twin_registers(), 6)
+    with torch.no_grad():
+        tokens, size = forward_tokens(model, images)
+    assert size is not None and tokens.shape[1] == size.shape[1] == 4 + NUM_PATCHES - 24
+    assert torch.equal(size[:, :4, 0], torch.ones(2, 4))  # class + registers never merged
+    torch.testing.assert_close(size.sum(dim=(1, 2)), torch.full((2,), float(NUM_PATCHES + 4)))
+    # the published patch protects only the class token: register 2 (set A) merges into
+    # register 1 or 3 (set B, the first two of its B tokens, placed last)
+    ref = apply_reference_tome(with_twin_registers(), 6)
+    after_block0 = []
+    ref.blocks[0].register_forward_hook(lambda *_: after_block0.append(ref._tome_info["size"]))
+    with torch.no_grad():
+        ref(images)
+    num_b = (NUM_PATCHES + 4) // 2
+    assert (after_block0[0][:, -num_b : -num_b + 2].amax(dim=1) == 2).all()
+
+
+def test_apply_twice_equals_once_and_remove_restores(images: torch.Tensor) -> None:
+    model = vit(init_values=0.1)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        stock = model(images)
+        once = apply_tome(model, 3)(images)
+        twice = apply_tome(apply_tome(model, 3), 3)(images)
+        torch.testing.assert_close(twice, once, rtol=0, atol=0)
+        assert type(model).__mro__.count(type(model).__mro__[1]) == 1
+        assert schedule_of(model).r == (3, 3, 3, 3)
+        remove_tome(model)
+        assert type(model) is VisionTransformer and not hasattr(model, "_tome")
+        torch.testing.assert_close(model(images), stock, rtol=0, atol=0)
+    assert list(model.state_dict()) == keys
+    assert remove_tome(model) is model  # no-op when unpatched
+
+
+def test_subclass_copy_and_pickle(images: torch.Tensor) -> None:
+    class MyViT(VisionTransformer):
+        pass
+
+    torch.manual_seed(0)
+    mine = MyViT(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=2, num_heads=2).eval()
+    apply_tome(mine, 2)
+    assert isinstance(mine, MyViT) and token_counts(mine)[-1] == NUM_PATCHES + 1 - 4
+    assert type(remove_tome(mine)) is MyViT
+
+    model = apply_tome(vit(), 3)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        out = model(images)
+        torch.testing.assert_close(loaded(images), out)
+        torch.testing.assert_close(clone(images), out)
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    model = vit()
+    for bad in (-1, 1.5, True, "3", [1, 2], [1, -1, 0, 0], [1.0, 0, 0, 0]):
+        with pytest.raises(ValueError, match=r"^r "):
+            apply_tome(model, bad)
+    with pytest.raises(ValueError, match="schedule"):
+        apply_tome(model, 2, schedule="linear")
+    for ratio in (0.0, 1.5):
+        with pytest.raises(ValueError, match="keep_ratio"):
+            apply_tome(model, keep_ratio=ratio)
+    with pytest.raises(ValueError, match="ResPostBlock"):
+        apply_tome(vit(block_fn=ResPostBlock), 2)
+    with pytest.raises(ValueError, match="VisionTransformer"):
+        apply_tome(torch.nn.Linear(2, 2), 2)
+    assert not is_patched(model)
+
+
+def test_apply_token_from_spec(images: torch.Tensor) -> None:
+    model = vit()
+    with torch.no_grad():
+        stock = model(images)
+    apply_token(model, TokenSpec(mode="tome", r=(2, 2, 0, 1), prop_attn=False))
+    assert schedule_of(model).r == (2, 2, 0, 1) and not schedule_of(model).prop_attn
+    apply_token(model, TokenSpec(mode="tome", keep_ratio=0.6, schedule="decreasing"))
+    assert token_counts(model)[-1] == round(0.6 * (NUM_PATCHES + 1))
+    assert apply_token(model, TokenSpec(mode="none")) is model and not is_patched(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), stock, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"token\.mode .*'none', 'tome'"):
+        apply_token(model, TokenSpec(mode="tokenlearner"))
+    with pytest.raises(ConfigError, match=r"^token\.r "):
+        apply_token(model, TokenSpec(mode="tome", r=-2))
+
+
+def test_matching_and_weighted_merge_against_brute_force() -> None:
+    g = torch.Generator().manual_seed(3)
+    batch, n, c, p, r = 2, 11, 5, 2, 3
+    metric = torch.randn(batch, n, 4, generator=g)
+    x = torch.randn(batch, n, c, generator=g)
+    size = torch.randint(1, 4, (batch, n, 1), generator=g).float()
+    m = bipartite_soft_matching(metric, r, p)
+    out, out_size = merge_wavg(m, x, size)
+    assert out.shape == (batch, n - r, c) and out_size.shape == (batch, n - r, 1)
+    for i in range(batch):
+        a_idx, b_idx = list(range(p, n, 2)), list(range(p + 1, n, 2))
+        sim = F.cosine_similarity(metric[i, a_idx, None], metric[i, None, b_idx], dim=-1)
+        best, partner = sim.max(dim=1)
+        merged_a = set(best.topk(r).indices.tolist())
+        assert set(m.src[i].tolist()) == merged_a
+        # expected: prefix, unmerged A (in m's order), then each B as the weighted mean of itself
+        # and the A tokens that chose it
+        exp_x, exp_s = [x[i, j] for j in range(p)], [size[i, j] for j in range(p)]
+        for a in m.unmerged[i].tolist():
+            exp_x.append(x[i, a_idx[a]])
+            exp_s.append(size[i, a_idx[a]])
+        for bj, b in enumerate(b_idx):
+            group = [b] + [a_idx[a] for a in merged_a if partner[a] == bj]
+            w = size[i, group]
+            exp_x.append((x[i, group] * w).sum(0) / w.sum())
+            exp_s.append(w.sum(0))
+        torch.testing.assert_close(out[i], torch.stack(exp_x))
+        torch.testing.assert_close(out_size[i], torch.stack(exp_s))
+        torch.testing.assert_close((out[i] * out_size[i]).sum(0), (x[i] * size[i]).sum(0))
+    # r=0 (or nothing mergeable) only regroups: [prefix | A | B], values and sizes unchanged
+    same, same_size = merge_wavg(bipartite_soft_matching(metric, 0, p), x, size)
+    regroup = [*range(p), *range(p, n, 2), *range(p + 1, n, 2)]
+    assert torch.equal(same, x[:, regroup]) and torch.equal(same_size, size[:, regroup])
+
+
+def test_proportional_attention_equals_attending_to_copies() -> None:
+    """A token of size s with log(s) added to its logit attends like s identical tokens: the
+    paper's reason for the bias. Checked on both the fused and the eager path."""
+    torch.manual_seed(4)
+    attn = Attention(DIM, 4, qkv_bias=True, qk_norm=True, norm_layer=torch.nn.LayerNorm).eval()
+    x = torch.randn(2, 5, DIM)
+    counts = torch.tensor([1, 3, 1, 2, 4])
+    expanded = x.repeat_interleave(counts, dim=1)
+    size = counts.float().view(1, 5, 1).expand(2, 5, 1)
+    bias = size.log().transpose(1, 2).unsqueeze(1)
+    first = torch.cumsum(counts, 0) - counts  # where each token's first copy sits
+    with torch.no_grad():
+        want = attn(expanded)[:, first]
+        for fused in (True, False):
+            attn.fused_attn = fused
+            got, metric = _attention(attn, x, bias)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert metric.shape == (2, 5, attn.head_dim)
+
+
+def test_same_result_as_published_algorithm_without_prefix(images: torch.Tensor) -> None:
+    """With no prefix token both implementations pair the same tokens, so features agree; the
+    published one just runs eager attention."""
+
+    def tokens_out() -> VisionTransformer:  # no pooling, no head: forward returns the tokens
+        return vit(class_token=False, global_pool="", num_classes=0)
+
+    ours, ref = apply_tome(tokens_out(), 5), apply_reference_tome(tokens_out(), 5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), ref(images))
+        torch.testing.assert_close(ours.forward_features(images), ref(images))
+        # the published state (sizes, a popped r list) is reset only by forward(): any other
+        # entry point inherits the last forward's leftovers and fails; ours holds no such state
+        with pytest.raises((IndexError, RuntimeError)):
+            ref.forward_features(images)
+
+
+def test_training_autocast_and_flops(images: torch.Tensor) -> None:
+    model = apply_tome(vit(qk_norm=True, drop_path_rate=0.1, init_values=0.1), 4).train()
+    model(images).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None for p in model.blocks[-1].parameters())
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(images).float()).all()
+
+    def flops(m: torch.nn.Module) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m(images)
+        return counter.get_total_flops()
+
+    stock = flops(remove_tome(model))
+    merged = flops(apply_tome(model, 8))
+    assert merged < 0.8 * stock  # fewer tokens, fewer executed FLOPs
+    assert math.isclose(flops(apply_tome(model, 0)), stock)

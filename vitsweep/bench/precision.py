@@ -1,0 +1,227 @@
+"""Precision bench: what each precision really buys on this machine, and what mixed costs in top-1.
+
+Section 1: ViT-S/16 at 224 (random weights), batch 16, fp32 / bf16 autocast / bf16 full / int8,
+images/s (median over interleaved repeats, so load from other processes hits all variants alike)
+and model_bytes. Section 2: a small ViT trained here on the built-in digits task, test top-1 of
+fp32, int8 and mixed at budget_ratio 0.25 (a 4x size reduction).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vitsweep.bench.common import Section, Target
+from vitsweep.data import load
+from vitsweep.precision import apply_precision, model_bytes
+from vitsweep.runctx import RunContext
+from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec
+
+SPEED_VARIANTS = {
+    "fp32": PrecisionSpec(mode="fp32"),
+    "bf16 autocast": PrecisionSpec(mode="bf16", cast="autocast"),
+    "bf16 full": PrecisionSpec(mode="bf16", cast="full"),
+    "int8": PrecisionSpec(mode="int8"),
+}
+
+
+def _time_once(model: nn.Module, ctx: RunContext, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        ctx.forward(model, x)
+        return time.perf_counter() - start
+
+
+def speed_section(quick: bool = False, batch: int = 16) -> Section:
+    """Images/s and bytes of ViT-S/16 at every precision, from one run."""
+    import timm
+
+    torch.manual_seed(0)
+    base = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    runs = {
+        name: apply_precision(copy.deepcopy(base), spec) for name, spec in SPEED_VARIANTS.items()
+    }
+    for model, ctx in runs.values():
+        _time_once(model, ctx, x)  # warm-up: oneDNN/fbgemm pick and cache kernels here
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(3 if quick else 7):
+        for name, (model, ctx) in runs.items():
+            times[name].append(_time_once(model, ctx, x))
+    fp32_ips = batch / statistics.median(times["fp32"])
+    fp32_bytes = model_bytes(runs["fp32"][0])
+    rows = []
+    for name, (model, ctx) in runs.items():
+        ips = batch / statistics.median(times[name])
+        nbytes = model_bytes(model)
+        rows.append(
+            {
+                "precision": name,
+                "executes": ctx.precision_exec,
+                "images_per_s": round(ips, 2),
+                "vs_fp32": round(ips / fp32_ips, 2),
+                "spread_ips": f"{batch / max(times[name]):.1f}-{batch / min(times[name]):.1f}",
+                "model_bytes": nbytes,
+                "bytes_vs_fp32": round(nbytes / fp32_bytes, 3),
+            }
+        )
+    by = {r["precision"]: r for r in rows}
+    bf16 = max(by["bf16 autocast"]["vs_fp32"], by["bf16 full"]["vs_fp32"])
+    targets = [
+        Target("bf16 / fp32 images/s (best of autocast, full)", bf16, ">= 1.6", bf16 >= 1.6),
+        Target(
+            "int8 / fp32 images/s", by["int8"]["vs_fp32"], ">= 1.6", by["int8"]["vs_fp32"] >= 1.6
+        ),
+        Target(
+            "int8 / fp32 model_bytes",
+            by["int8"]["bytes_vs_fp32"],
+            "<= 0.3",
+            by["int8"]["bytes_vs_fp32"] <= 0.3,
+        ),
+    ]
+    notes = [
+        f"vit_small_patch16_224, random weights, batch {batch}, CPU, "
+        f"{torch.get_num_threads()} threads, {len(times['fp32'])} interleaved repeats, medians",
+    ]
+    try:
+        apply_precision(copy.deepcopy(base), PrecisionSpec(mode="fp16"))
+        notes.append("fp16: runs natively on this CPU (not timed here)")
+    except ConfigError as err:
+        notes.append(f"fp16 refused: {err}")
+    return Section("Precision: ViT-S/16 224 throughput and bytes", rows, targets, notes)
+
+
+def digits_vit(seed: int = 0) -> VisionTransformer:
+    """The small ViT of the built-in task (32 px digits, 8x8 patches of 4 px)."""
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3
+    )
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    epochs: int,
+    lr: float = 5e-4,
+    batch: int = 32,
+    seed: int = 0,
+    amp: bool | None = None,
+) -> None:
+    """AdamW + one-cycle schedule, plain cross-entropy, bf16 autocast where the CPU has it (about
+    2.5x faster here; the weights stay fp32): enough to make the accuracy mean something."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.15
+    )
+    if amp is None:  # tiny models are faster without: autocast's casts outweigh their matmuls
+        amp = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+
+def predictions(
+    model: nn.Module, ctx: RunContext, data: Dataset
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, label) over a dataset, run the way `ctx` says."""
+    preds, labels = [], []
+    with torch.inference_mode():
+        for x, y in DataLoader(data, batch_size=256):
+            preds.append(ctx.forward(model, x).argmax(dim=1))
+            labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def accuracy_section(quick: bool = False) -> Section:
+    """fp32 vs int8 vs mixed(0.25) test top-1 of a ViT trained here on digits."""
+    splits = load(DataSpec())
+    epochs = 2 if quick else 15
+    base = digits_vit()
+    start = time.perf_counter()
+    train(base, splits.train, epochs)
+    train_s = time.perf_counter() - start
+    variants = {
+        "fp32": PrecisionSpec(mode="fp32"),
+        "int8": PrecisionSpec(mode="int8"),
+        "mixed 0.25": PrecisionSpec(mode="mixed", budget_ratio=0.25),
+    }
+    if quick:  # the Hessian-vector products dominate (~1 s each here): a smoke-sized estimate
+        variants["mixed 0.25"] = PrecisionSpec(
+            mode="mixed", budget_ratio=0.25, calib_batches=1, hutchinson_samples=4
+        )
+    rows = []
+    ref_pred = None
+    fp32_bytes = model_bytes(base)
+    for name, spec in variants.items():
+        start = time.perf_counter()
+        model, ctx = apply_precision(copy.deepcopy(base), spec, calib=splits.train)
+        convert_s = time.perf_counter() - start
+        predictions(model, ctx, splits.test)  # warm-up pass; the timed pass gives images/s
+        start = time.perf_counter()
+        pred, label = predictions(model, ctx, splits.test)
+        ips = len(label) / (time.perf_counter() - start)
+        ref_pred = pred if ref_pred is None else ref_pred
+        plan = getattr(model, "vitsweep_mixed_plan", None)
+        rows.append(
+            {
+                "precision": name,
+                "executes": ctx.precision_exec,
+                "test_top1": round(float((pred == label).float().mean()) * 100, 2),
+                "agree_fp32": round(float((pred == ref_pred).float().mean()) * 100, 2),
+                "images_per_s": round(ips, 1),
+                "model_bytes": model_bytes(model),
+                "bytes_vs_fp32": round(model_bytes(model) / fp32_bytes, 4),
+                "bits": "" if plan is None else "".join(str(b) for b in plan.bits.values()),
+                "convert_s": round(convert_s, 1),
+            }
+        )
+    by = {r["precision"]: r for r in rows}
+    loss = round(by["fp32"]["test_top1"] - by["mixed 0.25"]["test_top1"], 2)
+    targets = [
+        Target("mixed(0.25) top-1 loss vs fp32, points", loss, "< 1", loss < 1),
+        Target(
+            "mixed(0.25) bytes / fp32",
+            by["mixed 0.25"]["bytes_vs_fp32"],
+            "<= 0.25",
+            by["mixed 0.25"]["bytes_vs_fp32"] <= 0.25,
+        ),
+    ]
+    notes = [
+        f"digits 32 px, ViT embed 192 depth 6 heads 3 patch 4, {epochs} epochs AdamW "
+        f"({train_s:.0f} s), test split of {len(splits.test)} images",
+        "bits: per block Linear in forward order (qkv, proj, fc1, fc2 per block)",
+        "images_per_s: one timed pass over the test split at batch 256 (single run, noisy)",
+    ]
+    return Section("Precision: accuracy on the built-in task", rows, targets, notes)
+
+
+def run(quick: bool = False) -> list[Section]:
+    return [speed_section(quick), accuracy_section(quick)]
+
+
+if __name__ == "__main__":
+    for section in run(quick=True):
+        print(section.title)
+        for row in section.rows:
+            print("  ", row)
+        for t in section.targets:
+            print("   target", t)
+        for n in section.notes:
+            print("   note", n)

@@ -1,0 +1,177 @@
+"""The precision axis: fp32, fp16/bf16 (autocast or full cast), int8 kernels, mixed bit-width.
+
+`apply_precision` is the surgery; `model_bytes` the storage it leads to. The maths beside it is
+pure: `hessian.py` (Hutchinson traces), `ilp.py` (bit-width choice), `quantizers.py` (Q_b(W)).
+A new mode (e.g. `tq`, transform quantization) plugs in as one more entry of `_HANDLERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitsweep.precision.bytes import model_bytes
+from vitsweep.precision.int8 import backend_label, int8_linear, resolve_int8_backend
+from vitsweep.precision.mixed import MixedPlan, apply_plan, plan_mixed, set_module
+from vitsweep.precision.quantizers import MAX_BITS, MIN_BITS
+from vitsweep.precision.resolve import (
+    MODES,
+    Resolved,
+    check_supported,
+    resolve_device,
+    resolve_precision,
+)
+from vitsweep.runctx import RunContext
+from vitsweep.spec import ConfigError, PrecisionSpec
+
+__all__ = [
+    "MODES",
+    "MixedPlan",
+    "Resolved",
+    "apply_precision",
+    "model_bytes",
+    "resolve_precision",
+]
+
+_APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
+PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
+
+
+def _validate(spec: PrecisionSpec) -> None:
+    resolve_precision(spec.mode, spec.cast)  # mode and cast strings
+    if spec.mode != "mixed":
+        return
+    bits = tuple(spec.bits)
+    if not bits or len(set(bits)) != len(bits) or any(not MIN_BITS <= b <= MAX_BITS for b in bits):
+        raise ConfigError(
+            f"precision.bits={list(bits)}: need distinct bit-widths, each in {MIN_BITS}..{MAX_BITS}"
+        )
+    if not spec.budget_ratio > 0:
+        raise ConfigError(f"precision.budget_ratio={spec.budget_ratio}: must be > 0")
+    if spec.calib_batches < 1 or spec.hutchinson_samples < 1:
+        raise ConfigError(
+            f"precision.calib_batches={spec.calib_batches}, precision.hutchinson_samples="
+            f"{spec.hutchinson_samples}: both must be >= 1"
+        )
+
+
+def _float(model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object) -> str:
+    """fp32 / fp16 / bf16: a full cast changes parameter dtypes; autocast changes nothing here."""
+    if resolved.model_dtype != torch.float32:
+        model.to(resolved.model_dtype)
+    return resolved.label
+
+
+def _int8(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    resolved: Resolved,
+    *,
+    device: str,
+    int8_backend: str,
+    **_: object,
+) -> str:
+    """Every nn.Linear -> int8-kernel Linear; patch-embed conv, norms, attention matmuls fp32."""
+    backend = resolve_int8_backend(device, int8_backend)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, layer in linears:
+        set_module(model, name, int8_linear(layer, backend, device))
+    return f"{backend_label(backend, device)} x{len(linears)} Linear, rest fp32"
+
+
+def _mixed(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    resolved: Resolved,
+    *,
+    device: str,
+    calib: Dataset | None,
+    calib_batch_size: int,
+    seed: int,
+    int8_backend: str,
+) -> str:
+    if calib is None:
+        raise ConfigError(
+            "precision.mode='mixed': needs calibration data (apply_precision(..., calib=train set))"
+        )
+    backend = resolve_int8_backend(device, int8_backend)
+    plan = plan_mixed(
+        model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size, seed=seed
+    )
+    label = apply_plan(model, plan, backend=backend, device=device)
+    setattr(model, PLAN_ATTR, plan)
+    return label
+
+
+def _tq(model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object) -> str:
+    raise ConfigError(
+        "precision.mode='tq': transform quantization is not built yet; "
+        "valid: fp32, fp16, bf16, int8, mixed"
+    )
+
+
+_HANDLERS: dict[str, Callable[..., str]] = {
+    "fp32": _float,
+    "fp16": _float,
+    "bf16": _float,
+    "int8": _int8,
+    "mixed": _mixed,
+    "tq": _tq,
+}
+
+
+def apply_precision(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    *,
+    device: str = "cpu",
+    calib: Dataset | None = None,
+    calib_batch_size: int | None = None,
+    seed: int = 0,
+    int8_backend: str | None = None,
+) -> tuple[nn.Module, RunContext]:
+    """Convert `model` in place to run at `spec`'s precision on `device`; returns it and how to
+    feed it. Idempotent: the same spec again returns the model untouched; a different one on a
+    model whose weights were converted (full cast, int8, mixed) is a ConfigError.
+
+    Modifications: eval mode, moved to `device`; fp16/bf16 full: float parameters cast;
+    int8: every nn.Linear -> int8-kernel Linear; mixed: block Linears -> int8 or packed low-bit
+    per the ILP, head -> int8, plan stored as `model.vitsweep_mixed_plan`.
+    `calib` (a labelled dataset, e.g. the train split) is needed by mixed only; `seed` fixes its
+    Rademacher vectors. `int8_backend` (auto | ao_dynamic | int_mm) picks the int8 kernels.
+    """
+    _validate(spec)
+    device = resolve_device(device)
+    check_supported(spec.mode, device)
+    applied = getattr(model, _APPLIED, None)
+    if applied is not None:
+        if applied[0] == spec and applied[1].device == device:
+            return model, applied[1]
+        raise ConfigError(
+            f"precision.mode={spec.mode!r}: model already converted to "
+            f"{applied[1].precision_exec!r}; apply precision to a fresh float model"
+        )
+    resolved = resolve_precision(spec.mode, spec.cast)
+    model.eval().to(device)
+    label = _HANDLERS[spec.mode](
+        model,
+        spec,
+        resolved,
+        device=device,
+        calib=calib,
+        calib_batch_size=calib_batch_size or getattr(spec, "calib_batch_size", 64),
+        seed=seed,
+        int8_backend=int8_backend or getattr(spec, "int8_backend", "auto"),
+    )
+    ctx = RunContext(
+        device=device,
+        input_dtype=resolved.data_dtype,
+        autocast_dtype=resolved.amp_dtype,
+        precision_exec=label,
+    )
+    if spec.mode in ("int8", "mixed", "tq") or resolved.model_dtype != torch.float32:
+        setattr(model, _APPLIED, (spec, ctx))  # weights changed: a second precision would stack
+    return model, ctx

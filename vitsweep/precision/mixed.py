@@ -1,0 +1,290 @@
+"""HAWQ-style mixed precision: Hessian-trace sensitivity per layer, bit-widths from an ILP.
+
+Which layers: every nn.Linear inside `model.blocks` (qkv, proj, fc1, fc2) is searched over
+`spec.bits`. Kept out of the search: every other nn.Linear (the head) runs 8-bit on int8 kernels,
+and the patch-embedding Conv2d stays fp32 (no dynamic int8 conv kernel, and the first layer is
+the one quantization hurts most); norms, tokens and position embeddings stay fp32.
+
+Sensitivity of layer l at b bits (HAWQ-V2/V3): (tr(H_l) / n_l) * ||W_l - Q_b(W_l)||^2. The trace
+is divided by the weight count because a quantization error spread over all n_l weights sees the
+*average* curvature: E[d^T H d] = tr(H)/n * ||d||^2 for a random direction d. Negative trace
+estimates (noise, or a non-convex spot) are clamped to a small positive floor so that more bits
+never look worse than fewer.
+
+Costs: "bytes" = the layer's storage after conversion (model_bytes of the converted layer, so the
+ILP prices exactly what is then stored); "bops" = MACs per image x weight bits x 8 activation bits
+(HAWQ-V3 convention), fp32 layers at 32 x 32. The budget is `budget_ratio` x the fp32 model's
+total, and the fixed parts are paid first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.data import DataLoader, Dataset
+
+from vitsweep.precision.bytes import model_bytes
+from vitsweep.precision.hessian import hutchinson_trace
+from vitsweep.precision.ilp import BudgetInfeasible, choose
+from vitsweep.precision.int8 import backend_label, int8_linear
+from vitsweep.precision.packed import PackedLinear
+from vitsweep.spec import ConfigError, PrecisionSpec
+
+BUDGET_KINDS = ("bytes", "bops")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    name: str  # qualified module name, e.g. "blocks.3.mlp.fc1"
+    numel: int  # weights in the layer
+    trace: float  # Hutchinson estimate of tr(H) of the loss w.r.t. the layer's weight
+    sensitivity: tuple[float, ...]  # per candidate bit-width
+    cost: tuple[float, ...]  # per candidate bit-width, in budget units
+    bits: int  # the ILP's choice
+
+
+@dataclass(frozen=True)
+class MixedPlan:
+    candidates: tuple[int, ...]
+    budget_kind: str
+    budget_ratio: float
+    reference: float  # the fp32 model's bytes or BOPs per image
+    fixed: float  # cost of everything not searched (head int8, patch embed fp32, norms, ...)
+    layers: tuple[LayerChoice, ...]
+
+    @property
+    def budget(self) -> float:
+        return self.budget_ratio * self.reference
+
+    @property
+    def bits(self) -> dict[str, int]:
+        return {layer.name: layer.bits for layer in self.layers}
+
+    @property
+    def cost(self) -> float:
+        """Predicted total: fixed + the chosen option of every searched layer."""
+        chosen = sum(layer.cost[self.candidates.index(layer.bits)] for layer in self.layers)
+        return self.fixed + chosen
+
+
+def searched_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The Linear layers inside the transformer blocks, in forward order."""
+    found = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith("blocks.")
+    ]
+    if not found:
+        raise ConfigError(
+            "precision.mode='mixed': the model has no nn.Linear under `blocks` "
+            "(expected a timm-style VisionTransformer)"
+        )
+    return found
+
+
+def other_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Linear layers outside the blocks (the head): fixed at 8 bits."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not name.startswith("blocks.")
+    ]
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted `name`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def macs_per_image(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Multiply-accumulates of every Linear and Conv, per image, as this input really flows
+    (so merged tokens, if ToMe is applied first, are counted as merged)."""
+    macs: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            if isinstance(mod, nn.Linear):
+                rows = inputs[0].numel() // mod.in_features
+                n = rows * mod.in_features * mod.out_features
+            else:
+                k = int(np.prod(mod.kernel_size)) * (mod.in_channels // mod.groups)
+                n = out.numel() * k
+            macs[name] = macs.get(name, 0.0) + n / x.shape[0]
+
+        return record
+
+    kinds = (nn.Linear, nn.modules.conv._ConvNd)
+    handles = [
+        m.register_forward_hook(hook(name))
+        for name, m in model.named_modules()
+        if isinstance(m, kinds)
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def _batches(calib: Dataset, count: int, batch_size: int, device: str) -> list[tuple]:
+    loader = DataLoader(calib, batch_size=batch_size, shuffle=False)
+    out = []
+    for i, (x, y) in enumerate(loader):
+        if i >= count:
+            break
+        out.append((x.to(device), y.to(device)))
+    if not out:
+        raise ConfigError("precision.calib_batches: the calibration dataset is empty")
+    return out
+
+
+def layer_traces(
+    model: nn.Module,
+    layers: list[nn.Linear],
+    batches: list[tuple],
+    samples: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """Hutchinson tr(H) of the cross-entropy loss w.r.t. each layer's weight, batch-averaged."""
+    weights = [layer.weight for layer in layers]
+    was = [w.requires_grad for w in weights]
+    device = weights[0].device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = np.zeros(len(layers))
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        # Fused CPU/CUDA attention kernels have no double backward; the math kernel does.
+        with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+            for x, y in batches:
+                loss = F.cross_entropy(model(x).float(), y)
+                total += hutchinson_trace(loss, weights, samples, gen).numpy()
+    finally:
+        for w, r in zip(weights, was, strict=True):
+            w.requires_grad_(r)
+    return total / len(batches)
+
+
+def _convert(layer: nn.Linear, bits: int, backend: str, device: str) -> nn.Module:
+    if bits == 8:
+        return int8_linear(layer, backend, device)
+    return PackedLinear.from_linear(layer, bits).to(device)
+
+
+def _dequantized(module: nn.Module) -> torch.Tensor:
+    """The float weight a converted layer computes with."""
+    if isinstance(module, PackedLinear):
+        return module.dequantized_weight()
+    if hasattr(module, "weight_t"):  # IntMMLinear
+        w = module.weight_t[: module.in_features, : module.out_features].t().float()
+        return w * module.scale[:, None]
+    return module.weight().dequantize()  # torch.ao dynamic Linear
+
+
+def plan_mixed(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    calib: Dataset,
+    *,
+    backend: str,
+    device: str = "cpu",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> MixedPlan:
+    """Measure sensitivities and costs on the float model, solve the ILP; the model is unchanged."""
+    if spec.budget_kind not in BUDGET_KINDS:
+        raise ConfigError(
+            f"precision.budget_kind={spec.budget_kind!r}: valid: {', '.join(BUDGET_KINDS)}"
+        )
+    candidates = tuple(spec.bits)
+    searched = searched_linears(model)
+    others = other_linears(model)
+    batches = _batches(calib, spec.calib_batches, batch_size, device)
+    traces = layer_traces(model, [m for _, m in searched], batches, spec.hutchinson_samples, seed)
+    mean_trace = traces / np.array([m.weight.numel() for _, m in searched])
+    floor = 1e-6 * max(float(np.abs(mean_trace).max()), 1e-30)
+    mean_trace = np.maximum(mean_trace, floor)
+
+    sens = np.zeros((len(searched), len(candidates)))
+    cost = np.zeros_like(sens)
+    if spec.budget_kind == "bops":
+        macs = macs_per_image(model, batches[0][0])
+    for i, (name, layer) in enumerate(searched):
+        w = layer.weight.detach().float()
+        for j, bits in enumerate(candidates):
+            conv = _convert(layer, bits, backend, device)
+            sens[i, j] = mean_trace[i] * float((w - _dequantized(conv).to(w.device)).pow(2).sum())
+            if spec.budget_kind == "bytes":
+                cost[i, j] = model_bytes(conv)
+            else:
+                cost[i, j] = macs[name] * bits * 8
+    if spec.budget_kind == "bytes":
+        reference = float(model_bytes(model))
+        fixed = reference - sum(model_bytes(m) for _, m in searched + others)
+        fixed += sum(model_bytes(int8_linear(m, backend, device)) for _, m in others)
+    else:
+        reference = 32.0 * 32.0 * sum(macs.values())
+        other_names = {n for n, _ in others}
+        searched_names = {n for n, _ in searched}
+        fixed = sum(
+            v * (8 * 8 if n in other_names else 32 * 32)
+            for n, v in macs.items()
+            if n not in searched_names
+        )
+
+    budget = spec.budget_ratio * reference
+    try:
+        pick = choose(sens, cost, budget - fixed)
+    except BudgetInfeasible as err:
+        smallest = (fixed + err.min_cost) / reference
+        raise ConfigError(
+            f"precision.budget_ratio={spec.budget_ratio:g}: infeasible for this model "
+            f"({spec.budget_kind}); the smallest feasible ratio with bits={list(candidates)} "
+            f"is {smallest:.4f}"
+        ) from None
+    layers = tuple(
+        LayerChoice(
+            name=name,
+            numel=layer.weight.numel(),
+            trace=float(traces[i]),
+            sensitivity=tuple(float(v) for v in sens[i]),
+            cost=tuple(float(v) for v in cost[i]),
+            bits=candidates[pick[i]],
+        )
+        for i, (name, layer) in enumerate(searched)
+    )
+    return MixedPlan(candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers)
+
+
+def apply_plan(model: nn.Module, plan: MixedPlan, *, backend: str, device: str = "cpu") -> str:
+    """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
+
+    Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits) or PackedLinear (2..7 bits);
+    other nn.Linear -> int8-kernel Linear; everything else untouched (fp32).
+    """
+    bits = plan.bits
+    for name, layer in searched_linears(model):
+        set_module(model, name, _convert(layer, bits[name], backend, device))
+    others = other_linears(model)
+    for name, layer in others:
+        set_module(model, name, int8_linear(layer, backend, device))
+    counts = Counter(bits.values())
+    parts = [f"8-bit {backend_label(backend, device)} x{counts.get(8, 0) + len(others)}"]
+    parts += [
+        f"{b}-bit packed+dequantized x{counts[b]}" for b in sorted(counts, reverse=True) if b < 8
+    ]
+    return (
+        f"mixed {plan.budget_kind}<={plan.budget_ratio:g}: "
+        + ", ".join(parts)
+        + ", patch embed fp32"
+    )
