@@ -44,8 +44,11 @@ dashboard: $(STAMP)  ## optuna-dashboard on 127.0.0.1:PORT (8080) for the study 
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) $${VITSWEEP_STORAGE:-sqlite:///multirun/vitsweep.db}
 
 workers: $(STAMP)  ## N local workers on one study (ARGS=overrides); each asks for its next trial
-	@for i in $$(seq $(N)); do $(BIN)/vitsweep -m $(ARGS) > multirun/worker-$$i.log 2>&1 & done; \
-	 echo "started $(N) workers; logs in multirun/worker-*.log"; wait
+	@cores=$$(nproc); threads=$$(( cores / $(N) > 0 ? cores / $(N) : 1 )); pids=""; \
+	 for i in $$(seq $(N)); do OMP_NUM_THREADS=$$threads $(BIN)/vitsweep -m $(ARGS) \
+	   > multirun/worker-$$i.log 2>&1 & pids="$$pids $$!"; done; \
+	 echo "started $(N) workers ($$threads threads each); logs in multirun/worker-*.log"; \
+	 fail=0; for p in $$pids; do wait $$p || fail=1; done; exit $$fail
 
 clean:  ## remove outputs (multirun/*) and caches; keeps .venv
 	find multirun -mindepth 1 -not -name .gitkeep -delete

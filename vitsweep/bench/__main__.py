@@ -15,7 +15,7 @@ import torch
 
 from vitsweep.bench.common import Section
 
-SECTIONS = ("sweeper", "supernet", "tome", "precision", "measure", "headline")
+SECTIONS = ("sweeper", "supernet", "tome", "precision", "measure", "scaleout", "headline")
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
