@@ -51,12 +51,11 @@ def run(quick: bool = False) -> list[Section]:
     ]
 
     def wins(r: dict) -> bool:
-        return (
-            (r["throughput_x"] or 0) >= 10
-            and (r["params_x"] or 0) >= 10
-            and (r["flops_x"] or 0) >= 10
-            and (r["accuracy_delta_pts"] or -1e9) >= -1.0
-        )
+        ratios = [
+            r[k] if r[k] is not None else 0.0 for k in ("throughput_x", "params_x", "flops_x")
+        ]
+        delta = r["accuracy_delta_pts"]
+        return min(ratios) >= 10 and delta is not None and delta >= -1.0
 
     best = max(rows, key=lambda r: (wins(r), r["throughput_x"] or 0), default=None)
     targets = []

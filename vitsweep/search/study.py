@@ -105,7 +105,9 @@ def open_study(ctx: SweepContext) -> tuple[optuna.Study, Any]:
             storage, spec.study_name, list(spec.objectives.values()), sampler
         )
     if created:
-        study.set_metric_names(list(spec.objectives))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(spec.objectives))
         study.set_user_attr("storage", mask_url(ctx.storage_url))
         if spec.enqueue_baseline:
             study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
