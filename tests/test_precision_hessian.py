@@ -13,14 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from vitsweep.precision.hessian import hutchinson_trace, rademacher
 from vitsweep.precision.mixed import layer_traces
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread is ~15x faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _exact_trace(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor) -> float:

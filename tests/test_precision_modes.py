@@ -17,14 +17,7 @@ from vitsweep.precision.packed import PackedLinear
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread is ~15x faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class HeadDim16Attention(Attention):

@@ -18,14 +18,7 @@ SMALL = SpaceSpec(embed_dim=(16, 24, 32), depth=(2, 3), mlp_ratio=(1.0, 2.0), nu
                   head_dim=8)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: with 2 intra-op threads, OpenMP stalls under load
-    (measured here: 139 s vs 1.3 s for the same resume test). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:

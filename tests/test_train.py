@@ -25,14 +25,7 @@ SPACE = SpaceSpec(embed_dim=(16, 32), depth=(1, 2), mlp_ratio=(1.0, 2.0), num_he
 TRAIN = TrainSpec(epochs=3, batch_size=32, lr=3e-3, warmup_epochs=1, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: with 2 intra-op threads, OpenMP stalls under load
-    (measured here: 139 s vs 1.3 s for the same resume test). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupted(Exception):

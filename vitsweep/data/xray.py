@@ -35,10 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
 
-from vitsweep.data.splits import Splits
+from vitsweep.data.splits import Splits, stratified_tensor_splits
 from vitsweep.spec import ConfigError, DataSpec
 
 CLASSES = ("good", "void", "bridge", "missing", "non_wet", "misaligned", "crack")
@@ -512,24 +510,13 @@ def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
 def load_xray(spec: DataSpec) -> Splits:
     """Stratified train/val/test splits of the synthetic X-ray set (channels = depth slices)."""
     x, y = generate(spec)
-    idx = np.arange(len(y))
-    rest, test = train_test_split(
-        idx, test_size=spec.test_fraction, stratify=y, random_state=spec.seed
-    )
-    val_share = spec.val_fraction / (1.0 - spec.test_fraction)
-    train, val = train_test_split(
-        rest, test_size=val_share, stratify=y[rest], random_state=spec.seed
-    )
     images, labels = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-
-    def part(i: np.ndarray) -> TensorDataset:
-        t = torch.from_numpy(i)
-        return TensorDataset(images[t].contiguous(), labels[t])
+    train, val, test = stratified_tensor_splits(images, labels, spec)
 
     return Splits(
-        train=part(train),
-        val=part(val),
-        test=part(test),
+        train=train,
+        val=val,
+        test=test,
         num_classes=len(CLASSES),
         in_chans=spec.slices,
         image_size=spec.image_size,
