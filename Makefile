@@ -8,10 +8,10 @@ N      ?= 4
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install sweep test bench report dashboard workers clean
+.PHONY: help install sweep test bench bench-search report dashboard workers clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ test: $(STAMP)  ## the whole test suite (slow tests included)
 	 if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	 else echo "make test: no PostgreSQL server; as root: apt-get install -y postgresql"; fi
+	@# The browser tests open report.html and optuna-dashboard in headless Chromium.
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	 if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	 else echo "make test: no Chromium; as root: apt-get install -y chromium"; fi
 	$(BIN)/ruff check vitsweep tests hydra_plugins
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, README table
 	$(BIN)/python -m vitsweep.bench $(ARGS)
+
+bench-search: $(STAMP)  ## samplers vs the exact front of a cached grid (long; not in make bench)
+	$(BIN)/python -m vitsweep.bench.search $(ARGS)
 
 report: $(STAMP)  ## rebuild a study's report from its storage; ARGS=experiment=...
 	$(BIN)/vitsweep-report $(ARGS)

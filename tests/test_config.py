@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
 def test_every_option_composes_to_a_spec(group: str) -> None:
     assert options(group), f"conf/{group} has no options"
     for option in options(group):
-        extra = ["data.root=/tmp"] if option == "folder" else []
+        extra = ["data.root=/tmp"] if option in ("folder", "paper") else []
         cfg = app.compose([f"{group}={option}", *extra])
         spec = app.trial_spec(cfg)
         ctx = app.sweep_context(cfg, cfg.hydra.sweeper)
@@ -40,7 +40,7 @@ def test_experiment_sets_the_study_name_and_space() -> None:
 
 BAD = {
     "token.rr=3": "token.rr: unknown key",
-    "precision=fp64": "precision=fp64: no such option; valid: bf16, fp16, fp32, int8, mixed",
+    "precision=fp64": "precision=fp64: no such option; valid: bf16, fp16, fp32, int8, mixed, tq",
     "token.r=abc": "token.r='abc': expected an integer or a list of integers",
     "measure.energy=foo": "measure.energy='foo': valid: auto, nvml, rapl, estimate",
     "hydra.sweeper.sampler.name=cma": "valid: tpe, nsga2, random, gp, grid",
@@ -89,3 +89,62 @@ def test_hydra_range_end_is_excluded_in_optuna() -> None:
     assert (depth.low, depth.high, depth.step) == (2, 4, 1)
     log_lr = parse_space({"train.lr": "tag(log, interval(1e-4, 1e-2))"}).distributions["train.lr"]
     assert log_lr.log and log_lr.low == pytest.approx(1e-4)
+
+
+def test_paper_experiment_is_deit_base_vs_autoformer_tome_half() -> None:
+    """The paper's study: AutoFormer-T x ToMe x fp16/bf16 at 224 against DeiT-B/16 fp32."""
+    cfg = app.compose(["experiment=paper", "data.root=/data"])
+    spec, ctx = app.trial_spec(cfg), app.sweep_context(cfg, cfg.hydra.sweeper)
+    assert (spec.arch.kind, spec.arch.img_size, spec.arch.space.embed_dim) == (
+        "supernet",
+        224,
+        (192, 216, 240),
+    )
+    assert (spec.token.mode, spec.precision.mode, spec.measure.device) == ("tome", "fp16", "cuda")
+    assert spec.train.epochs == 0  # nothing trains: weights from arch.checkpoint or random
+    assert ctx.space.distributions["precision"].choices == ("fp16", "bf16")
+    # Trial 0 is composed from the launch plus the baseline's overrides, as the loop does it.
+    base = dict(ctx.sweeper.baseline)
+    lines = [f"{k}={'null' if v is None else v}" for k, v in base.items()]
+    baseline = app.trial_spec(app.compose(["experiment=paper", "data.root=/data", *lines]))
+    assert baseline.arch.timm_name == "deit_base_patch16_224"
+    assert (baseline.arch.kind, baseline.arch.embed_dim, baseline.arch.checkpoint) == (
+        "vit",
+        768,
+        None,
+    )
+    assert (baseline.token.mode, baseline.precision.mode) == ("none", "fp32")
+
+
+@pytest.mark.slow
+def test_paper_trial_runs_on_cpu_from_an_image_folder(workdir: Path) -> None:
+    """One paper candidate end to end on CPU (random weights, bf16, ToMe r=8) on a written tree."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls, colour in (("good", (20, 20, 20)), ("void", (230, 230, 230))):
+            for i in range(3):
+                path = workdir / "tree" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (40 + i, 30), colour).save(path)
+    proc = run_cli(
+        "vitsweep",
+        "experiment=paper",
+        f"data.root={workdir / 'tree'}",
+        "measure=quick",
+        "measure.batch_size=2",
+        "precision=bf16",
+        "token.r=8",
+        "arch.embed_dim=192",
+        "arch.depth=12",
+        "tracking=none",
+        cwd=workdir,
+        timeout=600,
+    )
+    metrics = dict(
+        line.split(None, 1) for line in proc.stdout.splitlines() if line and line[0] != "["
+    )
+    assert metrics["energy_source"] == "estimate"
+    # AutoFormer-T at embed 192, depth 12 (mlp 4, 4 heads of 64): about 5.7M params like ViT-Ti
+    assert 5.0e6 < float(metrics["params"]) < 6.5e6
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0

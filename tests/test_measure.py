@@ -77,8 +77,10 @@ def sleeper(durations):
 
 
 def test_steady_repeats_stop_at_min_repeats_with_the_right_median():
-    spec = MeasureSpec(warmup=1, min_repeats=4, max_repeats=50, max_cv=0.5, time_cap_s=10)
-    stats = timed_repeats(sleeper([0.02]), lambda: None, spec, items_per_step=1, repeat_target_s=0)
+    spec = MeasureSpec(
+        warmup=1, min_repeats=4, max_repeats=50, max_cv=0.5, time_cap_s=10, repeat_s=0
+    )
+    stats = timed_repeats(sleeper([0.02]), lambda: None, spec, items_per_step=1)
     assert stats.repeats == 4 and stats.iters == 1
     assert 0.02 <= stats.median_step_s < 0.03  # sleep never returns early; allow a loaded box
     assert not stats.noisy
@@ -86,10 +88,10 @@ def test_steady_repeats_stop_at_min_repeats_with_the_right_median():
 
 def test_unsteady_repeats_run_to_max_repeats_and_are_flagged_noisy():
     # calibration takes one sleep, so the timed repeats alternate 5 ms / 40 ms from a known phase
-    spec = MeasureSpec(warmup=0, min_repeats=3, max_repeats=8, max_cv=0.05, time_cap_s=60)
-    stats = timed_repeats(
-        sleeper([0.04, 0.005]), lambda: None, spec, items_per_step=1, repeat_target_s=0
+    spec = MeasureSpec(
+        warmup=0, min_repeats=3, max_repeats=8, max_cv=0.05, time_cap_s=60, repeat_s=0
     )
+    stats = timed_repeats(sleeper([0.04, 0.005]), lambda: None, spec, items_per_step=1)
     assert stats.repeats == 8
     assert stats.noisy
     fast, slow = sorted(stats.times_s)[:4], sorted(stats.times_s)[4:]
@@ -98,16 +100,18 @@ def test_unsteady_repeats_run_to_max_repeats_and_are_flagged_noisy():
 
 
 def test_time_cap_ends_an_unsteady_measurement():
-    spec = MeasureSpec(warmup=0, min_repeats=2, max_repeats=10_000, max_cv=0.01, time_cap_s=0.3)
+    spec = MeasureSpec(
+        warmup=0, min_repeats=2, max_repeats=10_000, max_cv=0.01, time_cap_s=0.3, repeat_s=0
+    )
     t0 = time.perf_counter()
-    stats = timed_repeats(sleeper([0.002, 0.02]), lambda: None, spec, 1, repeat_target_s=0)
+    stats = timed_repeats(sleeper([0.002, 0.02]), lambda: None, spec, 1)
     assert time.perf_counter() - t0 < 2.0
     assert 2 <= stats.repeats < 10_000 and stats.noisy
 
 
 def test_repeats_are_lengthened_for_fast_steps():
-    spec = MeasureSpec(warmup=1, min_repeats=3, max_repeats=3, time_cap_s=10)
-    stats = timed_repeats(sleeper([0.001]), lambda: None, spec, 4, repeat_target_s=0.02)
+    spec = MeasureSpec(warmup=1, min_repeats=3, max_repeats=3, time_cap_s=10, repeat_s=0.02)
+    stats = timed_repeats(sleeper([0.001]), lambda: None, spec, 4)
     assert stats.iters >= 5 and stats.items_per_repeat == 4 * stats.iters
     assert min(stats.times_s) >= 0.001 * stats.iters
 
@@ -147,8 +151,8 @@ class OomAbove(torch.nn.Module):
 
 
 def test_oom_halves_the_batch_until_it_fits():
-    spec = MeasureSpec(batch_size=20, warmup=0, min_repeats=2, max_repeats=2)
-    stats, batch = measure_throughput(OomAbove(6), CPU, (8,), spec, repeat_target_s=0)
+    spec = MeasureSpec(batch_size=20, warmup=0, min_repeats=2, max_repeats=2, repeat_s=0)
+    stats, batch = measure_throughput(OomAbove(6), CPU, (8,), spec)
     assert batch == 5  # 20 -> 10 -> 5
     assert stats.items_per_repeat == 5 * stats.iters
 
@@ -424,9 +428,10 @@ def test_measure_all_reports_every_number(tmp_path):
         energy="estimate",
         watts=30.0,
         lock_path=str(tmp_path / "m.lock"),
+        repeat_s=0.01,
     )
     before = torch.get_num_threads()
-    out = measure_all(model, CPU, (3, 16, 16), spec, repeat_target_s=0.01)
+    out = measure_all(model, CPU, (3, 16, 16), spec)
     assert torch.get_num_threads() == before and model.training  # state restored
     assert out["threads"] == 1 and out["batch_size"] == 8 and out["measure_device"] == "cpu"
     assert out["throughput"] > 0 and out["latency_ms"] > 0

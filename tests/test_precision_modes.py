@@ -12,6 +12,7 @@ from torch import nn
 
 from vitsweep.bench.precision import predictions, train
 from vitsweep.data import load
+from vitsweep.measure.cost import count_params
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.runctx import RunContext
@@ -128,6 +129,7 @@ def test_mixed_close_to_fp32_and_within_budget(trained, splits, kind_budget):
         assert list(layer.cost) == sorted(layer.cost)
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     assert len(packed) == sum(b < 8 for b in plan.bits.values())
+    assert count_params(model) == count_params(base)  # packed and int8 weights still count
     pred, _ = predictions(model, ctx, splits.test)
     agree = float((pred == ref_pred).float().mean())
     bits = "".join(str(b) for b in plan.bits.values())

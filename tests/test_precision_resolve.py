@@ -58,7 +58,8 @@ def test_device_resolution():
 @pytest.mark.parametrize(
     ("fields", "key"),
     [
-        ({"mode": "tq"}, "precision.mode='tq'"),
+        ({"mode": "tq", "rate": 9.0}, "precision.rate"),
+        ({"mode": "tq", "finetune_steps": 3}, "precision.finetune_steps"),
         ({"mode": "mixed", "bits": (4, 9)}, "precision.bits"),
         ({"mode": "mixed", "bits": (8, 8)}, "precision.bits"),
         ({"mode": "mixed", "budget_ratio": 0.0}, "precision.budget_ratio"),

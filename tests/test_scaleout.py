@@ -319,6 +319,49 @@ class _Lazy:
         return self._study.get_trials(*args, **kwargs)
 
 
+# -------------------------------------------------------------------------------- launchers
+
+
+def test_parallel_launcher_runs_n_jobs_trials_at_once(tmp_path: Path) -> None:
+    """`hydra/launcher=parallel` (Hydra's joblib launcher, conf/hydra/launcher/parallel.yaml):
+    the sweeper hands it n_jobs trials at a time and the budget still holds exactly."""
+    w = start_worker(
+        tmp_path,
+        tmp_path / "joblib.log",
+        "hydra/launcher=parallel",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=4",
+        "tracking=none",
+        env=worker_env(),
+    )
+    wait_all([w], timeout=300)
+    assert w.proc.returncode == 0, w.text()
+    study = optuna.load_study(
+        study_name="smoke", storage=open_storage(f"sqlite:///{tmp_path / 'multirun/vitsweep.db'}")
+    )
+    complete = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert sorted(complete) == [0, 1, 2, 3]
+    # Batches of two: both trials of a batch are started before either is told.
+    order = re.findall(r"\] trial (\d+) (\(\d+/\d+ complete\)|COMPLETE)", w.text())
+    kinds = ["start" if what.startswith("(") else "told" for _, what in order]
+    assert kinds == ["start", "start", "told", "told"] * 2, order
+    (saved,) = tmp_path.glob("multirun/smoke/*/trial-0/.hydra/hydra.yaml")
+    assert "JoblibLauncher" in saved.read_text()
+
+
+def test_slurm_launcher_config_composes_for_the_study() -> None:
+    """`hydra/launcher=slurm`: submitit's SLURM launcher, one array task per trial of a batch."""
+    from omegaconf import OmegaConf
+
+    from vitsweep import app
+
+    cfg = app.compose(["experiment=smoke", "hydra/launcher=slurm", "hydra.sweeper.n_jobs=8"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["array_parallelism"] == "${hydra.sweeper.n_jobs}"
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"]) == (1, 1)
+
+
 # ----------------------------------------------------------------------------------- chaos
 
 

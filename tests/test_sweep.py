@@ -59,8 +59,10 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
     # W&B offline files, read back from disk: one run per trial, named by the Optuna number.
     runs = [r for r in read_runs(workdir / "multirun" / "smoke" / "wandb") if r.job_type == "trial"]
     assert sorted(r.name for r in runs) == [f"trial-{i}" for i in range(6)]
+    front = {t.number for t in study.best_trials}
     for run in runs:
         t = trials[int(run.name.removeprefix("trial-"))]
+        assert ("pareto" in run.tags) == (t.number in front), (t.number, run.tags, front)
         assert run.group == "smoke"
         assert run.config["trial_number"] == t.number
         assert run.config["versions"]["optuna"] == optuna.__version__
@@ -70,7 +72,10 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
     summaries = [
         r for r in read_runs(workdir / "multirun" / "smoke" / "wandb") if r.job_type == "summary"
     ]
-    assert summaries and summaries[-1].summary["n_pareto"] >= 1
+    assert len(summaries) == 1  # one summary run per study, reopened by each launch
+    assert summaries[0].summary["n_pareto"] == len(front)
+    hv = [h["hypervolume"] for h in summaries[0].history if "hypervolume" in h]
+    assert len(hv) == 6 and hv[-1] == pytest.approx(study.user_attrs["hypervolume"])
 
     # pareto.csv is exactly the non-dominated set of the trials' values.
     report = workdir / "multirun" / "smoke" / "report"
@@ -97,6 +102,8 @@ def test_a_raising_trial_is_failed_with_its_reason_and_the_sweep_goes_on(workdir
         *SMOKE,
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.max_failure_rate=1.0",
+        "hydra.sweeper.sampler.name=random",  # seeded: draws batch_size=0 within the budget
+        "hydra.sweeper.sampler.seed=2",
         "measure.batch_size=choice(0,16)",
         cwd=workdir,
     )

@@ -1,8 +1,8 @@
 """The doorway: Hydra entry points, and the only code that turns DictConfig into plain specs.
 
 Console scripts: `vitsweep` (one trial, or `-m` for the study), `vitsweep-train`,
-`vitsweep-report`. Every bad key, option or value is reported in one line naming it, with a
-non-zero exit, before anything is trained, stored or logged.
+`vitsweep-report`, `vitsweep-export`. Every bad key, option or value is reported in one line
+naming it, with a non-zero exit, before anything is trained, stored or logged.
 """
 
 from __future__ import annotations
@@ -277,26 +277,135 @@ def train_main() -> None:
         _fail(str(e))
 
 
-def report_main() -> None:
-    """`vitsweep-report [overrides]`: rebuild the study's report from its storage, any time."""
+def _load_study(ctx: Any) -> Any:
+    """The launch's study from its storage (never created here); a wrong name lists the others."""
     import optuna
 
     from vitsweep.search.storage import open_storage
+
+    storage = open_storage(ctx.storage_url)
+    try:
+        return optuna.load_study(study_name=ctx.sweeper.study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(
+            f"hydra.sweeper.study_name={ctx.sweeper.study_name}: no such study in storage; "
+            f"found: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def report_main() -> None:
+    """`vitsweep-report [overrides]`: rebuild the study's report from its storage, any time."""
     from vitsweep.search.study import make_tracker, publish
 
     try:
         cfg = compose(sys.argv[1:])
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
-        storage = open_storage(ctx.storage_url)
-        try:
-            study = optuna.load_study(study_name=ctx.sweeper.study_name, storage=storage)
-        except KeyError:
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-            raise ConfigError(
-                f"hydra.sweeper.study_name={ctx.sweeper.study_name}: no such study in storage; "
-                f"found: {', '.join(names) or 'none'}"
-            ) from None
-        out = publish(ctx, study, make_tracker(ctx))
+        out = publish(ctx, _load_study(ctx), make_tracker(ctx))
         print(f"report: {out}")
     except ConfigError as e:
         _fail(str(e))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8' (how valid trial numbers are listed in errors)."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+
+def _export_args(args: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(trial=, export.dir=, the rest): the two keys that are not config keys come off first."""
+    trial = out = None
+    rest = []
+    for a in args:
+        if a.startswith("trial="):
+            trial = a.removeprefix("trial=")
+        elif a.startswith("export.dir="):
+            out = a.removeprefix("export.dir=")
+        else:
+            rest.append(a)
+    return trial, out, rest
+
+
+def _trial_config(ctx: Any, trial: Any) -> dict[str, Any]:
+    """The trial's resolved config: stored with it (`config` user attribute), or, for studies
+    run before it was stored, its Hydra job's `.hydra/config.yaml` under the study directory."""
+    from vitsweep.search.loop import CONFIG_ATTR
+
+    stored = trial.user_attrs.get(CONFIG_ATTR)
+    if isinstance(stored, dict):
+        return stored
+    jobs = sorted(ctx.study_dir.glob(f"*/trial-{trial.number}/.hydra/config.yaml"))
+    if not jobs:
+        raise ConfigError(
+            f"trial={trial.number}: the study stored no config for it and its job directory "
+            f"({ctx.study_dir}/*/trial-{trial.number}/.hydra/config.yaml) is gone"
+        )
+    try:
+        return trial_config(OmegaConf.load(jobs[-1]))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{jobs[-1]}: {_one_line(e)}") from None
+
+
+def export_main() -> None:
+    """`vitsweep-export [overrides] trial=<n> [export.dir=<dir>]`: write trial n's deployable
+    model (weights after ToMe and precision, config, metrics, loading code), load it back and
+    re-measure it. The overrides locate the study as for `vitsweep-report`; the model is built
+    from the trial's own stored config. Exit 0: the export reproduces the trial's accuracy
+    exactly; 1: it does not (files left in `<dir>.partial`); 2: bad input, nothing written."""
+    from optuna.trial import TrialState
+
+    from vitsweep.export import default_dir, export_trial, trial_metrics
+
+    raw, out, rest = _export_args(sys.argv[1:])
+    try:
+        cfg = compose(rest)
+        ctx = sweep_context(cfg, cfg.hydra.sweeper)
+        study = _load_study(ctx)
+        trials = study.get_trials(deepcopy=False)
+        complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+        valid = f"complete trials of study {ctx.sweeper.study_name!r}: {_ranges(complete)}"
+        if raw is None:
+            raise ConfigError(
+                f"trial: missing; usage: vitsweep-export [overrides] trial=<n>; {valid}"
+            )
+        if not re.fullmatch(r"\d+", raw.strip()):
+            raise ConfigError(f"trial={raw}: not a trial number; {valid}")
+        number = int(raw)
+        found = next((t for t in trials if t.number == number), None)
+        if found is None:
+            raise ConfigError(f"trial={number}: no such trial; {valid}")
+        if found.state != TrialState.COMPLETE:
+            raise ConfigError(f"trial={number}: is {found.state.name}, not COMPLETE; {valid}")
+        config = _trial_config(ctx, found)
+        spec = trial_spec(OmegaConf.create(config))
+        # The weights it was built from are cached under this launch's root, wherever it is now.
+        spec = dataclasses.replace(spec, root=str(ctx.root))
+        metrics = trial_metrics(found.user_attrs)
+        dest = Path(out) if out else default_dir(ctx.root, ctx.sweeper.study_name, number)
+        result = export_trial(
+            spec,
+            config=config,
+            metrics=metrics,
+            study=ctx.sweeper.study_name,
+            number=number,
+            out_dir=dest,
+        )
+    except ConfigError as e:
+        _fail(str(e))
+    for check in result.checks:
+        print(check)
+    for name, note in result.formats.items():
+        print(f"{name}: {note}")
+    if not result.ok:
+        _fail(
+            f"trial={number}: the export does not reproduce the trial (see above); "
+            f"files left in {result.path}",
+            code=1,
+        )
+    print(f"export: {result.path}")

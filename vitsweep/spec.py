@@ -192,6 +192,7 @@ class MeasureSpec:
     max_repeats: int = 30
     max_cv: float = 0.05
     time_cap_s: float = 5.0
+    repeat_s: float = 0.05  # seconds one timed repeat lasts (steps added until it does)
     energy: Literal["auto", "nvml", "rapl", "estimate"] = "auto"
     watts: float = 15.0  # estimate: assumed average power draw
     energy_window_s: float = 2.0
@@ -208,6 +209,7 @@ class MeasureSpec:
             f"must be >= measure.min_repeats={self.min_repeats}",
         )
         require(self.warmup >= 0, "measure.warmup", self.warmup, "must be >= 0")
+        require(self.repeat_s >= 0, "measure.repeat_s", self.repeat_s, "must be >= 0 (0: 1 step)")
         require(self.threads >= 0, "measure.threads", self.threads, "must be >= 0 (0: default)")
         for key in ("max_cv", "time_cap_s", "watts", "energy_window_s"):
             require(getattr(self, key) > 0, f"measure.{key}", getattr(self, key), "must be > 0")

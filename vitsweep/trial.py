@@ -1,18 +1,45 @@
 """One candidate, end to end: build the subnet, merge tokens, set precision, measure.
 
 Pure Python -- no Hydra, Optuna or W&B -- so tests and benchmarks call it directly.
+`build` is the one place a TrialSpec becomes the model that is measured; `vitsweep-export` ships
+what `build` returns, so the export and the trial can never disagree about the model.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from vitsweep.spec import Metrics, TrialSpec
+from vitsweep.runctx import RunContext
+from vitsweep.spec import MeasureSpec, Metrics, TrialSpec
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from vitsweep.data.splits import Splits
 
 
-def run(spec: TrialSpec) -> Metrics:
+@dataclass
+class Built:
+    """The trial's deployable model, how to feed it, and the data it was made from."""
+
+    model: nn.Module
+    ctx: RunContext
+    splits: Splits
+    build_s: float  # seconds to get the float model (training, if not cached, included)
+
+
+def build(spec: TrialSpec) -> Built:
+    """The model one trial measures: float subnet (trained or extracted as cached), then ToMe,
+    then precision (mixed: calibrated on the train split).
+
+    Token and precision surgery run at `measure.threads` like the accuracy evaluation, so that a
+    rebuild (an export) repeats the calibration's floating-point sums in the same order.
+    """
     from vitsweep import data, measure, models, precision, tome
 
     t0 = time.perf_counter()
@@ -20,12 +47,32 @@ def run(spec: TrialSpec) -> Metrics:
     device = measure.resolve_device(spec.measure.device)
     splits = data.load(spec.data)
     model = models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
-    t_build = time.perf_counter() - t0
-    model = tome.apply_token(model, spec.token)
-    model, ctx = precision.apply_precision(model, spec.precision, device=device, calib=splits.train)
-    batch = spec.measure.eval_batch_size
-    accuracy = measure.evaluate(model, ctx, splits.val, batch)
-    test_accuracy = measure.evaluate(model, ctx, splits.test, batch)
+    build_s = time.perf_counter() - t0
+    with measure.thread_scope(spec.measure.threads):
+        model = tome.apply_token(model, spec.token)
+        model, ctx = precision.apply_precision(
+            model, spec.precision, device=device, calib=splits.train
+        )
+    return Built(model, ctx, splits, build_s)
+
+
+def accuracy(model: nn.Module, ctx: RunContext, dataset: Dataset, spec: MeasureSpec) -> float:
+    """Top-1 on `dataset` at `measure.threads` (the thread count fixes the order of float sums,
+    so the same model gives the same accuracy in the trial and in its export)."""
+    from vitsweep import measure
+
+    with measure.thread_scope(spec.threads):
+        return measure.evaluate(model, ctx, dataset, spec.eval_batch_size)
+
+
+def run(spec: TrialSpec) -> Metrics:
+    from vitsweep import measure, precision
+
+    t0 = time.perf_counter()
+    built = build(spec)
+    model, ctx, splits = built.model, built.ctx, built.splits
+    val_accuracy = accuracy(model, ctx, splits.val, spec.measure)
+    test_accuracy = accuracy(model, ctx, splits.test, spec.measure)
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     cost = measure.measure_all(model, ctx, sample_shape, spec.measure)
     core = {
@@ -41,14 +88,14 @@ def run(spec: TrialSpec) -> Metrics:
         )
     }
     return Metrics(
-        accuracy=accuracy,
+        accuracy=val_accuracy,
         test_accuracy=test_accuracy,
         model_bytes=precision.model_bytes(model),
         **core,
         extra={
             **cost,
             "precision_exec": ctx.precision_exec,
-            "build_s": round(t_build, 3),
+            "build_s": round(built.build_s, 3),
             "trial_s": round(time.perf_counter() - t0, 3),
         },
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,17 @@ class Section:
     rows: list[dict[str, Any]]  # the table: one dict per row, same keys
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # machine, settings, caveats
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG (parents created) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def median_over(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:

@@ -27,13 +27,15 @@ def count_params(model: torch.nn.Module) -> int:
     """Parameters of the model as deployed.
 
     A model may define `active_params()` (a supernet subnet that still holds the full shared
-    weights); int8 modules keep packed weights outside `parameters()`, so they are added here.
+    weights); int8 modules keep packed weights outside `parameters()`, and coded layers (mixed's
+    packed, tq) say how many parameters they hold as buffers (`buffered_params`): both are added.
     """
     hook = getattr(model, "active_params", None)
     if callable(hook):
         return int(hook())
     total = sum(p.numel() for p in model.parameters())
     for m in model.modules():
+        total += int(getattr(m, "buffered_params", 0))
         packed = getattr(m, "_packed_params", None)
         if packed is not None and callable(getattr(m, "weight", None)):
             total += m.weight().numel()

@@ -20,7 +20,6 @@ from vitsweep.measure.energy import (
 )
 from vitsweep.measure.lock import timing_lock
 from vitsweep.measure.speed import (
-    REPEAT_TARGET_S,
     eval_mode,
     forward_step,
     make_input,
@@ -38,8 +37,6 @@ def measure_all(
     ctx: RunContext,
     sample_shape: tuple[int, int, int],
     spec: MeasureSpec,
-    *,
-    repeat_target_s: float = REPEAT_TARGET_S,
 ) -> dict[str, Any]:
     """Throughput, latency, energy, params, FLOPs and peak memory of `model` run through `ctx`.
 
@@ -58,8 +55,8 @@ def measure_all(
                 ctx.device,
             )
             with timing_lock(spec) as lock_wait_s:
-                tput, batch = measure_throughput(model, ctx, sample_shape, spec, repeat_target_s)
-                lat = measure_latency(model, ctx, sample_shape, spec, repeat_target_s)
+                tput, batch = measure_throughput(model, ctx, sample_shape, spec)
+                lat = measure_latency(model, ctx, sample_shape, spec)
                 if isinstance(meter, EstimateMeter):
                     energy = meter.watts / tput.rate
                     window_s = 0.0

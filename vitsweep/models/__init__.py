@@ -1,11 +1,19 @@
 """What is searched on the architecture axis: timm ViTs, the weight-sharing supernet, training.
 
-`build_model` is what a trial calls; `train_supernet` is what `vitsweep-train` calls.
+`build_model` is what a trial calls; `train_supernet` is what `vitsweep-train` calls;
+`architecture` + `skeleton` rebuild a trial's module tree without weights (exports).
 """
 
 from __future__ import annotations
 
-from vitsweep.models.build import build_model, load_supernet
+from vitsweep.models.build import (
+    Geometry,
+    architecture,
+    build_model,
+    load_supernet,
+    skeleton,
+    weights_file,
+)
 from vitsweep.models.checkpoint import CheckpointError
 from vitsweep.models.spaces import SPACE_INPUT, SPACES
 from vitsweep.models.supernet import Supernet
@@ -16,10 +24,14 @@ __all__ = [
     "SPACES",
     "SPACE_INPUT",
     "CheckpointError",
+    "Geometry",
     "Supernet",
     "ViTShape",
+    "architecture",
     "build_model",
     "build_vit",
     "load_supernet",
+    "skeleton",
     "train_supernet",
+    "weights_file",
 ]

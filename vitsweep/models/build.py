@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -11,8 +13,9 @@ from torch import nn
 
 from vitsweep.data.splits import Splits
 from vitsweep.models.checkpoint import CheckpointError, cache_key, load_state, one_line, plain
+from vitsweep.models.spaces import subnet_shape
 from vitsweep.models.supernet import Supernet
-from vitsweep.models.train import train_key, train_standalone, train_supernet
+from vitsweep.models.train import supernet_path, train_key, train_standalone, train_supernet
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.spec import ArchSpec, ConfigError, DataSpec, TrainSpec
 
@@ -66,7 +69,17 @@ def _check_geometry(arch: ArchSpec, splits: Splits) -> None:
         )
 
 
-def make_vit(arch: ArchSpec, splits: Splits) -> nn.Module:
+@dataclass(frozen=True)
+class Geometry:
+    """The input/output sizes a model is built for: what `make_vit` reads from `Splits`, kept
+    apart so that a model can be rebuilt (an export) without its dataset."""
+
+    image_size: int
+    in_chans: int
+    num_classes: int
+
+
+def make_vit(arch: ArchSpec, splits: Splits | Geometry) -> nn.Module:
     """A randomly initialised timm ViT: `arch.timm_name` if set, else the composed dims."""
     if arch.timm_name is not None:
         if not timm.is_model(arch.timm_name):
@@ -188,4 +201,86 @@ def build_model(
 
     train_standalone(make, {"arch": plain(arch)}, train, splits, path)
     _load_weights(model, path)
+    return model.float().eval()
+
+
+# ------------------------------------------------------------------------- rebuilding (exports)
+
+
+def weights_file(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path | None:
+    """The cached file `build_model` reads the trial's weights from, None when it trains nothing
+    (a given checkpoint, or `train.epochs=0`): an export refuses to train a model anew."""
+    if arch.checkpoint is not None:
+        return Path(arch.checkpoint)
+    if arch.kind == "supernet":
+        if arch.space is None:
+            return None
+        return supernet_path(
+            arch.space, data, train, root, img_size=arch.img_size, patch_size=arch.patch_size
+        )
+    return None if train.epochs == 0 else model_path(arch, train, data, root)
+
+
+def architecture(arch: ArchSpec, geometry: Geometry) -> dict[str, Any]:
+    """Plain values that rebuild the float module tree `build_model` returns, without weights:
+    the timm name, or the exact `ViTShape` (a subnet's comes from its supernet's space)."""
+    out: dict[str, Any] = {
+        "timm_name": None,
+        "shape": None,
+        "img_size": geometry.image_size,
+        "patch_size": arch.patch_size,
+        "in_chans": geometry.in_chans,
+        "num_classes": geometry.num_classes,
+    }
+    if arch.kind == "supernet":
+        space = load_supernet(arch.checkpoint).space if arch.checkpoint else arch.space
+        if space is None:
+            raise ConfigError("arch.space: required when arch.kind=supernet (e.g. arch=supernet)")
+        shape = subnet_shape(
+            space,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=arch.num_heads,
+            mlp_ratio=arch.mlp_ratio,
+        )
+        out["shape"] = plain(shape)
+    elif arch.timm_name is not None:
+        out["timm_name"] = arch.timm_name
+    else:
+        out["shape"] = plain(vit_shape(arch))
+    return out
+
+
+def skeleton(desc: dict[str, Any]) -> nn.Module:
+    """The float model of `architecture(...)` with zeroed weights (float32, eval, CPU), ready
+    for the same token and precision surgery as the trial's, then its saved state_dict."""
+    geometry = Geometry(int(desc["img_size"]), int(desc["in_chans"]), int(desc["num_classes"]))
+    if desc.get("timm_name"):
+        arch = ArchSpec(
+            timm_name=desc["timm_name"],
+            img_size=geometry.image_size,
+            patch_size=int(desc["patch_size"]),
+        )
+        model = make_vit(arch, geometry)
+    else:
+        s = desc["shape"]
+        shape = ViTShape(
+            embed_dim=int(s["embed_dim"]),
+            depth=int(s["depth"]),
+            num_heads=tuple(int(h) for h in s["num_heads"]),
+            mlp_ratio=tuple(float(r) for r in s["mlp_ratio"]),
+            head_dim=None if s.get("head_dim") is None else int(s["head_dim"]),
+        )
+        model = build_vit(
+            shape,
+            img_size=geometry.image_size,
+            patch_size=int(desc["patch_size"]),
+            in_chans=geometry.in_chans,
+            num_classes=geometry.num_classes,
+            device="meta",
+            init=False,
+        ).to_empty(device="cpu")
+    with torch.no_grad():  # uninitialised memory may hold NaNs; surgery quantizes these weights
+        for t in (*model.parameters(), *model.buffers()):
+            t.zero_()
     return model.float().eval()

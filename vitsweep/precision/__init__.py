@@ -1,8 +1,9 @@
 """The precision axis: fp32, fp16/bf16 (autocast or full cast), int8 kernels, mixed bit-width.
 
 `apply_precision` is the surgery; `model_bytes` the storage it leads to. The maths beside it is
-pure: `hessian.py` (Hutchinson traces), `ilp.py` (bit-width choice), `quantizers.py` (Q_b(W)).
-A new mode (e.g. `tq`, transform quantization) plugs in as one more entry of `_HANDLERS`.
+pure: `hessian.py` (Hutchinson traces), `ilp.py` (bit-width choice), `quantizers.py` (Q_b(W)),
+`transform.py` (KLT, reverse water-filling, coefficient coding for `tq`, surgery in `tq.py`).
+A new mode plugs in as one more entry of `_HANDLERS`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vitsweep.precision.resolve import (
     resolve_device,
     resolve_precision,
 )
+from vitsweep.precision.tq import apply_tq, calib_inputs, coded_layers, finetune, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -38,10 +40,13 @@ __all__ = [
 
 _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
+TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
 
 
 def _validate(spec: PrecisionSpec) -> None:
     resolve_precision(spec.mode, spec.cast)  # mode and cast strings
+    if spec.mode == "tq":
+        _validate_tq(spec)
     if spec.mode != "mixed":
         return
     bits = tuple(spec.bits)
@@ -56,6 +61,15 @@ def _validate(spec: PrecisionSpec) -> None:
             f"precision.calib_batches={spec.calib_batches}, precision.hutchinson_samples="
             f"{spec.hutchinson_samples}: both must be >= 1"
         )
+
+
+def _validate_tq(spec: PrecisionSpec) -> None:
+    if not 0 < spec.rate <= TQ_MAX_RATE:
+        raise ConfigError(
+            f"precision.rate={spec.rate}: average bits per weight, must be in (0, {TQ_MAX_RATE}]"
+        )
+    if spec.finetune_steps < 0:
+        raise ConfigError(f"precision.finetune_steps={spec.finetune_steps}: must be >= 0")
 
 
 def _float(model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object) -> str:
@@ -92,24 +106,61 @@ def _mixed(
     calib_batch_size: int,
     seed: int,
     int8_backend: str,
+    plan: MixedPlan | None = None,
 ) -> str:
-    if calib is None:
-        raise ConfigError(
-            "precision.mode='mixed': needs calibration data (apply_precision(..., calib=train set))"
-        )
     backend = resolve_int8_backend(device, int8_backend)
-    plan = plan_mixed(
-        model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size, seed=seed
-    )
+    if plan is None:  # given: a reloaded export, the plan the trial chose, no recalibration
+        if calib is None:
+            raise ConfigError(
+                "precision.mode='mixed': needs calibration data "
+                "(apply_precision(..., calib=train set))"
+            )
+        plan = plan_mixed(
+            model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size,
+            seed=seed,
+        )  # fmt: skip
     label = apply_plan(model, plan, backend=backend, device=device)
     setattr(model, PLAN_ATTR, plan)
     return label
 
 
-def _tq(model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object) -> str:
-    raise ConfigError(
-        "precision.mode='tq': transform quantization is not built yet; "
-        "valid: fp32, fp16, bf16, int8, mixed"
+def _tq(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    resolved: Resolved,
+    *,
+    device: str,
+    calib: Dataset | None,
+    calib_batch_size: int,
+    seed: int,
+    **_: object,
+) -> str:
+    """Every nn.Linear / nn.Conv -> TQLayer at `spec.rate` bits per weight, bits allocated on
+    the output variances seen on `calib_batches` batches of `calib` (on the weights' own without
+    `calib`); then, with `finetune_steps`, quantization-aware fine-tuning on `calib`."""
+    if spec.finetune_steps > 0 and calib is None:
+        raise ConfigError(
+            f"precision.finetune_steps={spec.finetune_steps}: needs training data "
+            "(apply_precision(..., calib=train set)); or set precision.finetune_steps=0"
+        )
+    if not coded_layers(model):
+        raise ConfigError("precision.mode='tq': the model has no nn.Linear or nn.Conv to code")
+    inputs = None
+    if calib is not None:
+        inputs = calib_inputs(calib, spec.calib_batches, calib_batch_size, device)
+    apply_tq(model, spec.rate, inputs)
+    model.to(device)
+    if spec.finetune_steps > 0:
+        finetune(
+            model, calib, spec.finetune_steps, batch_size=calib_batch_size, device=device, seed=seed
+        )
+    stats = tq_stats(model)
+    alloc = "output-weighted" if stats.weighted else "weights-only"
+    tuned = f", fine-tuned {spec.finetune_steps} steps" if spec.finetune_steps else ""
+    return (
+        f"tq {stats.rate:.3g} bits/weight ({stats.effective_bits:.3g} with transforms), "
+        f"{alloc} allocation, x{stats.layers} Linear/Conv{tuned}, rebuilt once to fp32 "
+        "(saves bytes, not time)"
     )
 
 
@@ -132,6 +183,7 @@ def apply_precision(
     calib_batch_size: int | None = None,
     seed: int = 0,
     int8_backend: str | None = None,
+    plan: MixedPlan | None = None,
 ) -> tuple[nn.Module, RunContext]:
     """Convert `model` in place to run at `spec`'s precision on `device`; returns it and how to
     feed it. Idempotent: the same spec again returns the model untouched; a different one on a
@@ -139,9 +191,14 @@ def apply_precision(
 
     Modifications: eval mode, moved to `device`; fp16/bf16 full: float parameters cast;
     int8: every nn.Linear -> int8-kernel Linear; mixed: block Linears -> int8 or packed low-bit
-    per the ILP, head -> int8, plan stored as `model.vitsweep_mixed_plan`.
-    `calib` (a labelled dataset, e.g. the train split) is needed by mixed only; `seed` fixes its
-    Rademacher vectors. `int8_backend` (auto | ao_dynamic | int_mm) picks the int8 kernels.
+    per the ILP, head -> int8, plan stored as `model.vitsweep_mixed_plan`; tq: every nn.Linear
+    and nn.Conv -> TQLayer (KLT-coded weight at `precision.rate` bits per weight, rebuilt to fp32
+    for the forward), optionally fine-tuned.
+    `calib` (a labelled dataset, e.g. the train split) is needed by mixed, and by tq when
+    `precision.finetune_steps` > 0; `seed` fixes mixed's Rademacher vectors and tq's shuffling.
+    `int8_backend` (auto | ao_dynamic | int_mm) picks the int8 kernels.
+    `plan` (mixed only) skips calibration and applies a plan chosen before: how an export is
+    rebuilt to the very layer kinds its saved weights belong to.
     """
     _validate(spec)
     device = resolve_device(device)
@@ -165,6 +222,7 @@ def apply_precision(
         calib_batch_size=calib_batch_size or getattr(spec, "calib_batch_size", 64),
         seed=seed,
         int8_backend=int8_backend or getattr(spec, "int8_backend", "auto"),
+        plan=plan,
     )
     ctx = RunContext(
         device=device,

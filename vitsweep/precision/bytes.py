@@ -4,7 +4,11 @@ Counted from the state_dict because that is the one view every layer kind agrees
 parameters and buffers (fp32/bf16/fp16), packed low-bit codes (uint8) with their scales, and
 torch.ao's dynamic int8 layers, whose weights hide in a packed C++ object that the state_dict
 unpacks into a qint8 tensor (1 byte per weight) plus per-channel scales and zero points.
-Non-persistent buffers are left out: they are recomputed, never shipped.
+Transform-quantized layers (`tq.TQLayer`) store a packed bitstream of their coefficient codes
+(uint8, exactly sum of bits / 8 bytes), the int8 transform and fp32 steps/scales, all plain
+buffers, so they count at their true size with no special case.
+Non-persistent buffers are left out: they are recomputed, never shipped (TQLayer's rebuilt fp32
+`weight` is one: a runtime copy, seen by peak memory, not by the bytes a deployment stores).
 """
 
 from __future__ import annotations

@@ -58,6 +58,29 @@ class MixedPlan:
     fixed: float  # cost of everything not searched (head int8, patch embed fp32, norms, ...)
     layers: tuple[LayerChoice, ...]
 
+    @classmethod
+    def from_dict(cls, d: dict) -> MixedPlan:
+        """The plan back from `checkpoint.plain(plan)` (as an export stores it)."""
+        layers = tuple(
+            LayerChoice(
+                name=str(x["name"]),
+                numel=int(x["numel"]),
+                trace=float(x["trace"]),
+                sensitivity=tuple(float(v) for v in x["sensitivity"]),
+                cost=tuple(float(v) for v in x["cost"]),
+                bits=int(x["bits"]),
+            )
+            for x in d["layers"]
+        )
+        return cls(
+            candidates=tuple(int(b) for b in d["candidates"]),
+            budget_kind=str(d["budget_kind"]),
+            budget_ratio=float(d["budget_ratio"]),
+            reference=float(d["reference"]),
+            fixed=float(d["fixed"]),
+            layers=layers,
+        )
+
     @property
     def budget(self) -> float:
         return self.budget_ratio * self.reference

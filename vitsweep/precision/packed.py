@@ -97,5 +97,11 @@ class PackedLinear(nn.Module):
         b = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, b)
 
+    @property
+    def buffered_params(self) -> int:
+        """Parameters this layer holds as buffers (codes and bias): `count_params` adds them."""
+        bias = 0 if self.bias is None else self.bias.numel()
+        return self.out_features * self.in_features + bias
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"

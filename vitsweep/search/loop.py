@@ -24,6 +24,7 @@ from vitsweep.spec import TrialSpec
 log = logging.getLogger("vitsweep.sweep")
 
 BASELINE_ATTR = "baseline"
+CONFIG_ATTR = "config"  # the job's resolved config (no hydra node): what `vitsweep-export` rebuilds
 
 
 @dataclass
@@ -211,6 +212,8 @@ class StudyLoop:
         if reason is None:
             for key, value in (outcome.metrics or {}).items():
                 trial.set_user_attr(key, value)
+            if outcome.config:
+                trial.set_user_attr(CONFIG_ATTR, outcome.config)
             if self.constraints:
                 trial.set_user_attr(
                     "constraints", [c.violation(outcome.metrics) for c in self.constraints]

@@ -26,6 +26,9 @@ from optuna.distributions import (
 from vitsweep.spec import ConfigError, TrialSpec
 
 SpaceHook = Callable[[optuna.Trial, TrialSpec, dict[str, Any]], dict[str, Any]]
+# tq's rates searched by `conditional`: under 2 bits accuracy collapses without long retraining;
+# from about 6 bits the coefficients plus the 8-bit transform outweigh int8 on a ViT's layers.
+TQ_RATES = (2.0, 3.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,11 @@ def parse_space(params: dict[str, str], hook: str | None = None) -> SearchSpace:
 
 
 def conditional(trial: optuna.Trial, base: TrialSpec, sampled: dict[str, Any]) -> dict[str, Any]:
-    """The default hook: the supernet's conditional space and the mixed-precision budget.
+    """The default hook: the supernet's conditional space and the quantizers' own knobs.
 
     Depth first, then heads and MLP ratio only for the layers that exist (AutoFormer); the
-    bit-width budget only when the precision sampled is `mixed`.
+    bit-width budget only when the precision sampled is `mixed`, the average bits per weight
+    only when it is `tq`.
     """
     out: dict[str, Any] = {}
     space = base.arch.space
@@ -142,6 +146,8 @@ def conditional(trial: optuna.Trial, base: TrialSpec, sampled: dict[str, Any]) -
         out["precision.budget_ratio"] = trial.suggest_float(
             "precision.budget_ratio", 0.15, 0.3, step=0.05
         )
+    if sampled.get("precision") == "tq" and "precision.rate" not in sampled:
+        out["precision.rate"] = trial.suggest_categorical("precision.rate", TQ_RATES)
     return out
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -13,17 +15,26 @@ from typing import Any
 import optuna
 from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from vitsweep.search.loop import BASELINE_ATTR, Outcome
+from vitsweep.search.loop import BASELINE_ATTR, Outcome, StudyLoop
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import create_or_load, mask_url, open_storage
 from vitsweep.spec import TrialSpec
-from vitsweep.track.pareto import study_table
+from vitsweep.track.pareto import StudyTable, study_table
 from vitsweep.track.report import write_report
 from vitsweep.track.spec import TrackingSpec
+from vitsweep.track.wandb_log import (
+    BASELINE,
+    DOMINATED,
+    INFEASIBLE,
+    PARETO,
+    RunIds,
+    WandbTracker,
+    hv_points,
+)
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -69,9 +80,12 @@ class SweepContext:
         space = dataclasses.replace(self.space, distributions=dists)
         return dataclasses.replace(self, space=space, cli_overrides=tuple(plain))
 
-    def log_trial(self, tracker, trial: FrozenTrial, outcome: Outcome) -> None:
-        if tracker is None:
-            return
+    @property
+    def summary_config(self) -> dict[str, Any]:
+        """The summary run's config and results.yaml's header: secret-free."""
+        return {"storage": mask_url(self.storage_url), "n_trials_budget": self.sweeper.n_trials}
+
+    def trial_config(self, trial: FrozenTrial, outcome: Outcome) -> dict[str, Any]:
         config = dict(outcome.config or self.base_config)
         config.update(
             trial_number=trial.number,
@@ -79,18 +93,134 @@ class SweepContext:
             versions=self.versions,
             study=self.sweeper.study_name,
         )
-        metrics = dict(outcome.metrics or {})
-        if "fail_reason" in trial.user_attrs:
-            metrics["fail_reason"] = trial.user_attrs["fail_reason"]
-        tags = ["baseline"] if trial.user_attrs.get(BASELINE_ATTR) else []
-        tracker.log_trial(trial.number, trial.state.name, config, metrics, tags=tags)
+        return config
 
 
-def make_tracker(ctx: SweepContext):
+# Study attributes: what the W&B side already shows, so that a later trial, launch or worker
+# changes only what changed (runs are reopened, never rewritten).
+HYPERVOLUME_ATTR = "hypervolume"
+WANDB_PARETO_ATTR = "wandb_pareto"  # trial numbers whose W&B run carries the tag `pareto`
+WANDB_HV_ATTR = "wandb_hv_points"  # hypervolume points already on the summary run's line
+
+
+def wandb_run_ids(study: optuna.Study) -> RunIds | None:
+    """Stable W&B run ids for this study, the same in every worker and launch; None before the
+    study's first trial has started.
+
+    The key hashes the study name with trial 0's start time: a study recreated under the same
+    name (after `make clean`) gets new runs instead of reopening the old study's. Derived, not
+    stored, so that workers starting together cannot disagree about it.
+    """
+    first = next((t for t in study.get_trials(deepcopy=False) if t.number == 0), None)
+    if first is None or first.datetime_start is None:
+        return None
+    seed = f"{study.study_name}|{first.datetime_start.isoformat()}"
+    return RunIds("vs-" + hashlib.sha1(seed.encode()).hexdigest()[:10])
+
+
+def _front_tag(trial: FrozenTrial, table: StudyTable) -> str | None:
+    """Exactly one of pareto/dominated/infeasible for a complete trial: W&B cannot empty a
+    resumed run's tags, so a trial leaving the front must swap `pareto` for another tag."""
+    if trial.state != TrialState.COMPLETE:
+        return None
+    if trial.number in table.pareto:
+        return PARETO
+    if any(c > 0 for c in trial.user_attrs.get("constraints", [])):
+        return INFEASIBLE
+    return DOMINATED
+
+
+def _tags(trial: FrozenTrial, front_tag: str | None) -> list[str]:
+    tags = [BASELINE] if trial.user_attrs.get(BASELINE_ATTR) else []
+    return tags + ([front_tag] if front_tag else [])
+
+
+def _wandb_lock(ctx: SweepContext) -> FileLock:
+    """Workers sharing the W&B directory reopen the same runs: one at a time, or two reopenings
+    of one run id in the same second share a directory name and corrupt each other's file."""
+    ctx.study_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(ctx.study_dir / ".wandb.lock")
+
+
+def _sync_front_tags(
+    study: optuna.Study, tracker: WandbTracker, table: StudyTable, ids: RunIds
+) -> None:
+    """Trials that left the front lose `pareto` (they become `dominated`): their finished runs
+    are reopened. A trial never rejoins the front, so tags only ever move that way."""
+    tagged = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    retagged = []
+    for n in sorted(tagged - set(table.pareto)):
+        tag = _front_tag(trials[n], table) if n in trials else None
+        if tag is None or tracker.retag_trial(n, ids.trial(n), _tags(trials[n], tag)):
+            retagged.append(n)  # retagged, or no longer a complete trial: stop tracking it
+    if retagged:
+        # Re-read just before writing: a worker on another machine may have added its trial.
+        now = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
+        study.set_user_attr(WANDB_PARETO_ATTR, sorted(now - set(retagged)))
+
+
+def after_trial(
+    ctx: SweepContext,
+    study: optuna.Study,
+    tracker: WandbTracker | None,
+    trial: FrozenTrial,
+    outcome: Outcome,
+) -> None:
+    """Everything recorded once a trial is told: the study's hypervolume (a study attribute),
+    the trial's W&B run (tagged by its place on the front), the runs that left the front, and
+    one more point on the study's hypervolume line in W&B."""
+    if tracker is None:
+        _set_hypervolume(study, study_table(study, ctx.sweeper.objectives))
+        return
+    metrics = dict(outcome.metrics or {})
+    if "fail_reason" in trial.user_attrs:
+        metrics["fail_reason"] = trial.user_attrs["fail_reason"]
+    with _wandb_lock(ctx):
+        # The front as of now, read under the lock: a trial told by another worker meanwhile
+        # is either in it (and this trial is tagged against it) or will retag this one itself.
+        table = study_table(study, ctx.sweeper.objectives)
+        _set_hypervolume(study, table)
+        front_tag = _front_tag(trial, table)
+        ids = wandb_run_ids(study)
+        logged = tracker.log_trial(
+            trial.number,
+            trial.state.name,
+            ctx.trial_config(trial, outcome),
+            metrics,
+            tags=_tags(trial, front_tag),
+            run_id=ids.trial(trial.number) if ids else None,
+        )
+        if ids is None:
+            return
+        if logged and front_tag == PARETO:
+            now = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
+            study.set_user_attr(WANDB_PARETO_ATTR, sorted(now | {trial.number}))
+        _sync_front_tags(study, tracker, table, ids)
+        _append_hypervolume(study, tracker, table, ids, ctx.summary_config)
+
+
+def _set_hypervolume(study: optuna.Study, table: StudyTable) -> None:
+    if table.hypervolume:
+        study.set_user_attr(HYPERVOLUME_ATTR, table.hypervolume[-1])
+
+
+def _append_hypervolume(
+    study: optuna.Study,
+    tracker: WandbTracker,
+    table: StudyTable,
+    ids: RunIds,
+    extra: dict[str, Any],
+) -> None:
+    done = int(study.user_attrs.get(WANDB_HV_ATTR, 0))
+    points = hv_points(table, done)
+    if points and tracker.log_hypervolume(points, ids.summary, extra):
+        study.set_user_attr(WANDB_HV_ATTR, len(table.hypervolume))
+
+
+def make_tracker(ctx: SweepContext) -> WandbTracker | None:
     if ctx.tracking.backend == "none":
         return None
-    from vitsweep.track.wandb_log import WandbTracker
-
     return WandbTracker(ctx.tracking, ctx.sweeper.study_name, ctx.study_dir)
 
 
@@ -121,17 +251,45 @@ def open_study(ctx: SweepContext) -> tuple[optuna.Study, Any]:
     return study, make_tracker(ctx)
 
 
-def publish(ctx: SweepContext, study: optuna.Study, tracker) -> Path:
+def publish(ctx: SweepContext, study: optuna.Study, tracker: WandbTracker | None) -> Path:
     """Rebuild the report from storage; mirror the front to W&B when tracking."""
     table = study_table(study, ctx.sweeper.objectives)
-    extra = {"storage": mask_url(ctx.storage_url), "n_trials_budget": ctx.sweeper.n_trials}
-    if table.hypervolume:
-        study.set_user_attr("hypervolume", table.hypervolume[-1])
+    extra = ctx.summary_config
+    _set_hypervolume(study, table)
     # Workers that finish together write the same report files through the same temp names;
     # one at a time, or a rename finds its temp file already moved by another worker.
     ctx.study_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(ctx.study_dir / ".report.lock"):
         out = write_report(table, ctx.study_dir / "report", ctx.sweeper.study_name, extra)
     if tracker is not None:
-        tracker.log_summary(table.rows, list(table.objectives), table.headline, extra)
+        with _wandb_lock(ctx):
+            ids = wandb_run_ids(study)
+            if ids is None:
+                tracker.log_summary(table, extra)
+            else:
+                _sync_front_tags(study, tracker, table, ids)
+                done = int(study.user_attrs.get(WANDB_HV_ATTR, 0))
+                if tracker.log_summary(table, extra, ids.summary, hv_points(table, done)):
+                    study.set_user_attr(WANDB_HV_ATTR, len(table.hypervolume))
     return out
+
+
+def run_study(ctx: SweepContext, launch: Callable[[list[list[str]]], list[Outcome]]) -> list[int]:
+    """Open (or resume) the study, run it to its budget with `launch`, then publish its report
+    whatever happened; the numbers of the trials run here. The Hydra sweeper is this plus
+    Hydra's launcher; tests give their own `launch`."""
+    study, tracker = open_study(ctx)
+    loop = StudyLoop(
+        ctx.sweeper,
+        study,
+        ctx.space,
+        ctx.base,
+        launch,
+        on_trial=lambda t, o: after_trial(ctx, study, tracker, t, o),
+        prefix=ctx.cli_overrides,
+    )
+    try:
+        return loop.run()
+    finally:
+        report = publish(ctx, study, tracker)
+        log.info("report: %s", Path(report).resolve())

@@ -7,7 +7,6 @@ subclasses this class and nothing more.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -16,8 +15,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from vitsweep.search.loop import Outcome, StudyLoop
-from vitsweep.search.study import SweepContext, open_study, publish
+from vitsweep.search.loop import Outcome
+from vitsweep.search.study import SweepContext, run_study
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -57,20 +56,4 @@ class VitsweepSweeper(Sweeper):
         return outcomes
 
     def sweep(self, arguments: list[str]) -> Any:
-        ctx = self.ctx.with_cli_params(arguments)
-        study, tracker = open_study(ctx)
-        loop = StudyLoop(
-            ctx.sweeper,
-            study,
-            ctx.space,
-            ctx.base,
-            self._launch,
-            on_trial=lambda t, o: ctx.log_trial(tracker, t, o),
-            prefix=ctx.cli_overrides,
-        )
-        try:
-            ran = loop.run()
-        finally:
-            report = publish(ctx, study, tracker)
-            log.info("report: %s", Path(report).resolve())
-        return ran
+        return run_study(self.ctx.with_cli_params(arguments), self._launch)

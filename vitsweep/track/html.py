@@ -1,6 +1,7 @@
 """report.html: one self-contained file (plotly.js inlined once) with the front of every
 objective pair, a 3-D view, the front and headline tables, the hypervolume over trials and
-per-axis effects. Built from the same `StudyTable` as the CSVs."""
+per-axis effects. Built from the same `StudyTable` as the CSVs; the W&B summary run logs the
+same pair and 3-D figures, so both show one picture of the front."""
 
 from __future__ import annotations
 
@@ -26,15 +27,21 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
-    import plotly.graph_objects as go
-
+def _points(table: StudyTable) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Complete trials with their hover text and colour (front red), computed once per table."""
     done = [r for r in table.rows if r["state"] == "COMPLETE"]
-    names = list(table.objectives)
     hover = [f"trial {r['number']}" + (" (baseline)" if r["baseline"] else "") for r in done]
     colors = ["#d62728" if r["is_pareto"] else "#9e9e9e" for r in done]
+    return done, hover, colors
+
+
+def pair_figures(table: StudyTable) -> list[tuple[str, Any]]:
+    """One scatter per objective pair, front in red; names are `<y>_vs_<x>`."""
+    import plotly.graph_objects as go
+
+    done, hover, colors = _points(table)
     out = []
-    for x, y in combinations(names, 2):
+    for x, y in combinations(list(table.objectives), 2):
         fig = go.Figure(
             go.Scatter(
                 x=[r[x] for r in done],
@@ -51,39 +58,61 @@ def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
             fig.update_xaxes(type="log")
         if y in LOG_AXES:
             fig.update_yaxes(type="log")
-        out.append((f"{y} vs {x}", fig))
-    if len(names) >= 3:
-        a, b, c = names[:3]
-        fig = go.Figure(
-            go.Scatter3d(
-                x=[r[a] for r in done],
-                y=[r[b] for r in done],
-                z=[r[c] for r in done],
-                mode="markers",
-                text=hover,
-                marker={"color": colors, "size": 5},
-            )
+        out.append((f"{y}_vs_{x}", fig))
+    return out
+
+
+def front_3d(table: StudyTable) -> Any | None:
+    """The first three objectives in 3-D, front in red; None with fewer than three."""
+    import plotly.graph_objects as go
+
+    names = list(table.objectives)
+    if len(names) < 3:
+        return None
+    done, hover, colors = _points(table)
+    a, b, c = names[:3]
+    fig = go.Figure(
+        go.Scatter3d(
+            x=[r[a] for r in done],
+            y=[r[b] for r in done],
+            z=[r[c] for r in done],
+            mode="markers",
+            text=hover,
+            marker={"color": colors, "size": 5},
         )
-        fig.update_layout(
-            title="3-D view of the objectives",
-            height=560,
-            scene={"xaxis_title": a, "yaxis_title": b, "zaxis_title": c},
-        )
-        out.append(("3-D", fig))
-    if hv:
-        fig = go.Figure(go.Scatter(y=hv, mode="lines+markers"))
-        fig.update_layout(
-            title="Hypervolume (baseline-normalized) after each complete trial",
-            xaxis_title="complete trials",
-            yaxis_title="hypervolume",
-            height=360,
-        )
-        out.append(("hypervolume", fig))
+    )
+    fig.update_layout(
+        title="3-D view of the objectives (red: Pareto front)",
+        height=560,
+        scene={"xaxis_title": a, "yaxis_title": b, "zaxis_title": c},
+    )
+    return fig
+
+
+def hypervolume_figure(hv: list[float]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(range(1, len(hv) + 1)), y=hv, mode="lines+markers"))
+    fig.update_layout(
+        title="Hypervolume (baseline-normalized) after each complete trial",
+        xaxis_title="complete trials",
+        yaxis_title="hypervolume",
+        height=360,
+    )
+    return fig
+
+
+def effect_figures(table: StudyTable) -> list[tuple[str, Any]]:
+    """Accuracy and throughput against each searched axis (depth, embed dim, r, precision)."""
+    import plotly.graph_objects as go
+
+    done, _, _ = _points(table)
+    out = []
     for axis in AXES:
-        if not any(r.get(axis) is not None for r in done):
+        pts = [r for r in done if r.get(axis) is not None]
+        if not pts:
             continue
         for metric in ("accuracy", "throughput"):
-            pts = [r for r in done if r.get(axis) is not None]
             fig = go.Figure(
                 go.Box(
                     x=[str(r[axis]) for r in pts],
@@ -100,6 +129,16 @@ def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
             )
             out.append((f"{metric} by {axis}", fig))
     return out
+
+
+def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
+    out = pair_figures(table)
+    fig3d = front_3d(table)
+    if fig3d is not None:
+        out.append(("3-D", fig3d))
+    if hv:
+        out.append(("hypervolume", hypervolume_figure(hv)))
+    return out + effect_figures(table)
 
 
 def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> None:

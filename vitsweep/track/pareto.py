@@ -7,7 +7,7 @@ W&B alike; tests assert on this data, never on pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -25,6 +25,7 @@ class StudyTable:
     baseline: int | None  # the baseline trial's number
     headline: list[dict[str, Any]]  # each front trial vs the baseline
     hypervolume: list[float]  # baseline-normalized, after each complete trial (completion order)
+    hv_trials: list[int] = field(default_factory=list)  # the trial completed at each hv point
 
 
 def _row(t: FrozenTrial, objectives: dict[str, str], front: set[int]) -> dict[str, Any]:
@@ -77,12 +78,14 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
     pareto = sorted(front)
     headline: list[dict[str, Any]] = []
     hv: list[float] = []
+    hv_trials: list[int] = []
     if base is not None:
         by_number = {r["number"]: r for r in rows}
         headline = [headline_row(by_number[n], base) for n in pareto]
         names, directions = list(objectives), list(objectives.values())
         order = sorted(complete, key=lambda t: (t.datetime_complete, t.number))
         hv = history([tuple(t.values) for t in order], tuple(base[n] for n in names), directions)
+        hv_trials = [t.number for t in order]
     return StudyTable(
         objectives=dict(objectives),
         rows=rows,
@@ -90,4 +93,5 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
         baseline=base["number"] if base else None,
         headline=headline,
         hypervolume=hv,
+        hv_trials=hv_trials,
     )

@@ -1,0 +1,369 @@
+"""`vitsweep-export`: one trial's model, ready to deploy, proven to be the model that was measured.
+
+What an export directory holds (`<paths.root>/<study>/export/trial-<n>/`):
+- `model.pt`: the deployed weights -- the subnet after ToMe and precision surgery (int8 codes,
+  packed low-bit codes, bf16 tensors as they run) -- plus the plain recipe that rebuilds their
+  module tree (architecture, token and precision settings, the mixed-precision plan). Plain data
+  only, so `torch.load(weights_only=True)` reads it and loading runs no pickled code.
+- `model.ts`: the same model traced to TorchScript, only when the traced module reproduces the
+  trial's accuracy too (fp32, bf16 and int8 do on this CPU); otherwise README says why not.
+- `config.yaml` (the trial's resolved config, passwords masked), `metrics.json` (the trial's
+  metrics as stored in the study), `README.md` and `load.py` (the loading code).
+
+Why rebuild-then-load rather than pickling the module: a pickle ties the file to class paths and
+runs code on load; the recipe + state_dict survives refactors and is safe to open.
+Nothing here sees Hydra or Optuna: `vitsweep.app.export_main` resolves the study and the trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from vitsweep.runctx import RunContext
+from vitsweep.spec import ConfigError, TrialSpec
+
+FORMAT = "vitsweep-export/1"
+MODEL_FILE = "model.pt"
+TORCHSCRIPT_FILE = "model.ts"
+# Trial user attributes that are bookkeeping, not measurements (see search.loop / heartbeat).
+NOT_METRICS = frozenset(
+    {"baseline", "constraints", "config", "fail_reason", "skip_reason", "vitsweep:retry_of"}
+)
+
+
+def trial_metrics(user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a COMPLETE trial stored (everything `trial.run` returned), nothing else."""
+    return {k: v for k, v in user_attrs.items() if k not in NOT_METRICS}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One stored number against the same number measured on the reloaded export."""
+
+    name: str
+    stored: Any
+    measured: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.stored == self.measured
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "DIFFERS"
+        return f"{self.name}: stored {self.stored}, re-measured {self.measured} ({verdict})"
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path  # the export directory (`<path>.partial` when a check failed)
+    checks: tuple[Check, ...]
+    formats: dict[str, str]  # file name or format -> what it is, or why it was skipped
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / MODEL_FILE if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such export file (expected <export dir>/{MODEL_FILE})")
+    try:
+        with warnings.catch_warnings():  # torch.ao's qint8 tensors warn of their deprecation
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{file}: unreadable export ({first})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ConfigError(f"{file}: not a {FORMAT} file (format {found!r})")
+    return obj
+
+
+def export_spec(path: str | Path) -> TrialSpec:
+    """The TrialSpec an export was made from (data split, measure settings, ...)."""
+    from vitsweep.configschema import to_spec
+
+    return to_spec(TrialSpec, _read(path)["spec"], "")
+
+
+def load_export(path: str | Path, device: str | None = None) -> tuple[nn.Module, RunContext]:
+    """(model, ctx) of an export directory: `ctx.forward(model, images)` gives the logits, fed
+    exactly as the trial fed it (device, input dtype, autocast). `device`: default the trial's.
+
+    The float module tree is rebuilt from the recipe, the trial's token and precision surgery is
+    applied to it (mixed: the stored plan, no calibration), then the saved weights replace all
+    of its tensors (strict: every key and shape must match).
+    """
+    from vitsweep import models, precision, tome
+    from vitsweep.configschema import to_spec
+    from vitsweep.precision.mixed import MixedPlan
+
+    obj = _read(path)
+    spec: TrialSpec = to_spec(TrialSpec, obj["spec"], "")
+    model = models.skeleton(obj["architecture"])
+    model = tome.apply_token(model, spec.token)
+    plan = MixedPlan.from_dict(obj["plan"]) if obj.get("plan") else None
+    # The saved tensors replace the coded ones: a tq model is not fine-tuned again on load.
+    prec = spec.precision
+    if prec.mode == "tq":
+        prec = dataclasses.replace(prec, finetune_steps=0)
+    model, ctx = precision.apply_precision(
+        model,
+        prec,
+        device=device or obj["device"],
+        int8_backend=obj.get("int8_backend") or None,
+        plan=plan,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor.*")
+        model.load_state_dict(obj["state_dict"], strict=True)
+    return model.eval(), ctx
+
+
+def load_torchscript(path: str | Path, device: str | None = None) -> tuple[nn.Module, RunContext]:
+    """(TorchScript module, ctx) of an export that has `model.ts`; autocast is traced into the
+    module, so `ctx` only moves and casts the input."""
+    path = Path(path)
+    file = path / TORCHSCRIPT_FILE
+    if not file.is_file():
+        raise ConfigError(f"{file}: this export has no TorchScript model (see its README.md)")
+    obj = _read(path)
+    device = device or obj["device"]
+    ctx = RunContext(
+        device=device,
+        input_dtype=getattr(torch, obj["input_dtype"]),
+        precision_exec=f"{obj['precision_exec']} (TorchScript)",
+    )
+    with warnings.catch_warnings():  # "torch.jit.load is deprecated": it still loads and runs
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(file), map_location=device)
+    return module.eval(), ctx
+
+
+def remeasure(path: str | Path) -> tuple[Check, ...]:
+    """Load the export from disk and measure again what must not change: val and test accuracy
+    on the trial's own split, at the trial's thread count, and the stored bytes; TorchScript's
+    accuracy too when the export has it."""
+    from vitsweep import data, precision, trial
+
+    path = Path(path)
+    spec = export_spec(path)
+    stored = json.loads((path / "metrics.json").read_text())
+    splits = data.load(spec.data)
+    model, ctx = load_export(path)
+    checks = [
+        Check(
+            "accuracy", stored.get("accuracy"), trial.accuracy(model, ctx, splits.val, spec.measure)
+        ),
+        Check(
+            "test_accuracy",
+            stored.get("test_accuracy"),
+            trial.accuracy(model, ctx, splits.test, spec.measure),
+        ),
+        Check("model_bytes", stored.get("model_bytes"), precision.model_bytes(model)),
+    ]
+    if (path / TORCHSCRIPT_FILE).is_file():
+        ts, ts_ctx = load_torchscript(path)
+        measured = trial.accuracy(ts, ts_ctx, splits.val, spec.measure)
+        checks.append(Check("accuracy (TorchScript)", stored.get("accuracy"), measured))
+    return tuple(checks)
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def default_dir(root: str | Path, study: str, number: int) -> Path:
+    return Path(root) / study / "export" / f"trial-{number}"
+
+
+def export_trial(
+    spec: TrialSpec,
+    *,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    study: str,
+    number: int,
+    out_dir: str | Path,
+) -> Exported:
+    """Rebuild trial `number` with `trial.build` (the trial's own code path, from the cached
+    weights it used), write its export, load it back from disk and re-measure it.
+
+    The files go to `<out_dir>.partial` first and become `out_dir` only when every check holds;
+    a failing export stays in `.partial` for inspection and `Exported.ok` is False.
+    """
+    from vitsweep import models, trial
+    from vitsweep.models.checkpoint import atomic_save, plain
+    from vitsweep.precision import PLAN_ATTR
+    from vitsweep.precision.int8 import resolve_int8_backend
+
+    spec = _with_trial_threads(spec, metrics)
+    weights = models.weights_file(spec.arch, spec.train, spec.data, spec.root)
+    if weights is not None and not weights.is_file():
+        raise ConfigError(
+            f"trial={number}: its trained weights {weights} are not there (paths.root="
+            f"{spec.root}); export from the launch directory of the study, where they are cached"
+        )
+    built = trial.build(spec)
+    model, ctx, splits = built.model, built.ctx, built.splits
+    geometry = models.Geometry(splits.image_size, splits.in_chans, splits.num_classes)
+    plan = getattr(model, PLAN_ATTR, None)
+    int8 = spec.precision.mode in ("int8", "mixed")
+
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    record = {
+        "format": FORMAT,
+        "study": study,
+        "trial": number,
+        "spec": plain(spec),
+        "architecture": models.architecture(spec.arch, geometry),
+        "device": ctx.device,
+        "input_dtype": str(ctx.input_dtype).removeprefix("torch."),
+        "precision_exec": ctx.precision_exec,
+        "int8_backend": resolve_int8_backend(ctx.device, "auto") if int8 else None,
+        "plan": plain(plan) if plan is not None else None,
+        "state_dict": model.state_dict(),
+    }
+    atomic_save(record, staging / MODEL_FILE).chmod(0o644)  # a temp file's 0600 otherwise
+    formats = {MODEL_FILE: "weights + recipe; load with vitsweep.export.load_export"}
+    formats[TORCHSCRIPT_FILE] = _torchscript(model, ctx, splits, staging / TORCHSCRIPT_FILE)
+    _write_text(staging, config, metrics, study, number)
+
+    checks = list(remeasure(staging))
+    ts_checks = [c for c in checks if "TorchScript" in c.name]
+    if ts_checks and not ts_checks[0].ok:  # ship TorchScript only where it reproduces
+        (staging / TORCHSCRIPT_FILE).unlink()
+        formats[TORCHSCRIPT_FILE] = f"skipped: traced module does not reproduce ({ts_checks[0]})"
+        checks.remove(ts_checks[0])
+    elif ts_checks:
+        formats[TORCHSCRIPT_FILE] += "; reproduces the trial's accuracy"
+    _write_readme(staging, out_dir, study, number, metrics, ctx, formats)
+    result = Exported(staging, tuple(checks), formats)
+    if not result.ok:
+        return result
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return dataclasses.replace(result, path=out_dir)
+
+
+def _with_trial_threads(spec: TrialSpec, metrics: dict[str, Any]) -> TrialSpec:
+    """`measure.threads=0` means "the process default", which differs between a sweep worker
+    (OMP_NUM_THREADS) and this process: pin it to the count the trial reported using."""
+    threads = metrics.get("threads")
+    if spec.measure.threads or not isinstance(threads, int) or threads < 1:
+        return spec
+    return dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, threads=threads))
+
+
+def _torchscript(model: nn.Module, ctx: RunContext, splits: Any, file: Path) -> str:
+    """Trace the model (autocast included) on a few real images; a failure is a note, not an
+    error: the state_dict export stands on its own."""
+    x = torch.stack([splits.val[i][0] for i in range(min(4, len(splits.val)))])
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), ctx.autocast():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, ctx.prepare(x), check_trace=False)
+            torch.jit.save(traced, str(file))
+    except Exception as e:  # tracing is best effort by nature: any op may be untraceable
+        file.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"skipped: torch.jit.trace failed ({type(e).__name__}: {first})"
+    return f"TorchScript (torch.jit.trace), input {str(ctx.input_dtype).removeprefix('torch.')}"
+
+
+def _write_text(
+    out: Path, config: dict[str, Any], metrics: dict[str, Any], study: str, number: int
+) -> None:
+    from vitsweep.search.storage import mask_url
+
+    header = f"# trial {number} of study {study!r}: the resolved config it ran with\n"
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    (out / "config.yaml").write_text(header + mask_url(text))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (out / "load.py").write_text(_LOAD_PY)
+
+
+_LOAD_PY = '''"""Load this export and re-measure it (needs only vitsweep): python load.py"""
+
+from pathlib import Path
+
+from vitsweep.export import load_export, remeasure
+
+here = Path(__file__).resolve().parent
+model, ctx = load_export(here)  # logits = ctx.forward(model, images)
+print(type(model).__name__, "|", ctx.precision_exec)
+checks = remeasure(here)
+for check in checks:
+    print(check)
+raise SystemExit(0 if all(c.ok for c in checks) else 1)
+'''
+
+
+def _write_readme(
+    out: Path,
+    final: Path,
+    study: str,
+    number: int,
+    metrics: dict[str, Any],
+    ctx: RunContext,
+    formats: dict[str, str],
+) -> None:
+    shown = ("accuracy", "test_accuracy", "throughput", "latency_ms", "params", "flops")
+    rows = "\n".join(f"| {k} | {metrics[k]} |" for k in (*shown, "model_bytes") if k in metrics)
+    files = "\n".join(f"- `{name}`: {note}" for name, note in formats.items())
+    dtype = str(ctx.input_dtype).removeprefix("torch.")
+    ts = (
+        f"""
+TorchScript, without vitsweep (autocast is traced in; feed {dtype} input on {ctx.device}):
+
+```python
+import torch
+model = torch.jit.load("{TORCHSCRIPT_FILE}").eval()
+logits = model(images.to("{ctx.device}", torch.{dtype}))
+```
+"""
+        if (out / TORCHSCRIPT_FILE).is_file()
+        else ""
+    )
+    (out / "README.md").write_text(
+        f"""# Trial {number} of study `{study}`
+
+Runs as: {ctx.precision_exec} on {ctx.device}.
+
+| metric | value (as measured in the study) |
+|---|---|
+{rows}
+
+Files:
+{files}
+- `config.yaml`: the trial's resolved config; `metrics.json`: all its stored metrics.
+
+## Load (needs only vitsweep)
+
+```python
+from vitsweep.export import load_export
+model, ctx = load_export("{final}")
+logits = ctx.forward(model, images)  # images: float (B, C, H, W), preprocessed as the data split
+```
+
+`python load.py` loads it and re-measures the accuracy on the trial's validation split; it must
+equal the stored one exactly (same split, same thread count, same kernels).
+{ts}"""
+    )
