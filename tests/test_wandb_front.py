@@ -69,9 +69,12 @@ def test_hypervolume_is_one_line_per_study_across_trials_and_launches(tmp_path: 
     first = study_table(study, ctx.sweeper.objectives)
     assert len(first.hypervolume) == 4
 
-    # The summary run got a point after every trial (one segment each) plus the publish.
+    # The summary run gets the launch's points when it publishes (one segment per launch); each
+    # trial run carries the hypervolume as of its own trial.
     summary = summary_run(ctx)
-    assert summary.segments == 5
+    assert summary.segments == 1
+    per_trial = [trial_runs(ctx)[n].summary["hypervolume"] for n in range(4)]
+    assert per_trial == pytest.approx(first.hypervolume)
     assert summary.metrics["hypervolume"] == "complete_trials"  # W&B's x for the line
     line = [h for h in summary.history if "hypervolume" in h]
     assert [h["complete_trials"] for h in line] == [1, 2, 3, 4]

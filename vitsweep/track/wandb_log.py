@@ -37,7 +37,15 @@ FRONT_TAGS = (PARETO, DOMINATED, INFEASIBLE)
 def _settings():
     import wandb
 
-    return wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True)
+    # x_save_requirements: W&B lists every installed distribution at each init (~0.2 s with
+    # torch's stack installed, once per trial run); the run config carries our versions instead.
+    return wandb.Settings(
+        silent=True,
+        console="off",
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_save_requirements=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -164,23 +172,6 @@ class WandbTracker:
                     "hv_trial_number": p.trial_number,
                 }
             )
-
-    def log_hypervolume(
-        self, points: Sequence[HvPoint], run_id: str | None, extra: dict[str, Any]
-    ) -> bool:
-        """Append points to the study's hypervolume line (the summary run's history)."""
-        if not points:
-            return True
-        try:
-            run = self._open_summary(run_id, extra)
-            try:
-                self._log_points(run, points)
-            finally:
-                run.finish()
-            return True
-        except Exception as e:
-            log.warning("W&B hypervolume update failed: %s", e)
-            return False
 
     def log_summary(
         self,
