@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakestudy import FIRST_LAUNCH, make_ctx, run
-from vitsweep.search.study import HYPERVOLUME_ATTR, SweepContext, open_study, publish, wandb_run_ids
+from vitsweep.search.study import SweepContext, open_study, publish
 from vitsweep.track.pareto import study_table
 from vitsweep.track.wandb_files import RunRecord, read_runs, read_segments
+from vitsweep.track.wandb_front import HYPERVOLUME_ATTR, wandb_run_ids
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 import optuna
 from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from vitsweep.search.loop import BASELINE_ATTR, Outcome, StudyLoop
 from vitsweep.search.samplers import make_sampler
@@ -26,15 +25,17 @@ from vitsweep.spec import TrialSpec
 from vitsweep.track.pareto import StudyTable, study_table
 from vitsweep.track.report import write_report
 from vitsweep.track.spec import TrackingSpec
-from vitsweep.track.wandb_log import (
-    BASELINE,
-    DOMINATED,
-    INFEASIBLE,
-    PARETO,
-    RunIds,
-    WandbTracker,
-    hv_points,
+from vitsweep.track.wandb_front import (
+    HYPERVOLUME_ATTR,
+    WANDB_HV_ATTR,
+    WANDB_PARETO_ATTR,
+    front_tag,
+    run_tags,
+    sync_front_tags,
+    wandb_lock,
+    wandb_run_ids,
 )
+from vitsweep.track.wandb_log import PARETO, WandbTracker, hv_points
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -96,70 +97,6 @@ class SweepContext:
         return config
 
 
-# Study attributes: what the W&B side already shows, so that a later trial, launch or worker
-# changes only what changed (runs are reopened, never rewritten).
-HYPERVOLUME_ATTR = "hypervolume"
-WANDB_PARETO_ATTR = "wandb_pareto"  # trial numbers whose W&B run carries the tag `pareto`
-WANDB_HV_ATTR = "wandb_hv_points"  # hypervolume points already on the summary run's line
-
-
-def wandb_run_ids(study: optuna.Study) -> RunIds | None:
-    """Stable W&B run ids for this study, the same in every worker and launch; None before the
-    study's first trial has started.
-
-    The key hashes the study name with trial 0's start time: a study recreated under the same
-    name (after `make clean`) gets new runs instead of reopening the old study's. Derived, not
-    stored, so that workers starting together cannot disagree about it.
-    """
-    first = next((t for t in study.get_trials(deepcopy=False) if t.number == 0), None)
-    if first is None or first.datetime_start is None:
-        return None
-    seed = f"{study.study_name}|{first.datetime_start.isoformat()}"
-    return RunIds("vs-" + hashlib.sha1(seed.encode()).hexdigest()[:10])
-
-
-def _front_tag(trial: FrozenTrial, table: StudyTable) -> str | None:
-    """Exactly one of pareto/dominated/infeasible for a complete trial: W&B cannot empty a
-    resumed run's tags, so a trial leaving the front must swap `pareto` for another tag."""
-    if trial.state != TrialState.COMPLETE:
-        return None
-    if trial.number in table.pareto:
-        return PARETO
-    if any(c > 0 for c in trial.user_attrs.get("constraints", [])):
-        return INFEASIBLE
-    return DOMINATED
-
-
-def _tags(trial: FrozenTrial, front_tag: str | None) -> list[str]:
-    tags = [BASELINE] if trial.user_attrs.get(BASELINE_ATTR) else []
-    return tags + ([front_tag] if front_tag else [])
-
-
-def _wandb_lock(ctx: SweepContext) -> FileLock:
-    """Workers sharing the W&B directory reopen the same runs: one at a time, or two reopenings
-    of one run id in the same second share a directory name and corrupt each other's file."""
-    ctx.study_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(ctx.study_dir / ".wandb.lock")
-
-
-def _sync_front_tags(
-    study: optuna.Study, tracker: WandbTracker, table: StudyTable, ids: RunIds
-) -> None:
-    """Trials that left the front lose `pareto` (they become `dominated`): their finished runs
-    are reopened. A trial never rejoins the front, so tags only ever move that way."""
-    tagged = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    retagged = []
-    for n in sorted(tagged - set(table.pareto)):
-        tag = _front_tag(trials[n], table) if n in trials else None
-        if tag is None or tracker.retag_trial(n, ids.trial(n), _tags(trials[n], tag)):
-            retagged.append(n)  # retagged, or no longer a complete trial: stop tracking it
-    if retagged:
-        # Re-read just before writing: a worker on another machine may have added its trial.
-        now = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
-        study.set_user_attr(WANDB_PARETO_ATTR, sorted(now - set(retagged)))
-
-
 def after_trial(
     ctx: SweepContext,
     study: optuna.Study,
@@ -178,26 +115,26 @@ def after_trial(
     metrics = dict(outcome.metrics or {})
     if "fail_reason" in trial.user_attrs:
         metrics["fail_reason"] = trial.user_attrs["fail_reason"]
-    with _wandb_lock(ctx):
+    with wandb_lock(ctx.study_dir):
         # The front as of now, read under the lock: a trial told by another worker meanwhile
         # is either in it (and this trial is tagged against it) or will retag this one itself.
         table = study_table(study, ctx.sweeper.objectives)
         _set_hypervolume(study, table)
         if table.hypervolume:
             metrics[HYPERVOLUME_ATTR] = table.hypervolume[-1]
-        front_tag = _front_tag(trial, table)
+        tag = front_tag(trial, table)
         ids = wandb_run_ids(study)
         logged = tracker.log_trial(
             trial.number,
             trial.state.name,
             ctx.trial_config(trial, outcome),
             metrics,
-            tags=_tags(trial, front_tag),
+            tags=run_tags(trial, tag),
             run_id=ids.trial(trial.number) if ids else None,
         )
         if ids is None:
             return
-        if logged and front_tag == PARETO:
+        if logged and tag == PARETO:
             now = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
             study.set_user_attr(WANDB_PARETO_ATTR, sorted(now | {trial.number}))
 
@@ -251,12 +188,12 @@ def publish(ctx: SweepContext, study: optuna.Study, tracker: WandbTracker | None
     with FileLock(ctx.study_dir / ".report.lock"):
         out = write_report(table, ctx.study_dir / "report", ctx.sweeper.study_name, extra)
     if tracker is not None:
-        with _wandb_lock(ctx):
+        with wandb_lock(ctx.study_dir):
             ids = wandb_run_ids(study)
             if ids is None:
                 tracker.log_summary(table, extra)
             else:
-                _sync_front_tags(study, tracker, table, ids)
+                sync_front_tags(study, tracker, table, ids)
                 done = int(study.user_attrs.get(WANDB_HV_ATTR, 0))
                 if tracker.log_summary(table, extra, ids.summary, hv_points(table, done)):
                     study.set_user_attr(WANDB_HV_ATTR, len(table.hypervolume))
