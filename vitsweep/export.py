@@ -96,9 +96,13 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 def export_spec(path: str | Path) -> TrialSpec:
     """The TrialSpec an export was made from (data split, measure settings, ...)."""
+    return _spec(_read(path))
+
+
+def _spec(obj: dict[str, Any]) -> TrialSpec:
     from vitsweep.configschema import to_spec
 
-    return to_spec(TrialSpec, _read(path)["spec"], "")
+    return to_spec(TrialSpec, obj["spec"], "")
 
 
 def load_export(path: str | Path, device: str | None = None) -> tuple[nn.Module, RunContext]:
@@ -109,12 +113,14 @@ def load_export(path: str | Path, device: str | None = None) -> tuple[nn.Module,
     applied to it (mixed: the stored plan, no calibration), then the saved weights replace all
     of its tensors (strict: every key and shape must match).
     """
+    return _model(_read(path), device)
+
+
+def _model(obj: dict[str, Any], device: str | None) -> tuple[nn.Module, RunContext]:
     from vitsweep import models, precision, tome
-    from vitsweep.configschema import to_spec
     from vitsweep.precision.mixed import MixedPlan
 
-    obj = _read(path)
-    spec: TrialSpec = to_spec(TrialSpec, obj["spec"], "")
+    spec = _spec(obj)
     model = models.skeleton(obj["architecture"])
     model = tome.apply_token(model, spec.token)
     plan = MixedPlan.from_dict(obj["plan"]) if obj.get("plan") else None
@@ -138,11 +144,15 @@ def load_export(path: str | Path, device: str | None = None) -> tuple[nn.Module,
 def load_torchscript(path: str | Path, device: str | None = None) -> tuple[nn.Module, RunContext]:
     """(TorchScript module, ctx) of an export that has `model.ts`; autocast is traced into the
     module, so `ctx` only moves and casts the input."""
-    path = Path(path)
+    return _torchscript_module(Path(path), _read(path), device)
+
+
+def _torchscript_module(
+    path: Path, obj: dict[str, Any], device: str | None
+) -> tuple[nn.Module, RunContext]:
     file = path / TORCHSCRIPT_FILE
     if not file.is_file():
         raise ConfigError(f"{file}: this export has no TorchScript model (see its README.md)")
-    obj = _read(path)
     device = device or obj["device"]
     ctx = RunContext(
         device=device,
@@ -162,10 +172,11 @@ def remeasure(path: str | Path) -> tuple[Check, ...]:
     from vitsweep import data, precision, trial
 
     path = Path(path)
-    spec = export_spec(path)
+    obj = _read(path)  # once: model.pt holds every weight
+    spec = _spec(obj)
     stored = json.loads((path / "metrics.json").read_text())
     splits = data.load(spec.data)
-    model, ctx = load_export(path)
+    model, ctx = _model(obj, None)
     checks = [
         Check(
             "accuracy", stored.get("accuracy"), trial.accuracy(model, ctx, splits.val, spec.measure)
@@ -178,7 +189,7 @@ def remeasure(path: str | Path) -> tuple[Check, ...]:
         Check("model_bytes", stored.get("model_bytes"), precision.model_bytes(model)),
     ]
     if (path / TORCHSCRIPT_FILE).is_file():
-        ts, ts_ctx = load_torchscript(path)
+        ts, ts_ctx = _torchscript_module(path, obj, None)
         measured = trial.accuracy(ts, ts_ctx, splits.val, spec.measure)
         checks.append(Check("accuracy (TorchScript)", stored.get("accuracy"), measured))
     return tuple(checks)

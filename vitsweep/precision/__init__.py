@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.int8 import backend_label, int8_linear, resolve_int8_backend
-from vitsweep.precision.mixed import MixedPlan, apply_plan, plan_mixed, set_module
+from vitsweep.precision.mixed import MixedPlan, apply_plan, calib_batches, plan_mixed, set_module
 from vitsweep.precision.quantizers import MAX_BITS, MIN_BITS
 from vitsweep.precision.resolve import (
     MODES,
@@ -25,7 +25,7 @@ from vitsweep.precision.resolve import (
     resolve_device,
     resolve_precision,
 )
-from vitsweep.precision.tq import apply_tq, calib_inputs, coded_layers, finetune, tq_stats
+from vitsweep.precision.tq import apply_tq, coded_layers, finetune, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -147,7 +147,8 @@ def _tq(
         raise ConfigError("precision.mode='tq': the model has no nn.Linear or nn.Conv to code")
     inputs = None
     if calib is not None:
-        inputs = calib_inputs(calib, spec.calib_batches, calib_batch_size, device)
+        batches = calib_batches(calib, spec.calib_batches, calib_batch_size, device)
+        inputs = [x for x, _ in batches]
     apply_tq(model, spec.rate, inputs)
     model.to(device)
     if spec.finetune_steps > 0:

@@ -159,7 +159,9 @@ def macs_per_image(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return macs
 
 
-def _batches(calib: Dataset, count: int, batch_size: int, device: str) -> list[tuple]:
+def calib_batches(calib: Dataset, count: int, batch_size: int, device: str) -> list[tuple]:
+    """The first `count` (inputs, labels) batches of `calib`, in order, on `device`: what mixed
+    and tq calibrate on."""
     loader = DataLoader(calib, batch_size=batch_size, shuffle=False)
     out = []
     for i, (x, y) in enumerate(loader):
@@ -232,7 +234,7 @@ def plan_mixed(
     candidates = tuple(spec.bits)
     searched = searched_linears(model)
     others = other_linears(model)
-    batches = _batches(calib, spec.calib_batches, batch_size, device)
+    batches = calib_batches(calib, spec.calib_batches, batch_size, device)
     traces = layer_traces(model, [m for _, m in searched], batches, spec.hutchinson_samples, seed)
     mean_trace = traces / np.array([m.weight.numel() for _, m in searched])
     floor = 1e-6 * max(float(np.abs(mean_trace).max()), 1e-30)

@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitsweep.precision import transform as T
 from vitsweep.precision.mixed import set_module
-from vitsweep.spec import ConfigError
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -254,15 +253,6 @@ def tq_stats(model: nn.Module) -> TQStats:
         coeff_bits=sum(m.coeff_bits for m in layers),
         side_bits=sum(m.side_bits for m in layers),
     )
-
-
-def calib_inputs(data: Dataset, count: int, batch_size: int, device: str) -> list[torch.Tensor]:
-    """The first `count` input batches of `data` (labels dropped), on `device`."""
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    batches = [x.to(device) for x, _ in itertools.islice(loader, count)]
-    if not batches:
-        raise ConfigError("precision.calib_batches: the calibration dataset is empty")
-    return batches
 
 
 def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -5,7 +5,8 @@ Offline when there is no API key (or W&B cannot start online); offline runs live
 
 Runs have ids derived from the study (`RunIds`), so a finished run can be opened again with
 `resume="allow"`: that is how a trial run's tags follow the front (a trial leaves the front after
-its run has finished) and how the summary run gets a hypervolume point after every trial. Offline,
+its run has finished) and how the summary run's hypervolume line grows launch after launch
+(`vitsweep.track.wandb_front` decides when; both happen at publish). Offline,
 each reopening writes one more directory for the same run id (`offline-run-<time>-<id>-<k>`)
 whose run record carries the resume intent; `wandb sync` uploads the segments of one run in
 order of start time as that one run, and `wandb_files.read_runs` merges them the same way.
@@ -31,7 +32,6 @@ from vitsweep.track.spec import TrackingSpec
 log = logging.getLogger("vitsweep.track")
 
 PARETO, DOMINATED, INFEASIBLE, BASELINE = "pareto", "dominated", "infeasible", "baseline"
-FRONT_TAGS = (PARETO, DOMINATED, INFEASIBLE)
 
 
 def _settings():
@@ -52,7 +52,7 @@ def _settings():
 class RunIds:
     """Stable W&B run ids of one study: every worker and every launch computes the same ones.
 
-    `key` must be unique per study in the W&B project (`vitsweep.search.study.wandb_key`); the
+    `key` must be unique per study in the W&B project (`wandb_front.wandb_run_ids`); the
     human-readable names stay `trial-<n>` and `<study>-summary`.
     """
 
