@@ -273,15 +273,23 @@ def test_finetuning_lowers_the_loss_and_keeps_the_rate(trained, splits) -> None:
         with torch.no_grad():
             return float(F.cross_entropy(ctx.forward(model, x), y))
 
-    plain, ctx = apply_precision(copy.deepcopy(trained), PrecisionSpec(mode="tq", rate=2.0))
+    # Like with like: both allocate their bits on the same calibration data, so the only
+    # difference is the 40 fine-tuning steps (measured here: 0.507 -> 0.456 train loss; the
+    # held-out loss falls with it, 0.637 -> 0.584). A relative margin, not a CPU's number.
+    plain, ctx = apply_precision(
+        copy.deepcopy(trained), PrecisionSpec(mode="tq", rate=2.0), calib=splits.train
+    )
     spec = PrecisionSpec(mode="tq", rate=2.0, finetune_steps=40)
     tuned, tctx = apply_precision(copy.deepcopy(trained), spec, calib=splits.train)
-    assert train_loss(tuned, tctx) < train_loss(plain, ctx) - 0.02
+    assert tq_stats(plain).weighted and tq_stats(tuned).weighted
+    assert train_loss(tuned, tctx) < 0.97 * train_loss(plain, ctx)
     assert "fine-tuned 40 steps" in tctx.precision_exec
     assert tq_stats(tuned).rate == tq_stats(plain).rate == 2.0
     assert all(layer.latent is None for layer in tq_layers(tuned))
     # What runs is what is stored: a reload of the state_dict gives the same logits.
-    again, _ = apply_precision(copy.deepcopy(trained), PrecisionSpec(mode="tq", rate=2.0))
+    again, _ = apply_precision(
+        copy.deepcopy(trained), PrecisionSpec(mode="tq", rate=2.0), calib=splits.train
+    )
     again.load_state_dict(tuned.state_dict(), strict=True)
     x = splits.test.tensors[0][:32]
     assert torch.equal(tctx.forward(again, x), tctx.forward(tuned, x))
