@@ -28,12 +28,19 @@ CANDIDATES = {
 FIRST_LAUNCH = (8, 2, 0)  # trials 1, 2, 3 after the baseline (trial 0): front {2, 3} at the end
 
 
-def make_ctx(root: Path, n_trials: int, wandb: bool = True) -> SweepContext:
+def make_ctx(
+    root: Path,
+    n_trials: int,
+    wandb: bool = True,
+    sampler: SamplerSpec | None = None,
+    constraints: tuple[str, ...] = (),
+) -> SweepContext:
     sweeper = SweeperSpec(
         study_name=NAME,
         n_trials=n_trials,
         params={"token.r": "choice(0,2,4,8)"},
-        sampler=SamplerSpec(name="random", seed=0),
+        sampler=sampler or SamplerSpec(name="random", seed=0),
+        constraints=constraints,
     )
     tracking = TrackingSpec(mode="offline", project="vitsweep-test")
     return SweepContext(

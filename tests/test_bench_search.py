@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from vitsweep import record
 from vitsweep.bench.search import (
     EvalCache,
     Grid,
@@ -22,7 +23,6 @@ from vitsweep.bench.search import (
     recommend,
     run_sampler,
 )
-from vitsweep.search.loop import BASELINE_ATTR
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace
 from vitsweep.search.spec import SamplerSpec
@@ -107,9 +107,9 @@ def test_gp_models_every_param_despite_a_param_less_baseline() -> None:
         },
         {},
     )
-    sampler = make_sampler(SamplerSpec(name="gp", n_startup_trials=2), space, constrained=False)
+    sampler = make_sampler(SamplerSpec(name="gp", n_startup_trials=2), space)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
-    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+    study.enqueue_trial({}, user_attrs={record.BASELINE: True})
     study.tell(study.ask(), [1.0, 1.0])
     for i in range(3):
         t = study.ask()

@@ -17,7 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.conftest import run_cli
-from vitsweep import data
+from vitsweep import data, record
 from vitsweep import trial as trial_mod
 from vitsweep.export import (
     MODEL_FILE,
@@ -26,10 +26,7 @@ from vitsweep.export import (
     export_trial,
     load_export,
     load_torchscript,
-    trial_metrics,
 )
-from vitsweep.search.heartbeat import RETRY_OF_ATTR
-from vitsweep.search.loop import BASELINE_ATTR, CONFIG_ATTR
 
 pytestmark = pytest.mark.slow
 
@@ -90,14 +87,15 @@ def test_the_export_round_trip_reproduces_accuracy(study_dir: Path, number: int,
     spec = export_spec(out)
     splits = data.load(spec.data)
     assert ctx.precision_exec.startswith(PRECISION[number])
-    assert trial_mod.accuracy(model, ctx, splits.val, spec.measure) == stored.user_attrs["accuracy"]
-    assert json.loads((out / "metrics.json").read_text()) == trial_metrics(stored.user_attrs)
-    assert (out / MODEL_FILE).stat().st_size < 4 * stored.user_attrs["model_bytes"] + 65536
+    stored_accuracy = record.metric(stored, "accuracy")
+    assert trial_mod.accuracy(model, ctx, splits.val, spec.measure) == stored_accuracy
+    assert json.loads((out / "metrics.json").read_text()) == record.metrics(stored)
+    assert (out / MODEL_FILE).stat().st_size < 4 * record.metric(stored, "model_bytes") + 65536
 
     # TorchScript is shipped for these precisions, and reproduces too.
     assert (out / TORCHSCRIPT_FILE).is_file()
     ts, ts_ctx = load_torchscript(out)
-    assert trial_mod.accuracy(ts, ts_ctx, splits.val, spec.measure) == stored.user_attrs["accuracy"]
+    assert trial_mod.accuracy(ts, ts_ctx, splits.val, spec.measure) == stored_accuracy
 
 
 def test_an_export_that_does_not_reproduce_stays_partial(study_dir: Path, one_thread) -> None:
@@ -107,7 +105,7 @@ def test_an_export_that_does_not_reproduce_stays_partial(study_dir: Path, one_th
     if not (first / MODEL_FILE).is_file():
         run_cli("vitsweep-export", *STUDY, f"trial={number}", cwd=study_dir)
     spec = export_spec(first)
-    metrics = trial_metrics(load_study(study_dir).trials[number].user_attrs)
+    metrics = record.metrics(load_study(study_dir).trials[number])
     wrong = {**metrics, "accuracy": metrics["accuracy"] + 0.5}
     out = study_dir / "elsewhere" / "trial-1"
     result = export_trial(
@@ -125,12 +123,13 @@ def test_an_export_that_does_not_reproduce_stays_partial(study_dir: Path, one_th
 
 
 def test_metrics_leave_out_exactly_the_bookkeeping_attributes() -> None:
-    bookkeeping = {BASELINE_ATTR: True, CONFIG_ATTR: {"a": 1}, RETRY_OF_ATTR: 3}
+    bookkeeping = {"baseline": True, "config": {"a": 1}, "vitsweep:retry_of": 3}
     bookkeeping |= {"constraints": [0.1], "fail_reason": "x", "skip_reason": "y"}
-    assert trial_metrics({**bookkeeping, "accuracy": 0.5, "threads": 1}) == {
-        "accuracy": 0.5,
-        "threads": 1,
-    }
+    wanted = {"accuracy": 0.5, "threads": 1}
+    # Studies written before metrics became one attribute stored them flat, beside bookkeeping.
+    legacy = optuna.trial.create_trial(value=0.5, user_attrs={**bookkeeping, **wanted})
+    now = optuna.trial.create_trial(value=0.5, user_attrs={**bookkeeping, "metrics": wanted})
+    assert record.metrics(legacy) == wanted == record.metrics(now)
 
 
 @pytest.mark.parametrize(

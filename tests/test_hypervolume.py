@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vitsweep.track.hypervolume import (
+    history,
     hypervolume,
     normalized_losses,
     plateaued,
@@ -59,3 +60,25 @@ def test_stop_rule_fires_on_a_plateau_and_not_on_improvement() -> None:
     assert plateaued(plateau, patience=4, min_improvement=0.01)
     assert not plateaued(improving, patience=4, min_improvement=0.01)
     assert not plateaued(plateau[:4], patience=4, min_improvement=0.01)  # too few trials yet
+
+
+def test_history_is_the_volume_of_every_feasible_prefix() -> None:
+    """The incremental history against the slow, obvious count over each prefix; None (an
+    infeasible trial) adds nothing, and a point outside the reference box adds nothing."""
+    rng = np.random.default_rng(3)
+    baseline = (0.9, 100.0, 0.5)
+    values: list[tuple[float, ...] | None] = []
+    for i in range(14):
+        if i % 5 == 3:
+            values.append(None)
+        else:
+            values.append((rng.uniform(0.5, 1.0), rng.uniform(20, 600), rng.uniform(0.05, 1.2)))
+    ref = reference_point(DIRS)
+    got = history(values, baseline, DIRS)
+    for i in range(len(values)):
+        kept = [v for v in values[: i + 1] if v is not None]
+        losses = normalized_losses(kept, baseline, DIRS)
+        inside = losses[np.all(losses < ref, axis=1)]
+        expected = union_volume(inside, ref) if len(inside) else 0.0
+        assert got[i] == pytest.approx(expected), i
+    assert len(got) == len(values) and got == sorted(got)  # never shrinks

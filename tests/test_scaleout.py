@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tests import pg
 from tests.conftest import BIN, cli_env
-from vitsweep.search.heartbeat import RETRY_OF_ATTR
-from vitsweep.search.loop import BASELINE_ATTR, Outcome, StudyLoop
+from vitsweep import record
+from vitsweep.search.loop import Outcome, StudyLoop
 from vitsweep.search.space import parse_space
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import create_or_load, open_storage
@@ -140,7 +140,7 @@ def check_study(study: optuna.Study, budget: int, killed: list[int]) -> list[Fro
     assert not left, f"trials left RUNNING/WAITING: {left}"
     # One baseline. Not always number 0: a worker that loads the study between its creation and
     # the creator's enqueue asks a sampled trial first; the report finds the baseline by its attr.
-    baselines = [t for t in complete if t.user_attrs.get(BASELINE_ATTR)]
+    baselines = [t for t in complete if record.is_baseline(t)]
     assert len(baselines) == 1 and baselines[0].params == {}, table
     for t in trials:
         if t.state == TrialState.PRUNED:  # a claim over budget, given back before it ran
@@ -150,7 +150,7 @@ def check_study(study: optuna.Study, budget: int, killed: list[int]) -> list[Fro
     for n in killed:
         dead = trials[n]
         assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("stale")
-        retries = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == n]
+        retries = [t for t in trials if t.user_attrs.get(record.RETRY_OF) == n]
         assert len(retries) == 1, f"trial {n} re-queued {len(retries)} times"
         assert retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
     return complete
@@ -413,7 +413,7 @@ def test_chaos_kill_and_restart_ten_times(pg_url: str, tmp_path: Path) -> None:
     stale = [t for t in trials if t.state == TrialState.FAIL]
     for t in stale:  # each killed trial was re-run exactly once, under a new number
         assert t.user_attrs["fail_reason"].startswith("stale")
-        assert sum(u.user_attrs.get(RETRY_OF_ATTR) == t.number for u in trials) == 1
+        assert sum(u.user_attrs.get(record.RETRY_OF) == t.number for u in trials) == 1
     assert "mid-trial" not in phases or stale, "a mid-trial kill must leave a trial to recover"
     assert sum(t.state == TrialState.COMPLETE for t in trials) == budget
 

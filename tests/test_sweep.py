@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import BIN, cli_env, run_cli
-from vitsweep.search.heartbeat import RETRY_OF_ATTR
+from vitsweep import record
 from vitsweep.track.wandb_files import read_runs
 
 SMOKE = ("-m", "experiment=smoke")
@@ -171,7 +171,7 @@ def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(wor
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     dead = trials[killed.number]
     assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("stale")
-    retries = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == killed.number]
+    retries = [t for t in trials if t.user_attrs.get(record.RETRY_OF) == killed.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == dead.params  # the same candidate, run once more, counted once
     assert all(math.isfinite(v) for t in trials if t.values for v in t.values)

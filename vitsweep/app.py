@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vitsweep import record
 from vitsweep.configschema import schema_of, to_spec
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.spec import (
@@ -335,9 +336,7 @@ def _export_args(args: list[str]) -> tuple[str | None, str | None, list[str]]:
 def _trial_config(ctx: Any, trial: Any) -> dict[str, Any]:
     """The trial's resolved config: stored with it (`config` user attribute), or, for studies
     run before it was stored, its Hydra job's `.hydra/config.yaml` under the study directory."""
-    from vitsweep.search.loop import CONFIG_ATTR
-
-    stored = trial.user_attrs.get(CONFIG_ATTR)
+    stored = trial.user_attrs.get(record.CONFIG)
     if isinstance(stored, dict):
         return stored
     jobs = sorted(ctx.study_dir.glob(f"*/trial-{trial.number}/.hydra/config.yaml"))
@@ -360,7 +359,7 @@ def export_main() -> None:
     exactly; 1: it does not (files left in `<dir>.partial`); 2: bad input, nothing written."""
     from optuna.trial import TrialState
 
-    from vitsweep.export import default_dir, export_trial, trial_metrics
+    from vitsweep.export import default_dir, export_trial
 
     raw, out, rest = _export_args(sys.argv[1:])
     try:
@@ -386,7 +385,7 @@ def export_main() -> None:
         spec = trial_spec(OmegaConf.create(config))
         # The weights it was built from are cached under this launch's root, wherever it is now.
         spec = dataclasses.replace(spec, root=str(ctx.root))
-        metrics = trial_metrics(found.user_attrs)
+        metrics = record.metrics(found)
         dest = Path(out) if out else default_dir(ctx.root, ctx.sweeper.study_name, number)
         result = export_trial(
             spec,

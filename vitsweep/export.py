@@ -35,17 +35,6 @@ from vitsweep.spec import ConfigError, TrialSpec
 FORMAT = "vitsweep-export/1"
 MODEL_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.ts"
-# Trial user attributes that are bookkeeping, not measurements (see search.loop / heartbeat).
-NOT_METRICS = frozenset(
-    {"baseline", "constraints", "config", "fail_reason", "skip_reason", "vitsweep:retry_of"}
-)
-
-
-def trial_metrics(user_attrs: dict[str, Any]) -> dict[str, Any]:
-    """The metrics a COMPLETE trial stored (everything `trial.run` returned), nothing else."""
-    return {k: v for k, v in user_attrs.items() if k not in NOT_METRICS}
-
-
 @dataclass(frozen=True)
 class Check:
     """One stored number against the same number measured on the reloaded export."""

@@ -50,8 +50,8 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
+from vitsweep import record
 from vitsweep.bench.common import Section, Target, save_figure
-from vitsweep.search.loop import BASELINE_ATTR
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, format_override, parse_space
 from vitsweep.search.spec import SamplerSpec
@@ -372,10 +372,10 @@ def run_sampler(
     seen: set[str] = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings of gp and friends
-        sampler = make_sampler(spec, space, constrained=False)
+        sampler = make_sampler(spec, space)
         study = optuna.create_study(directions=front.directions, sampler=sampler)
         if tell_baseline:
-            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            study.enqueue_trial({}, user_attrs={record.BASELINE: True})
         else:
             values.append(front.baseline)
             fractions.append(front.fraction(values))
@@ -383,7 +383,7 @@ def run_sampler(
         while len(values) < n_trials:
             t0 = time.perf_counter()
             trial = study.ask()
-            baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+            baseline = record.is_baseline(trial)
             point = None if baseline else space.sample(trial, grid.base)
             busy += time.perf_counter() - t0
             value = (

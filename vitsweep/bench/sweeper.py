@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 
+from vitsweep import record
 from vitsweep.bench.common import Section, Target
 
 
@@ -37,7 +38,7 @@ def run(quick: bool = False) -> list[Section]:
     rows, overheads, shares = [], [], []
     for a, b in itertools.pairwise(trials):
         cycle = (b.datetime_start - a.datetime_start).total_seconds()
-        inner = float(a.user_attrs["trial_s"])
+        inner = float(record.metric(a, "trial_s"))
         overheads.append(cycle - inner)
         shares.append((cycle - inner) / cycle)
         rows.append(

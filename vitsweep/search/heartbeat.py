@@ -16,8 +16,9 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from vitsweep import record
+
 BEAT_ATTR = "vitsweep:heartbeat"
-RETRY_OF_ATTR = "vitsweep:retry_of"
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def recover_stale(study: optuna.Study, grace_period: float, retry: bool) -> list
         if now - _last_beat(t) <= grace_period:
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: worker lost")
+            storage.set_trial_user_attr(t._trial_id, record.FAIL_REASON, "stale: worker lost")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -77,8 +78,8 @@ def recover_stale(study: optuna.Study, grace_period: float, retry: bool) -> list
         if retry:
             study.enqueue_trial(
                 t.params,
-                user_attrs={k: v for k, v in t.user_attrs.items() if k != "fail_reason"}
-                | {RETRY_OF_ATTR: t.number},
+                user_attrs={k: v for k, v in t.user_attrs.items() if k != record.FAIL_REASON}
+                | {record.RETRY_OF: t.number},
                 skip_if_exists=False,
             )
     return failed

@@ -16,15 +16,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vitsweep import record
 from vitsweep.search.heartbeat import beating, recover_stale
 from vitsweep.search.space import SearchSpace, format_override
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import TrialSpec
+from vitsweep.spec import METRIC_NAMES, ConfigError, TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
-
-BASELINE_ATTR = "baseline"
-CONFIG_ATTR = "config"  # the job's resolved config (no hydra node): what `vitsweep-export` rebuilds
 
 
 @dataclass
@@ -34,30 +32,51 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Constraint:
+    """`<metric> >= <bound>` or `<metric> <= <bound>`, stored on each trial with Optuna 5's
+    `Trial.set_constraint` so that every sampler, `best_trials` and the dashboard see it."""
+
     metric: str
     op: str  # ">=" or "<="
     bound: float
 
     @classmethod
     def parse(cls, text: str) -> Constraint:
+        numeric = [m for m in METRIC_NAMES if m != "energy_source"]
         for op in (">=", "<="):
             if op in text:
                 metric, bound = (s.strip() for s in text.split(op, 1))
+                if metric not in numeric:
+                    raise ConfigError(
+                        f"hydra.sweeper.constraints: {text!r}: {metric!r} is not a metric; "
+                        f"valid: {', '.join(numeric)}"
+                    )
                 try:
-                    return cls(metric, op, float(bound))
+                    value = float(bound)
                 except ValueError:
                     break
-        from vitsweep.spec import ConfigError
-
+                if math.isfinite(value):
+                    return cls(metric, op, value)
+                break
         raise ConfigError(
-            f"hydra.sweeper.constraints: {text!r}: expected '<metric> >= <number>' or '<= <number>'"
+            f"hydra.sweeper.constraints: {text!r}: expected '<metric> >= <number>' or "
+            "'<metric> <= <number>' with a finite number"
         )
 
+    @property
+    def key(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
+
     def violation(self, metrics: dict[str, Any]) -> float:
-        """Optuna's convention: <= 0 is feasible."""
-        value = float(metrics[self.metric])
+        """Optuna's convention: <= 0 is feasible. A metric the trial did not produce (or NaN)
+        cannot show the constraint is met: infinitely infeasible."""
+        try:
+            value = float(metrics[self.metric])
+        except (KeyError, TypeError, ValueError):
+            return math.inf
+        if math.isnan(value):
+            return math.inf
         return self.bound - value if self.op == ">=" else value - self.bound
 
 
@@ -74,8 +93,7 @@ def counted_failures(trials: list[FrozenTrial]) -> int:
     return sum(
         1
         for t in trials
-        if t.state == TrialState.FAIL
-        and not str(t.user_attrs.get("fail_reason", "stale")).startswith("stale")
+        if t.state == TrialState.FAIL and record.fail_reason(t) and not record.is_stale_failure(t)
     )
 
 
@@ -117,6 +135,8 @@ class StudyLoop:
                 return self.ran
             if spec.stop_when.enabled and self._plateaued():
                 return self.ran
+            if self._exhausted():
+                return self.ran
             free = spec.n_trials - complete - running
             if free <= 0:
                 # Others hold the rest of the budget: wait for them, or for them to go stale.
@@ -124,17 +144,29 @@ class StudyLoop:
                 continue
             self._run_batch(min(free, spec.n_jobs), complete)
 
+    def _exhausted(self) -> bool:
+        """A grid sampler that has run every point has nothing left to propose."""
+        is_exhausted = getattr(self.study.sampler, "is_exhausted", None)
+        if is_exhausted is None or not is_exhausted(self.study):
+            return False
+        reason = "every point of the grid (hydra.sweeper.params) has run"
+        self.study.set_user_attr(record.STUDY_STOPPED, reason)
+        log.warning("stopping: %s", reason)
+        return True
+
     def _plateaued(self) -> bool:
         from vitsweep.track.hypervolume import history, plateaued
 
         stop = self.spec.stop_when
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        base = next((t for t in done if t.user_attrs.get(BASELINE_ATTR)), None)
+        base = next((t for t in done if record.is_baseline(t)), None)
         if base is None:
             return False
         done.sort(key=lambda t: (t.datetime_complete, t.number))
         hv = history(
-            [tuple(t.values) for t in done], tuple(base.values), list(self.spec.objectives.values())
+            [tuple(t.values) if record.is_feasible(t) else None for t in done],
+            tuple(base.values),
+            list(self.spec.objectives.values()),
         )
         if not plateaued(hv, stop.patience, stop.min_improvement):
             return False
@@ -142,7 +174,7 @@ class StudyLoop:
             f"hypervolume {hv[-1]:.4g} improved < {stop.min_improvement:.2%} over the last "
             f"{stop.patience} complete trials"
         )
-        self.study.set_user_attr("stopped", reason)
+        self.study.set_user_attr(record.STUDY_STOPPED, reason)
         log.warning("stopping early: %s", reason)
         return True
 
@@ -152,7 +184,7 @@ class StudyLoop:
             return
         overrides = []
         for t in batch:
-            if t.user_attrs.get(BASELINE_ATTR):
+            if t.user_attrs.get(record.BASELINE):
                 chosen = dict(self.spec.baseline)
             else:
                 chosen = self.space.sample(t, self.base)
@@ -188,7 +220,7 @@ class StudyLoop:
         kept = []
         for t in asked:
             if t.number in live and live.index(t.number) >= self.spec.n_trials:
-                t.set_user_attr("skip_reason", "budget already claimed by other workers")
+                t.set_user_attr(record.SKIP_REASON, "budget already claimed by other workers")
                 self.study.tell(t, state=TrialState.PRUNED)
                 log.info("trial %d given back: budget already claimed by other workers", t.number)
             else:
@@ -210,18 +242,18 @@ class StudyLoop:
                     break
                 values.append(float(value))
         if reason is None:
-            for key, value in (outcome.metrics or {}).items():
-                trial.set_user_attr(key, value)
+            metrics = dict(outcome.metrics or {})
+            # One write for all metrics (and one for the config): the storage time per trial
+            # grew with one user attribute per metric.
+            trial.set_user_attr(record.METRICS, metrics)
             if outcome.config:
-                trial.set_user_attr(CONFIG_ATTR, outcome.config)
-            if self.constraints:
-                trial.set_user_attr(
-                    "constraints", [c.violation(outcome.metrics) for c in self.constraints]
-                )
+                trial.set_user_attr(record.CONFIG, outcome.config)
+            for c in self.constraints:
+                trial.set_constraint(c.key, c.violation(metrics))
             frozen = self.study.tell(trial, values)
             log.info("trial %d COMPLETE %s", trial.number, _fmt_values(self.objectives, values))
         else:
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(record.FAIL_REASON, reason)
             frozen = self.study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d FAIL: %s", trial.number, reason)
         return frozen

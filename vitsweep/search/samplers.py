@@ -1,7 +1,12 @@
-"""Optuna samplers by name, all aware of the study's constraints, none misled by the baseline."""
+"""Optuna samplers by name, none misled by the baseline.
+
+Constraints reach every sampler through Optuna 5's own channel: the loop stores them on each
+trial with `Trial.set_constraint`, which TPE, NSGA-II and GP read from `FrozenTrial.constraints`
+(the samplers' `constraints_func` is deprecated since Optuna 5.0)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Container, Sequence
 from typing import Any
@@ -11,14 +16,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from vitsweep.search.loop import BASELINE_ATTR
+from vitsweep import record
 from vitsweep.search.space import SearchSpace
 from vitsweep.search.spec import SamplerSpec
 from vitsweep.spec import ConfigError
-
-
-def _constraints(trial: FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", ()))
 
 
 def _grid(space: SearchSpace) -> dict[str, list[Any]]:
@@ -41,8 +42,22 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     return grid
 
 
+def _with_legacy_constraints(trial: FrozenTrial) -> FrozenTrial:
+    """A trial of a study written before constraints went through `Trial.set_constraint` kept
+    them as a user attribute, which Optuna cannot see (and which a finished trial can no longer
+    move into its system attributes): show the sampler a copy carrying them in the system
+    attribute format Optuna still reads, so old and new trials count alike."""
+    legacy = trial.user_attrs.get(record.LEGACY_CONSTRAINTS)
+    if legacy is None or trial.constraints:
+        return trial
+    shown = copy.copy(trial)
+    shown.system_attrs = {**trial.system_attrs, record.LEGACY_CONSTRAINTS: list(legacy)}
+    return shown
+
+
 class _WithoutBaseline:
-    """The study as a model-based sampler sees it: the baseline trial left out, all else real."""
+    """The study as a model-based sampler sees it: the baseline trial left out, legacy
+    constraints visible, all else real."""
 
     def __init__(self, study: Study) -> None:
         self._study = study
@@ -57,7 +72,7 @@ class _WithoutBaseline:
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [t for t in trials if not t.user_attrs.get(BASELINE_ATTR)]
+        return [_with_legacy_constraints(t) for t in trials if not record.is_baseline(t)]
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -124,19 +139,23 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
-def make_sampler(
-    spec: SamplerSpec, space: SearchSpace, constrained: bool
-) -> optuna.samplers.BaseSampler:
-    sampler = _make_sampler(spec, space, constrained)
+class _Grid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its `study.stop()` once every point has run: that call is
+    only legal inside `Study.optimize`, and our loop asks and tells. The loop checks
+    `is_exhausted` instead and ends the study there, with the reason stored."""
+
+    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    sampler = _make_sampler(spec, space)
     if spec.name in ("tpe", "nsga2", "gp"):
         return BaselineBlind(sampler)
     return sampler
 
 
-def _make_sampler(
-    spec: SamplerSpec, space: SearchSpace, constrained: bool
-) -> optuna.samplers.BaseSampler:
-    cf = _constraints if constrained else None
+def _make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if spec.name == "tpe":
@@ -148,11 +167,10 @@ def _make_sampler(
                 multivariate=True,
                 group=True,
                 constant_liar=True,
-                constraints_func=cf,
             )
         if spec.name == "nsga2":
             return optuna.samplers.NSGAIISampler(
-                population_size=spec.population_size, seed=spec.seed, constraints_func=cf
+                population_size=spec.population_size, seed=spec.seed
             )
         if spec.name == "random":
             return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -162,11 +180,10 @@ def _make_sampler(
             return optuna.samplers.GPSampler(
                 seed=spec.seed,
                 n_startup_trials=spec.n_startup_trials,
-                constraints_func=cf,
                 warn_independent_sampling=False,
             )
         if spec.name == "grid":
-            return optuna.samplers.GridSampler(_grid(space), seed=spec.seed)
+            return _Grid(_grid(space), seed=spec.seed)
     raise ConfigError(
         f"hydra.sweeper.sampler.name={spec.name}: valid: tpe, nsga2, random, gp, grid"
     )

@@ -16,7 +16,8 @@ from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import FrozenTrial
 
-from vitsweep.search.loop import BASELINE_ATTR, Outcome, StudyLoop
+from vitsweep import record
+from vitsweep.search.loop import Outcome, StudyLoop
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
@@ -113,8 +114,8 @@ def after_trial(
         _set_hypervolume(study, study_table(study, ctx.sweeper.objectives))
         return
     metrics = dict(outcome.metrics or {})
-    if "fail_reason" in trial.user_attrs:
-        metrics["fail_reason"] = trial.user_attrs["fail_reason"]
+    if record.fail_reason(trial) is not None:
+        metrics[record.FAIL_REASON] = record.fail_reason(trial)
     with wandb_lock(ctx.study_dir):
         # The front as of now, read under the lock: a trial told by another worker meanwhile
         # is either in it (and this trial is tagged against it) or will retag this one itself.
@@ -154,7 +155,7 @@ def open_study(ctx: SweepContext) -> tuple[optuna.Study, Any]:
     """Create or resume the study; a new study gets the baseline as its first trial."""
     spec = ctx.sweeper
     storage = open_storage(ctx.storage_url)
-    sampler = make_sampler(spec.sampler, ctx.space, constrained=bool(spec.constraints))
+    sampler = make_sampler(spec.sampler, ctx.space)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study, created = create_or_load(
@@ -164,9 +165,9 @@ def open_study(ctx: SweepContext) -> tuple[optuna.Study, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(spec.objectives))
-        study.set_user_attr("storage", mask_url(ctx.storage_url))
+        study.set_user_attr(record.STUDY_STORAGE, mask_url(ctx.storage_url))
         if spec.enqueue_baseline:
-            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
+            study.enqueue_trial({}, user_attrs={record.BASELINE: True})
     log.info(
         "study %r on %s: %s, budget %d complete trials",
         spec.study_name,

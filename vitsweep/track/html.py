@@ -141,6 +141,12 @@ def figures(table: StudyTable, hv: list[float]) -> list[tuple[str, Any]]:
     return out + effect_figures(table)
 
 
+def _baseline_line(table: StudyTable) -> str:
+    if table.baseline is None:
+        return f"<b>no baseline: {html.escape(table.baseline_note or '')}</b>"
+    return f"baseline: trial {table.baseline}."
+
+
 def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> None:
     parts = []
     for i, (_, fig) in enumerate(figures(table, hv)):
@@ -153,7 +159,7 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{sum(r["state"] == "COMPLETE" for r in table.rows)} complete of {len(table.rows)} trials;
-baseline: trial {table.baseline}.</p>
+{_baseline_line(table)}</p>
 <h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}
 <h2>Pareto front</h2>{_table(front, cols)}
 <h2>Plots</h2>{"".join(parts)}

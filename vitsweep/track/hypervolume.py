@@ -50,10 +50,27 @@ def hypervolume(
 
 
 def history(
-    values: list[tuple[float, ...]], baseline: tuple[float, ...], directions: list[str]
+    values: list[tuple[float, ...] | None], baseline: tuple[float, ...], directions: list[str]
 ) -> list[float]:
-    """Hypervolume after each of `values` in order (the trials' completion order)."""
-    return [hypervolume(values[: i + 1], baseline, directions) for i in range(len(values))]
+    """Hypervolume after each of `values` in order (the trials' completion order); None marks a
+    trial that adds no volume (infeasible). Incremental: a point that the front so far
+    dominates (or that lies outside the reference box) leaves the volume as it was, so WFG runs
+    only when the front changes, on the front alone, not on every prefix of the study."""
+    ref = reference_point(directions)
+    front = np.empty((0, len(directions)))
+    out: list[float] = []
+    current = 0.0
+    for v in values:
+        if v is not None:
+            point = normalized_losses([v], baseline, directions)[0]
+            inside = bool(np.all(point < ref))
+            dominated = bool(np.any(np.all(front <= point, axis=1))) if len(front) else False
+            if inside and not dominated:
+                keep = ~np.all(point <= front, axis=1) if len(front) else np.zeros(0, bool)
+                front = np.vstack([front[keep], point])
+                current = float(compute_hypervolume(front, ref))
+        out.append(current)
+    return out
 
 
 def plateaued(hv: list[float], patience: int, min_improvement: float) -> bool:

@@ -85,6 +85,8 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "n_trials": len(table.rows),
         "n_complete": sum(r["state"] == "COMPLETE" for r in table.rows),
         "baseline": table.baseline,
+        **({"baseline_note": table.baseline_note} if table.baseline_note else {}),
+        "n_infeasible": sum(r["feasible"] is False for r in table.rows),
         "pareto": [
             {k: r[k] for k in ("number", *table.objectives)} for r in table.rows if r["is_pareto"]
         ],

@@ -11,7 +11,7 @@ import optuna
 from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
-from vitsweep.search.loop import BASELINE_ATTR
+from vitsweep import record
 from vitsweep.track.pareto import StudyTable
 from vitsweep.track.wandb_log import BASELINE, DOMINATED, INFEASIBLE, PARETO, RunIds, WandbTracker
 
@@ -42,13 +42,13 @@ def front_tag(trial: FrozenTrial, table: StudyTable) -> str | None:
         return None
     if trial.number in table.pareto:
         return PARETO
-    if any(c > 0 for c in trial.user_attrs.get("constraints", [])):
+    if not record.is_feasible(trial):
         return INFEASIBLE
     return DOMINATED
 
 
 def run_tags(trial: FrozenTrial, front_tag: str | None) -> list[str]:
-    tags = [BASELINE] if trial.user_attrs.get(BASELINE_ATTR) else []
+    tags = [BASELINE] if record.is_baseline(trial) else []
     return tags + ([front_tag] if front_tag else [])
 
 
