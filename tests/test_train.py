@@ -15,7 +15,7 @@ from torch.utils.data import Subset
 
 from vitsweep import data
 from vitsweep.models import build_model, load_supernet, train_supernet
-from vitsweep.models.checkpoint import CheckpointError
+from vitsweep.models.checkpoint import CheckpointError, checksum_path, damage
 from vitsweep.models.train import lr_factor, supernet_path
 from vitsweep.spec import ArchSpec, ConfigError, DataSpec, SpaceSpec, TrainSpec
 
@@ -170,13 +170,32 @@ def test_build_model_trains_a_standalone_vit_once_and_loads_checkpoints(splits, 
     assert "\n" not in str(err.value)
 
 
-def test_corrupt_cached_supernet_names_the_file(splits, tmp_path) -> None:
+def test_a_damaged_cache_is_moved_aside_and_rebuilt(splits, tmp_path, capfd) -> None:
+    """A cache file that was truncated after it was written (checksum), or that is garbage
+    without a checksum (load check), is never trusted: it is moved aside, named in one line,
+    and the model is trained again, giving the weights an intact cache gives."""
     train = dataclasses.replace(TRAIN, epochs=1)
     path = supernet_path(SPACE, DATA, train, tmp_path, img_size=16, patch_size=4)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match=str(path.name)):
-        build_model(supernet_arch(), train, DATA, splits, str(tmp_path))
+    good = build_model(supernet_arch(), train, DATA, splits, str(tmp_path))
+    assert checksum_path(path).is_file() and damage(path, "supernet") is None
+    x = torch.stack([splits.val[i][0] for i in range(4)])
+    for harm in ("truncate", "garbage"):
+        blob = path.read_bytes()
+        if harm == "truncate":
+            path.write_bytes(blob[: len(blob) // 2])
+            assert "checksum mismatch" in str(damage(path, "supernet"))
+        else:
+            checksum_path(path).unlink()
+            path.write_bytes(b"\x00garbage")
+            assert "unreadable" in str(damage(path, "supernet"))
+        again = build_model(supernet_arch(), train, DATA, splits, str(tmp_path))
+        with torch.no_grad():
+            torch.testing.assert_close(again(x), good(x))
+        err = capfd.readouterr().err
+        said = [ln for ln in err.splitlines() if "moved to" in ln]
+        assert len(said) == 1 and str(path) in said[0], err
+    aside = sorted(p.name for p in path.parent.glob(f"{path.name}.damaged-*"))
+    assert len(aside) >= 1  # what was there is kept for inspection, never deleted
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 A worker killed mid-write must never leave a half file where the next one looks (temp file in
 the same directory + `os.replace`, which is atomic on POSIX); loading never unpickles code
-(`weights_only=True`); every failure is one line naming the file.
+(`weights_only=True`); every failure is one line naming the file. Every file also gets a
+`<name>.sha256` beside it, so that a cache damaged after the fact (a truncated copy, a disk
+error, a stray edit) is recognised before it is trusted.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitsweep.spec import ConfigError
+
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used; the message names the file and what to do (a
+    ConfigError, so every command reports it in one line)."""
 
 
 def one_line(e: BaseException) -> str:
@@ -43,7 +50,54 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _atomic_write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
     return path
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def damage(path: str | Path, kind: str) -> str | None:
+    """None when `path` is an intact vitsweep `kind` file, else what is wrong with it: its
+    checksum (when one was written) must match, and it must load as that kind."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    side = checksum_path(path)
+    if side.is_file():
+        want = side.read_text().split()[0] if side.read_text().split() else ""
+        if want != file_sha256(path):
+            return "checksum mismatch (truncated or modified after it was written)"
+        return None
+    try:  # written before checksums: a load check instead
+        safe_load(path, kind)
+    except CheckpointError as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
+def quarantine(path: Path, why: str) -> Path:
+    """Move a damaged file aside (never delete what a user may want to inspect); one line."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    checksum_path(path).unlink(missing_ok=True)
+    print(f"vitsweep: {path}: {why}; moved to {aside.name}, rebuilding it", file=sys.stderr)
+    return aside
 
 
 def safe_load(path: str | Path, kind: str) -> dict[str, Any]:

@@ -30,8 +30,10 @@ from vitsweep.models.checkpoint import (
     CheckpointError,
     atomic_save,
     cache_key,
+    damage,
     load_state,
     plain,
+    quarantine,
     safe_load,
 )
 from vitsweep.models.supernet import Supernet
@@ -151,6 +153,9 @@ def _fit(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train.seed)
+        why = damage(state_path, "train_state") if state_path.exists() else None
+        if why is not None:
+            quarantine(state_path, why)  # start over rather than refuse: it is our own file
         if state_path.exists():
             state = safe_load(state_path, "train_state")
             if state.get("config") != config:
@@ -233,13 +238,14 @@ def _as_tuple(v: Any) -> Any:
     return tuple(_as_tuple(x) for x in v) if isinstance(v, list | tuple) else v
 
 
-def cached(path: Path, produce: Callable[[], None]) -> Path:
-    """Run `produce` (which writes `path`) unless `path` exists; one worker at a time per file.
+def cached(path: Path, produce: Callable[[], None], kind: str) -> Path:
+    """Run `produce` (which writes `path`) unless an intact `path` exists; one worker at a time
+    per file. A damaged cache file (checksum or load check) is moved aside and rebuilt.
 
     A worker that finds the lock taken waits for it, then sees the file and returns: a supernet
     is never trained twice, whichever worker started first.
     """
-    if path.exists():
+    if path.exists() and damage(path, kind) is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.with_suffix(".lock")))
@@ -249,7 +255,10 @@ def cached(path: Path, produce: Callable[[], None]) -> Path:
         print(f"vitsweep: waiting for another worker to finish {path}", file=sys.stderr)
         lock.acquire()
     try:
-        if not path.exists():
+        why = damage(path, kind) if path.exists() else "missing"
+        if why is not None:
+            if path.exists():
+                quarantine(path, why)
             produce()
     finally:
         lock.release()
@@ -380,7 +389,7 @@ def train_supernet(
         net.save(path, meta=meta)
         path.with_suffix(".train.pt").unlink(missing_ok=True)
 
-    return cached(path, produce)
+    return cached(path, produce, "supernet")
 
 
 def plain_step(
@@ -439,4 +448,4 @@ def train_standalone(
         )
         path.with_suffix(".train.pt").unlink(missing_ok=True)
 
-    return cached(path, produce)
+    return cached(path, produce, "model")

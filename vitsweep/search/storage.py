@@ -6,14 +6,18 @@ journal (one machine or a shared filesystem). Passwords never leave this module 
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import get_lock_file
 
 from vitsweep.spec import ConfigError
 
@@ -44,12 +48,110 @@ def _with_installed_driver(url: str) -> str:
     return url
 
 
+_RECORD_START = b'{"op_code":'
+
+
+class RepairingJournal(JournalFileBackend):
+    """Optuna's file journal that survives a worker killed in the middle of an append.
+
+    Optuna writes each batch of records as one `write` + fsync; a kill during it leaves a last
+    line without its newline. Optuna's reader skips that fragment, but the next append lands
+    right after it, the joined line is not JSON, and from then on every reader raises
+    (JSONDecodeError). The records of a torn write were never acknowledged to their writer,
+    so dropping them is what an unbroken run would hold: under the journal's own lock, the
+    tail is cut back to the last complete record before every append, and a file that already
+    has fragment+record lines (written by plain Optuna or an older vitsweep) has each such line
+    cut back to its record when it is opened. What is cut is kept in `<journal>.torn`.
+    """
+
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)
+        with get_lock_file(self._lock):
+            self._cut_torn_tail()
+            self._cut_joined_lines()
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        # Optuna's append with the repair inside the same lock (the lock is not reentrant, so
+        # super().append_logs cannot be wrapped): write format identical to Optuna's.
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        with get_lock_file(self._lock):
+            self._cut_torn_tail()
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _keep(self, fragment: bytes) -> None:
+        with open(self._file_path + ".torn", "ab") as f:
+            f.write(fragment + b"\n")
+
+    def _cut_torn_tail(self) -> None:
+        with open(self._file_path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            # Walk back to the last newline: the fragment is what follows it.
+            pos = size
+            while pos > 0:
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    pos = pos - step + cut + 1
+                    break
+                pos -= step
+            f.seek(pos)
+            self._keep(f.read())
+            f.truncate(pos)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _cut_joined_lines(self) -> None:
+        with open(self._file_path, "rb") as f:
+            lines = f.read().split(b"\n")
+        bad = False
+        for i, line in enumerate(lines):
+            if not line or _is_record(line):
+                continue
+            start = line.rfind(_RECORD_START)
+            if start <= 0 or not _is_record(line[start:]):
+                return  # not a torn write: leave the file to Optuna's own error, untouched
+            self._keep(line[:start])
+            lines[i] = line[start:]
+            bad = True
+        if bad:
+            tmp = f"{self._file_path}.repair.tmp"
+            with open(tmp, "wb") as f:
+                f.write(b"\n".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._file_path)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage for `url`; a bad URL is a one-line error with the password masked."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = RepairingJournal(str(path))
+        except OSError as e:
+            raise ConfigError(
+                f"hydra.sweeper.storage={url}: cannot open the journal file ({e.strerror or e}); "
+                "give a writable path, e.g. journal:multirun/study.log"
+            ) from None
+        return JournalStorage(backend)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
