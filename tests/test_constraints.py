@@ -14,10 +14,9 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.fakestudy import BASELINE, CANDIDATES, NAME, make_ctx, run
-from vitsweep.search.loop import Constraint
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import parse_space
-from vitsweep.search.spec import SamplerSpec
+from vitsweep.search.spec import Constraint, SamplerSpec
 from vitsweep.spec import ConfigError
 from vitsweep.track.pareto import study_table
 from vitsweep.track.wandb_files import read_runs

@@ -8,10 +8,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from vitsweep.errors import mask_url
 from vitsweep.search.loop import Outcome, StudyLoop
 from vitsweep.search.space import parse_space
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.search.storage import create_or_load, mask_url, open_storage
+from vitsweep.search.storage import create_or_load, open_storage
 from vitsweep.spec import TrialSpec
 
 

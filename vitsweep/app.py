@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep import record
 from vitsweep.configschema import schema_of, to_spec
+from vitsweep.errors import fail as _fail
+from vitsweep.errors import one_line_errors
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.spec import (
     ArchSpec,
@@ -81,15 +85,47 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _integer(cfg: DictConfig, key: str) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value}: must be an integer")
+    return value
+
+
 def trial_spec(cfg: DictConfig) -> TrialSpec:
     groups = {g: to_spec(cls, _plain(cfg[g]), g) for g, cls in TRIAL_GROUPS.items()}
-    number = cfg.get("trial_number")
+    seed = _integer(cfg, "seed")
     return TrialSpec(
         **groups,
         root=str(cfg.paths.root),
-        seed=int(cfg.seed),
-        trial_number=None if number is None else int(number),
+        seed=0 if seed is None else seed,
+        trial_number=_integer(cfg, "trial_number"),
     )
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    """A given checkpoint must exist and load, before a study starts trials that all need it."""
+    path = OmegaConf.select(cfg, "arch.checkpoint")
+    if path is None:
+        return
+    from vitsweep.models.checkpoint import readable
+
+    readable(Path(str(path)), key="arch.checkpoint")
+
+
+def _check_root(cfg: DictConfig) -> None:
+    """Every output lives under paths.root: a root that cannot be written fails at launch."""
+    root = Path(str(cfg.paths.root)).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"paths.root={root}: not a writable directory ({e.strerror or e})"
+        ) from None
 
 
 def trial_config(cfg: DictConfig) -> dict[str, Any]:
@@ -162,13 +198,6 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(lines[:2]) if lines else type(e).__name__
 
 
-def _fail(message: str, code: int = 2) -> None:
-    from vitsweep.search.storage import mask_url
-
-    print(f"vitsweep: error: {mask_url(message)}", file=sys.stderr)
-    raise SystemExit(code)
-
-
 def compose(overrides: list[str]) -> DictConfig:
     """The config for `overrides` (no sweeps), hydra node included; errors in one line."""
     from hydra import compose as _compose
@@ -204,6 +233,8 @@ def check(args: list[str]) -> None:
     try:
         cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])
         ctx = sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([o.input_line for o in sweeps])
+        _check_root(cfg)
+        _check_checkpoint(cfg)
         for key in ctx.space.distributions:
             _check_param_key(cfg, key)
     except ConfigError as e:
@@ -224,14 +255,12 @@ def _check_param_key(cfg: DictConfig, key: str) -> None:
 def _task(cfg: DictConfig) -> dict[str, Any]:
     from vitsweep import trial
 
+    # In a sweep, whatever a trial raises is its fail_reason (the sweeper records it and goes
+    # on); alone, it is the command's one-line error.
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
+    with nullcontext() if in_sweep else one_line_errors():
         spec = trial_spec(cfg)
         metrics = trial.run(spec).as_dict()
-    except ConfigError as e:
-        if in_sweep:
-            raise  # the sweeper records it as the trial's fail_reason
-        _fail(str(e))
     label = f"trial {spec.trial_number}" if spec.trial_number is not None else "result"
     width = max(map(len, metrics))
     lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in metrics.items()]
@@ -256,7 +285,7 @@ def train_main() -> None:
     """`vitsweep-train [overrides]`: train (or resume) the model the composed arch needs; cached."""
     from vitsweep import data, models
 
-    try:
+    with one_line_errors():
         cfg = compose(sys.argv[1:])
         spec = trial_spec(cfg)
         splits = data.load(spec.data)
@@ -274,8 +303,6 @@ def train_main() -> None:
         else:
             models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
             print(f"model for arch.kind={spec.arch.kind} is trained and cached under {spec.root}")
-    except ConfigError as e:
-        _fail(str(e))
 
 
 def _load_study(ctx: Any) -> Any:
@@ -284,7 +311,7 @@ def _load_study(ctx: Any) -> Any:
 
     from vitsweep.search.storage import open_storage
 
-    storage = open_storage(ctx.storage_url)
+    storage = open_storage(ctx.storage_url, create=False)
     try:
         return optuna.load_study(study_name=ctx.sweeper.study_name, storage=storage)
     except KeyError:
@@ -299,13 +326,11 @@ def report_main() -> None:
     """`vitsweep-report [overrides]`: rebuild the study's report from its storage, any time."""
     from vitsweep.search.study import make_tracker, publish
 
-    try:
+    with one_line_errors():
         cfg = compose(sys.argv[1:])
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
         out = publish(ctx, _load_study(ctx), make_tracker(ctx))
         print(f"report: {out}")
-    except ConfigError as e:
-        _fail(str(e))
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -362,7 +387,7 @@ def export_main() -> None:
     from vitsweep.export import default_dir, export_trial
 
     raw, out, rest = _export_args(sys.argv[1:])
-    try:
+    with one_line_errors():
         cfg = compose(rest)
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
         study = _load_study(ctx)
@@ -395,8 +420,6 @@ def export_main() -> None:
             number=number,
             out_dir=dest,
         )
-    except ConfigError as e:
-        _fail(str(e))
     for check in result.checks:
         print(check)
     for name, note in result.formats.items():

@@ -291,7 +291,7 @@ def _torchscript(model: nn.Module, ctx: RunContext, splits: Any, file: Path) -> 
 def _write_text(
     out: Path, config: dict[str, Any], metrics: dict[str, Any], study: str, number: int
 ) -> None:
-    from vitsweep.search.storage import mask_url
+    from vitsweep.errors import mask_url
 
     header = f"# trial {number} of study {study!r}: the resolved config it ran with\n"
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

@@ -12,7 +12,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitsweep.data.splits import Splits
-from vitsweep.models.checkpoint import CheckpointError, cache_key, load_state, one_line, plain
+from vitsweep.models.checkpoint import (
+    CheckpointError,
+    cache_key,
+    load_state,
+    one_line,
+    plain,
+    readable,
+)
 from vitsweep.models.spaces import subnet_shape
 from vitsweep.models.supernet import Supernet
 from vitsweep.models.train import supernet_path, train_key, train_standalone, train_supernet
@@ -118,12 +125,7 @@ def make_vit(arch: ArchSpec, splits: Splits | Geometry) -> nn.Module:
 def _load_weights(model: nn.Module, path: str | Path) -> None:
     """Weights from a file of ours (`{"state_dict": ...}`) or a bare/`{"model": ...}` state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"arch.checkpoint={str(path)!r}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({one_line(e)})") from None
+    obj = readable(path, key="arch.checkpoint")
     if isinstance(obj, dict):
         obj = obj.get("state_dict", obj.get("model", obj))
     load_state(model, obj, path)

@@ -122,6 +122,16 @@ def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
     return obj
 
 
+def readable(path: Path, key: str) -> Any:
+    """What `path` holds (tensors only), or the one-line error naming the key and the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{key}={str(path)!r}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({one_line(e)})") from None
+
+
 def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
     """`load_state_dict(strict=True)` with a one-line error naming the file on any mismatch."""
     if not isinstance(state, dict):

@@ -17,10 +17,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
+from vitsweep.errors import Fatal
 from vitsweep.search.heartbeat import beating, recover_stale
 from vitsweep.search.space import SearchSpace, format_override
-from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import METRIC_NAMES, ConfigError, TrialSpec
+from vitsweep.search.spec import Constraint, SweeperSpec
+from vitsweep.spec import TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -32,55 +33,7 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class Constraint:
-    """`<metric> >= <bound>` or `<metric> <= <bound>`, stored on each trial with Optuna 5's
-    `Trial.set_constraint` so that every sampler, `best_trials` and the dashboard see it."""
-
-    metric: str
-    op: str  # ">=" or "<="
-    bound: float
-
-    @classmethod
-    def parse(cls, text: str) -> Constraint:
-        numeric = [m for m in METRIC_NAMES if m != "energy_source"]
-        for op in (">=", "<="):
-            if op in text:
-                metric, bound = (s.strip() for s in text.split(op, 1))
-                if metric not in numeric:
-                    raise ConfigError(
-                        f"hydra.sweeper.constraints: {text!r}: {metric!r} is not a metric; "
-                        f"valid: {', '.join(numeric)}"
-                    )
-                try:
-                    value = float(bound)
-                except ValueError:
-                    break
-                if math.isfinite(value):
-                    return cls(metric, op, value)
-                break
-        raise ConfigError(
-            f"hydra.sweeper.constraints: {text!r}: expected '<metric> >= <number>' or "
-            "'<metric> <= <number>' with a finite number"
-        )
-
-    @property
-    def key(self) -> str:
-        return f"{self.metric}{self.op}{self.bound:g}"
-
-    def violation(self, metrics: dict[str, Any]) -> float:
-        """Optuna's convention: <= 0 is feasible. A metric the trial did not produce (or NaN)
-        cannot show the constraint is met: infinitely infeasible."""
-        try:
-            value = float(metrics[self.metric])
-        except (KeyError, TypeError, ValueError):
-            return math.inf
-        if math.isnan(value):
-            return math.inf
-        return self.bound - value if self.op == ">=" else value - self.bound
-
-
-class StudyFailed(RuntimeError):
+class StudyFailed(Fatal):
     """The failure budget is spent; the study stops (its trials stay in storage)."""
 
 

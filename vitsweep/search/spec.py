@@ -2,12 +2,61 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vitsweep.spec import METRIC_NAMES, ConfigError
 
 DEFAULT_OBJECTIVES = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """`<metric> >= <bound>` or `<metric> <= <bound>`, stored on each trial with Optuna 5's
+    `Trial.set_constraint` so that every sampler, `best_trials` and the dashboard see it."""
+
+    metric: str
+    op: str  # ">=" or "<="
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        numeric = [m for m in METRIC_NAMES if m != "energy_source"]
+        for op in (">=", "<="):
+            if op in text:
+                metric, bound = (s.strip() for s in text.split(op, 1))
+                if metric not in numeric:
+                    raise ConfigError(
+                        f"hydra.sweeper.constraints: {text!r}: {metric!r} is not a metric; "
+                        f"valid: {', '.join(numeric)}"
+                    )
+                try:
+                    value = float(bound)
+                except ValueError:
+                    break
+                if math.isfinite(value):
+                    return cls(metric, op, value)
+                break
+        raise ConfigError(
+            f"hydra.sweeper.constraints: {text!r}: expected '<metric> >= <number>' or "
+            "'<metric> <= <number>' with a finite number"
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
+
+    def violation(self, metrics: dict[str, Any]) -> float:
+        """Optuna's convention: <= 0 is feasible. A metric the trial did not produce (or NaN)
+        cannot show the constraint is met: infinitely infeasible."""
+        try:
+            value = float(metrics[self.metric])
+        except (KeyError, TypeError, ValueError):
+            return math.inf
+        if math.isnan(value):
+            return math.inf
+        return self.bound - value if self.op == ">=" else value - self.bound
 
 
 @dataclass(frozen=True)
@@ -81,3 +130,5 @@ class SweeperSpec:
             )
         if self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: must be >= 1")
+        for text in self.constraints:
+            Constraint.parse(text)  # a malformed one fails at launch, before any trial

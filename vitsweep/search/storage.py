@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
+from vitsweep.errors import mask_url
 from vitsweep.spec import ConfigError
-
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
-
-
-def mask_url(text: str) -> str:
-    """`postgresql://u:secret@h/db` -> `postgresql://u:***@h/db`, anywhere inside `text`."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
 
 
 def default_url(root: str | Path) -> str:
@@ -67,8 +60,8 @@ class RepairingJournal(JournalFileBackend):
     def __init__(self, file_path: str) -> None:
         super().__init__(file_path)
         with get_lock_file(self._lock):
+            self._cut_joined_lines()  # first: a foreign file is refused before any cut
             self._cut_torn_tail()
-            self._cut_joined_lines()
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         # Optuna's append with the repair inside the same lock (the lock is not reentrant, so
@@ -114,12 +107,16 @@ class RepairingJournal(JournalFileBackend):
         with open(self._file_path, "rb") as f:
             lines = f.read().split(b"\n")
         bad = False
-        for i, line in enumerate(lines):
+        for i, line in enumerate(lines[:-1]):  # the last piece is a torn tail (or empty)
             if not line or _is_record(line):
                 continue
             start = line.rfind(_RECORD_START)
             if start <= 0 or not _is_record(line[start:]):
-                return  # not a torn write: leave the file to Optuna's own error, untouched
+                raise ConfigError(  # not a torn write: refuse, and touch nothing
+                    f"hydra.sweeper.storage=journal:{self._file_path}: line {i + 1} is not an "
+                    "Optuna journal record (not a journal file, or damaged beyond a torn "
+                    "write); the file is left as it is"
+                )
             self._keep(line[:start])
             lines[i] = line[start:]
             bad = True
@@ -139,21 +136,37 @@ def _is_record(line: bytes) -> bool:
         return False
 
 
-def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage for `url`; a bad URL is a one-line error with the password masked."""
+def open_storage(url: str, create: bool = True) -> BaseStorage:
+    """An Optuna storage for `url`; a bad URL is a one-line error with the password masked.
+
+    `create=False` (reports, exports: readers of a study that must exist) refuses a SQLite or
+    journal file that is not there instead of leaving an empty one behind.
+    """
+    local = _local_file(url)
+    if not create and local is not None and not local.is_file():
+        raise ConfigError(
+            f"hydra.sweeper.storage={url}: no such file; run the study first "
+            "(vitsweep -m ...) or point paths.root / hydra.sweeper.storage at it"
+        )
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:")).expanduser()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = RepairingJournal(str(path))
+            backend = RepairingJournal(str(path))  # raises ConfigError for a foreign file
         except OSError as e:
             raise ConfigError(
                 f"hydra.sweeper.storage={url}: cannot open the journal file ({e.strerror or e}); "
                 "give a writable path, e.g. journal:multirun/study.log"
             ) from None
         return JournalStorage(backend)
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite:///") and local is not None:
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"hydra.sweeper.storage={mask_url(url)}: cannot create {local.parent} "
+                f"({e.strerror or e}); set paths.root to a writable directory"
+            ) from None
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
@@ -175,6 +188,14 @@ def open_storage(url: str) -> BaseStorage:
 
 
 _SCHEMA_ATTEMPTS = 8
+
+
+def _local_file(url: str) -> Path | None:
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:")).expanduser()
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 def _lost_schema_race(e: Exception) -> bool:

@@ -17,11 +17,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.trial import FrozenTrial
 
 from vitsweep import record
+from vitsweep.errors import mask_url
 from vitsweep.search.loop import Outcome, StudyLoop
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.search.storage import create_or_load, mask_url, open_storage
+from vitsweep.search.storage import create_or_load, open_storage
 from vitsweep.spec import TrialSpec
 from vitsweep.track.pareto import StudyTable, study_table
 from vitsweep.track.report import write_report

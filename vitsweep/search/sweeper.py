@@ -15,6 +15,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from vitsweep.errors import one_line_errors
 from vitsweep.search.loop import Outcome
 from vitsweep.search.study import SweepContext, run_study
 
@@ -33,10 +34,11 @@ class VitsweepSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
-        self.ctx: SweepContext = app.sweep_context(config, self._raw)
+        with one_line_errors():
+            self.launcher = Plugins.instance().instantiate_launcher(
+                hydra_context=hydra_context, task_function=task_function, config=config
+            )
+            self.ctx: SweepContext = app.sweep_context(config, self._raw)
 
     def _launch(self, batch: list[list[str]]) -> list[Outcome]:
         returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
@@ -56,4 +58,6 @@ class VitsweepSweeper(Sweeper):
         return outcomes
 
     def sweep(self, arguments: list[str]) -> Any:
-        return run_study(self.ctx.with_cli_params(arguments), self._launch)
+        with one_line_errors():
+            return run_study(self.ctx.with_cli_params(arguments), self._launch)
+
