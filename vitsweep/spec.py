@@ -277,7 +277,7 @@ class Metrics:
     params: int
     flops: float
     model_bytes: int
-    peak_mem_bytes: int
+    peak_mem_bytes: float  # NaN when it cannot be measured (the reason in peak_mem_source)
     extra: dict[str, Any] = field(default_factory=dict)  # throughput_cv, precision_exec, ...
 
     def as_dict(self) -> dict[str, Any]:

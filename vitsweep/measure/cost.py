@@ -9,9 +9,8 @@ dispatches to on a CPU and would otherwise count as zero) and dynamic int8 linea
 
 from __future__ import annotations
 
-import gc
+import math
 import os
-import resource
 from typing import Any
 
 import torch
@@ -78,52 +77,48 @@ def count_flops(model: torch.nn.Module, ctx: RunContext, sample_shape: tuple[int
     return int(counter.get_total_flops())
 
 
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def peak_memory_bytes(
+    model: torch.nn.Module, ctx: RunContext, x: torch.Tensor
+) -> tuple[float, str]:
+    """(bytes, source): the most memory one forward on batch `x` holds above what was
+    allocated before it (activations and workspaces; the weights, already resident, excluded),
+    and how that was measured. NaN bytes with the reason when it cannot be measured: never 0.
 
-
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False when not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_bytes(model: torch.nn.Module, ctx: RunContext, x: torch.Tensor) -> int:
-    """Peak memory of one forward on batch `x`.
-
-    CUDA: max allocated bytes (weights included). CPU: the growth of the process's resident
-    set over its level before the forward (VmHWM after a reset); allocator caching can hide
-    reused memory, so this is a lower bound of what a fresh process would need.
+    CUDA: the caching allocator's own peak statistics. CPU: the CPU allocator's allocation and
+    free events as torch's profiler records them (`profile_memory`), summed in time order; the
+    process's resident set cannot be used, since after the warm-up forwards the allocator (and
+    glibc) reuse freed pages and a second forward shows no growth at all.
     """
     with torch.inference_mode(), eval_mode(model):
         if is_cuda(ctx.device):
             dev = torch.device(ctx.device)
             torch.cuda.synchronize(dev)
+            before = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             ctx.forward(model, x)
             torch.cuda.synchronize(dev)
-            return int(torch.cuda.max_memory_allocated(dev))
-        gc.collect()
-        if _reset_rss_peak():
-            base = _status_kb("VmRSS")
+            peak = torch.cuda.max_memory_allocated(dev) - before
+            return float(peak), "cuda allocator peak above the weights"
+        return _cpu_forward_peak(model, ctx, x)
+
+
+def _cpu_forward_peak(
+    model: torch.nn.Module, ctx: RunContext, x: torch.Tensor
+) -> tuple[float, str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto prints start/stop lines otherwise
+    ctx.forward(model, x)  # lazy initialisation (packing, caches) is not the forward's memory
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             ctx.forward(model, x)
-            peak = _status_kb("VmHWM")
-            if base is not None and peak is not None:
-                return max(0, peak - base) * 1024
-        # Fallback: lifetime maximum RSS (kB on Linux) only shows growth beyond earlier peaks.
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        ctx.forward(model, x)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        scale = 1 if os.uname().sysname == "Darwin" else 1024
-        return max(0, after - before) * scale
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except Exception as e:  # a profiler that cannot run here: say so, do not guess
+        return math.nan, f"unmeasured: torch profiler failed ({type(e).__name__})"
+    if not events:
+        return math.nan, "unmeasured: the profiler recorded no CPU allocations"
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return float(peak), "cpu allocator peak above the weights (torch profiler)"

@@ -49,7 +49,7 @@ def measure_all(
         with thread_scope(spec.threads) as threads:
             params = count_params(model)
             flops = count_flops(model, ctx, sample_shape)
-            peak_mem, _ = with_oom_retry(
+            (peak_mem, peak_mem_source), _ = with_oom_retry(
                 lambda b: peak_memory_bytes(model, ctx, make_input(b, sample_shape, ctx)),
                 spec.batch_size,
                 ctx.device,
@@ -85,6 +85,7 @@ def measure_all(
         "params": params,
         "flops": flops,
         "peak_mem_bytes": peak_mem,
+        "peak_mem_source": peak_mem_source,
         "throughput_cv": tput.cv,
         "latency_cv": lat.cv,
         "repeats": tput.repeats,
