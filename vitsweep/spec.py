@@ -81,7 +81,7 @@ class ArchSpec:
     checkpoint: str | None = None  # weights on disk; nothing downloads
     img_size: int = 32
     patch_size: int = 4
-    embed_dim: int = 192
+    embed_dim: int = 96
     depth: int = 6
     num_heads: int | tuple[int, ...] = 3  # int, or one entry per layer
     mlp_ratio: float | tuple[float, ...] = 4.0  # float, or one entry per layer
@@ -191,11 +191,11 @@ class MeasureSpec:
     min_repeats: int = 5
     max_repeats: int = 30
     max_cv: float = 0.05
-    time_cap_s: float = 5.0
-    repeat_s: float = 0.05  # seconds one timed repeat lasts (steps added until it does)
+    time_cap_s: float = 4.0
+    repeat_s: float = 0.1  # seconds one timed repeat lasts (steps added until it does)
     energy: Literal["auto", "nvml", "rapl", "estimate"] = "auto"
     watts: float = 15.0  # estimate: assumed average power draw
-    energy_window_s: float = 2.0
+    energy_window_s: float = 1.0
     lock: bool = True  # serialize timed sections of workers sharing this machine
     lock_path: str | None = None
 
@@ -218,8 +218,8 @@ class MeasureSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: int = 1

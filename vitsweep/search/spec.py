@@ -93,7 +93,7 @@ class SweeperSpec:
     objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     params: dict[str, str] = field(default_factory=dict)  # Hydra sweep grammar per key
-    space_hook: str | None = None  # dotted path of a conditional-space function
+    space_hook: str | None = "vitsweep.search.space.conditional"  # dotted path; None: flat
     constraints: tuple[str, ...] = ()  # e.g. "accuracy >= 0.8"
     max_failure_rate: float = 0.5  # failed trials allowed, as a fraction of n_trials
     enqueue_baseline: bool = True
