@@ -148,3 +148,13 @@ def test_paper_trial_runs_on_cpu_from_an_image_folder(workdir: Path) -> None:
     # AutoFormer-T at embed 192, depth 12 (mlp 4, 4 heads of 64): about 5.7M params like ViT-Ti
     assert 5.0e6 < float(metrics["params"]) < 6.5e6
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_help_speaks_as_vitsweep_and_lists_only_pickable_options(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    out = run_cli("vitsweep", "--help", cwd=tmp_path).stdout
+    assert out.startswith("usage: vitsweep ") and "Hydra" not in out and "base_" not in out
+    assert "precision       bf16, fp16, fp32*, int8, mixed, tq" in out
+    assert len(out.splitlines()) < 25
+    assert not (tmp_path / "multirun").exists()  # asking for help writes nothing

@@ -274,9 +274,44 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def usage() -> str:
+    """`vitsweep --help`: how to call it and the options a user can pick, in vitsweep's words
+    (Hydra's own help says "app is powered by Hydra" and lists the schema entries too)."""
+    defaults = {}
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
+        if not isinstance(entry, str):
+            for key, value in entry.items():
+                defaults[key.removeprefix("override ")] = value
+    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    groups += ["hydra/launcher"]
+    defaults.setdefault("hydra/launcher", "basic")
+    lines = [
+        "usage: vitsweep [group=option ...] [key=value ...]   evaluate one candidate",
+        "       vitsweep -m [overrides] ['key=choice(a,b)']  run or resume the study",
+        "       vitsweep-train | vitsweep-report | vitsweep-export trial=<n>  [overrides]",
+        "",
+        "options per group (* = default; an experiment overrides some, e.g. xray: arch=supernet):",
+    ]
+    for group in groups:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if group == "hydra/launcher":
+            options = sorted({"basic", *options})
+        marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
+        lines.append(f"  {group:<15} {', '.join(marked)}")
+    lines += [
+        "",
+        "any key: vitsweep --cfg job [overrides] prints the composed config;",
+        "the study's keys live under hydra.sweeper.* (README: 'The sweeper').",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     """`vitsweep [overrides]` (one candidate) and `vitsweep -m [overrides]` (the study)."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(usage())
+        return
     check(sys.argv[1:])
     _task()
 
