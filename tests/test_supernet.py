@@ -9,10 +9,9 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitsweep.models import SPACES
+from vitsweep.models import SPACES, Supernet
 from vitsweep.models.checkpoint import CheckpointError
 from vitsweep.spec import ConfigError, SpaceSpec
-from vitsweep.supernet import Supernet
 
 SMALL = SpaceSpec(embed_dim=(16, 24, 32), depth=(2, 3), mlp_ratio=(1.0, 2.0), num_heads=(1, 2, 3),
                   head_dim=8)  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vitsweep.runctx import RunContext
-from vitsweep.spec import MeasureSpec, Metrics, TrialSpec
+from vitsweep.spec import METRIC_NAMES, MeasureSpec, Metrics, TrialSpec
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -75,18 +75,7 @@ def run(spec: TrialSpec) -> Metrics:
     test_accuracy = accuracy(model, ctx, splits.test, spec.measure)
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     cost = measure.measure_all(model, ctx, sample_shape, spec.measure)
-    core = {
-        k: cost.pop(k)
-        for k in (
-            "throughput",
-            "latency_ms",
-            "energy",
-            "energy_source",
-            "params",
-            "flops",
-            "peak_mem_bytes",
-        )
-    }
+    core = {k: cost.pop(k) for k in METRIC_NAMES if k in cost}
     return Metrics(
         accuracy=val_accuracy,
         test_accuracy=test_accuracy,
