@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from vitsweep import app
+from vitsweep import config
 from vitsweep.search.space import parse_space
 
 GROUPS = ["data", "arch", "token", "precision", "measure", "train", "tracking", "experiment"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (app.CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config.CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -22,9 +22,9 @@ def test_every_option_composes_to_a_spec(group: str) -> None:
     assert options(group), f"conf/{group} has no options"
     for option in options(group):
         extra = ["data.root=/tmp"] if option in ("folder", "paper") else []
-        cfg = app.compose([f"{group}={option}", *extra])
-        spec = app.trial_spec(cfg)
-        ctx = app.sweep_context(cfg, cfg.hydra.sweeper)
+        cfg = config.compose([f"{group}={option}", *extra])
+        spec = config.trial_spec(cfg)
+        ctx = config.sweep_context(cfg, cfg.hydra.sweeper)
         assert spec.root == "multirun"
         assert ctx.sweeper.n_trials >= 1
         if group in ("data", "token", "precision"):
@@ -32,8 +32,8 @@ def test_every_option_composes_to_a_spec(group: str) -> None:
 
 
 def test_experiment_sets_the_study_name_and_space() -> None:
-    cfg = app.compose(["experiment=smoke"])
-    ctx = app.sweep_context(cfg, cfg.hydra.sweeper)
+    cfg = config.compose(["experiment=smoke"])
+    ctx = config.sweep_context(cfg, cfg.hydra.sweeper)
     assert ctx.sweeper.study_name == "smoke"
     assert set(ctx.space.distributions) >= {"arch.embed_dim", "arch.depth"}
 
@@ -65,7 +65,7 @@ BAD = {
 @pytest.mark.parametrize("override", sorted(BAD))
 def test_malformed_override_is_one_line(override: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        app.check([override])
+        config.check([override])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -93,8 +93,8 @@ def test_hydra_range_end_is_excluded_in_optuna() -> None:
 
 def test_paper_experiment_is_deit_base_vs_autoformer_tome_half() -> None:
     """The paper's study: AutoFormer-T x ToMe x fp16/bf16 at 224 against DeiT-B/16 fp32."""
-    cfg = app.compose(["experiment=paper", "data.root=/data"])
-    spec, ctx = app.trial_spec(cfg), app.sweep_context(cfg, cfg.hydra.sweeper)
+    cfg = config.compose(["experiment=paper", "data.root=/data"])
+    spec, ctx = config.trial_spec(cfg), config.sweep_context(cfg, cfg.hydra.sweeper)
     assert (spec.arch.kind, spec.arch.img_size, spec.arch.space.embed_dim) == (
         "supernet",
         224,
@@ -106,7 +106,7 @@ def test_paper_experiment_is_deit_base_vs_autoformer_tome_half() -> None:
     # Trial 0 is composed from the launch plus the baseline's overrides, as the loop does it.
     base = dict(ctx.sweeper.baseline)
     lines = [f"{k}={'null' if v is None else v}" for k, v in base.items()]
-    baseline = app.trial_spec(app.compose(["experiment=paper", "data.root=/data", *lines]))
+    baseline = config.trial_spec(config.compose(["experiment=paper", "data.root=/data", *lines]))
     assert baseline.arch.timm_name == "deit_base_patch16_224"
     assert (baseline.arch.kind, baseline.arch.embed_dim, baseline.arch.checkpoint) == (
         "vit",
@@ -151,8 +151,6 @@ def test_paper_trial_runs_on_cpu_from_an_image_folder(workdir: Path) -> None:
 
 
 def test_help_speaks_as_vitsweep_and_lists_only_pickable_options(tmp_path) -> None:
-    from tests.conftest import run_cli
-
     out = run_cli("vitsweep", "--help", cwd=tmp_path).stdout
     assert out.startswith("usage: vitsweep ") and "Hydra" not in out and "base_" not in out
     assert "precision       bf16, fp16, fp32*, int8, mixed, tq" in out

@@ -353,9 +353,9 @@ def test_slurm_launcher_config_composes_for_the_study() -> None:
     """`hydra/launcher=slurm`: submitit's SLURM launcher, one array task per trial of a batch."""
     from omegaconf import OmegaConf
 
-    from vitsweep import app
+    from vitsweep import config
 
-    cfg = app.compose(["experiment=smoke", "hydra/launcher=slurm", "hydra.sweeper.n_jobs=8"])
+    cfg = config.compose(["experiment=smoke", "hydra/launcher=slurm", "hydra.sweeper.n_jobs=8"])
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert launcher["array_parallelism"] == "${hydra.sweeper.n_jobs}"

@@ -1,254 +1,39 @@
-"""The doorway: Hydra entry points, and the only code that turns DictConfig into plain specs.
-
-Console scripts: `vitsweep` (one trial, or `-m` for the study), `vitsweep-train`,
-`vitsweep-report`, `vitsweep-export`. Every bad key, option or value is reported in one line
-naming it, with a non-zero exit, before anything is trained, stored or logged.
+"""The console scripts: `vitsweep` (one trial, or `-m` for the study), `vitsweep-train`,
+`vitsweep-report`, `vitsweep-export`. Thin: the doorway (`vitsweep.config`) composes and
+converts, the rooms do the work, and every failure ends in one line (`vitsweep.errors`).
+Nothing imports this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import sys
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep import record
-from vitsweep.configschema import schema_of, to_spec
+from vitsweep.config import (
+    CONF_DIR,
+    check,
+    compose,
+    config_error_line,
+    sweep_context,
+    trial_config,
+    trial_spec,
+    usage,
+)
 from vitsweep.errors import fail as _fail
 from vitsweep.errors import one_line_errors
-from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import (
-    ArchSpec,
-    ConfigError,
-    DataSpec,
-    MeasureSpec,
-    PrecisionSpec,
-    TokenSpec,
-    TrainSpec,
-    TrialSpec,
-)
-from vitsweep.track.spec import TrackingSpec
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-TRIAL_GROUPS: dict[str, type] = {
-    "data": DataSpec,
-    "arch": ArchSpec,
-    "token": TokenSpec,
-    "precision": PrecisionSpec,
-    "measure": MeasureSpec,
-    "train": TrainSpec,
-}
-SWEEPER_TARGET = "hydra_plugins.vitsweep_sweeper.vitsweep_sweeper.VitsweepSweeper"
-log = logging.getLogger("vitsweep")
-
-
-def register_configs() -> None:
-    """Schemas behind every group: `token.rr=3` fails at compose time naming the key."""
-    cs = ConfigStore.instance()
-    for group, spec_cls in {**TRIAL_GROUPS, "tracking": TrackingSpec}.items():
-        cs.store(group=group, name=f"base_{group}", node=schema_of(spec_cls))
-    sweeper_schema = dataclasses.make_dataclass(
-        "VitsweepSweeperConf",
-        [("_target_", str, dataclasses.field(default=SWEEPER_TARGET))],
-        bases=(schema_of(SweeperSpec),),
-    )
-    cs.store(group="hydra/sweeper", name="base_vitsweep", node=sweeper_schema)
-
-
-register_configs()
-
-
-# ------------------------------------------------------------------------- DictConfig -> specs
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, DictConfig | ListConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list | tuple):
-        return [_plain(v) for v in node]
-    return node
-
-
-def _integer(cfg: DictConfig, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value}: must be an integer")
-    return value
-
-
-def trial_spec(cfg: DictConfig) -> TrialSpec:
-    groups = {g: to_spec(cls, _plain(cfg[g]), g) for g, cls in TRIAL_GROUPS.items()}
-    seed = _integer(cfg, "seed")
-    return TrialSpec(
-        **groups,
-        root=str(cfg.paths.root),
-        seed=0 if seed is None else seed,
-        trial_number=_integer(cfg, "trial_number"),
-    )
-
-
-def _check_checkpoint(cfg: DictConfig) -> None:
-    """A given checkpoint must exist and load, before a study starts trials that all need it."""
-    path = OmegaConf.select(cfg, "arch.checkpoint")
-    if path is None:
-        return
-    from vitsweep.models.checkpoint import readable
-
-    readable(Path(str(path)), key="arch.checkpoint")
-
-
-def _check_root(cfg: DictConfig) -> None:
-    """Every output lives under paths.root: a root that cannot be written fails at launch."""
-    root = Path(str(cfg.paths.root)).expanduser()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"paths.root={root}: not a writable directory ({e.strerror or e})"
-        ) from None
-
-
-def trial_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved trial config (no `hydra` node, so no storage URL): what W&B records."""
-    return {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
-
-
-def sweeper_spec(raw: Any) -> SweeperSpec:
-    node = {k: v for k, v in _plain(raw).items() if k != "_target_"}
-    return to_spec(SweeperSpec, node, "hydra.sweeper")
-
-
-def sweep_context(config: DictConfig, raw_sweeper: Any):
-    from vitsweep.search.space import parse_space
-    from vitsweep.search.storage import default_url
-    from vitsweep.search.study import SweepContext
-
-    sweeper = sweeper_spec(raw_sweeper)
-    root = Path(str(config.paths.root)).resolve()
-    return SweepContext(
-        sweeper=sweeper,
-        base=trial_spec(config),
-        tracking=to_spec(TrackingSpec, _plain(config.tracking), "tracking"),
-        root=root,
-        storage_url=sweeper.storage or default_url(root),
-        space=parse_space(sweeper.params, sweeper.space_hook),
-        base_config=trial_config(config),
-    )
-
-
-# ---------------------------------------------------------------------- one-line error handling
-
-
-def _valid_keys(full_key: str) -> str:
-    parent = full_key.rpartition(".")[0]
-    if parent in ("hydra.sweeper.objectives", "hydra.sweeper.params", "hydra.sweeper.baseline"):
-        return f"; to add one: +{full_key}=<value>"
-    group = full_key.split(".")[0]
-    spec_cls = {**TRIAL_GROUPS, "tracking": TrackingSpec}.get(group)
-    if spec_cls is None or "." not in full_key:
-        return ""
-    return "; valid: " + ", ".join(f.name for f in dataclasses.fields(spec_cls))
-
-
-def _one_line(e: BaseException) -> str:
-    """Hydra's and OmegaConf's multi-line messages, cut to the key, the value and the fix."""
-    text = str(e)
-    missing = re.search(r"Could not find '([^']+)'", text)
-    if isinstance(e, MissingConfigException) and missing and e.options is not None:
-        group, _, name = missing.group(1).rpartition("/")
-        valid = sorted(o for o in e.options if not o.startswith("base_"))
-        return f"{group}={name}: no such option; valid: {', '.join(valid)}"
-    if isinstance(e, OverrideParseException):
-        return f"{e.override}: {e.message.splitlines()[0]}"
-    cause = e.__cause__ or e.__context__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if cause is not None:
-        lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    full_key = next(
-        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None
-    )
-    if full_key and any("not in" in ln for ln in lines):
-        return f"{full_key}: unknown key{_valid_keys(full_key)}"
-    merging = re.search(r"Error merging override (\S+)", text)
-    reason = next((ln for ln in lines if ln.startswith(("Value '", "Invalid", "Key '"))), None)
-    if merging and reason:
-        return f"{merging.group(1)}: {reason}"
-    if full_key and reason:
-        return f"{full_key}: {reason}"
-    return "; ".join(lines[:2]) if lines else type(e).__name__
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The config for `overrides` (no sweeps), hydra node included; errors in one line."""
-    from hydra import compose as _compose
-    from hydra import initialize_config_dir
-
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return _compose("config", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_one_line(e)) from None
-
-
-def check(args: list[str]) -> None:
-    """Compose and convert everything a launch will use, so that mistakes fail here, in one line."""
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
-        return  # Hydra's own flags (--help, --cfg, -cn ...): let Hydra handle them
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    words = [a for a in args if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(words)
-    except OverrideParseException as e:
-        _fail(_one_line(e))
-    sweeps = [o for o in parsed if o.is_sweep_override()]
-    for o in sweeps:
-        if o.key_or_group.startswith("hydra."):
-            key = o.key_or_group.removeprefix("hydra.sweeper.params.")
-            _fail(
-                f"{o.input_line}: Hydra cannot sweep hydra.* keys; write {key}=<sweep> on the "
-                "command line, or put it under hydra.sweeper.params in an experiment"
-            )
-    if sweeps and not multirun:
-        _fail(f"{sweeps[0].input_line}: a sweep needs -m (vitsweep -m ...)")
-    try:
-        cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])
-        ctx = sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([o.input_line for o in sweeps])
-        _check_root(cfg)
-        _check_checkpoint(cfg)
-        for key in ctx.space.distributions:
-            _check_param_key(cfg, key)
-    except ConfigError as e:
-        _fail(str(e))
-
-
-def _check_param_key(cfg: DictConfig, key: str) -> None:
-    if key in TRIAL_GROUPS or key.split(".")[0] == "hydra":
-        return
-    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-        raise ConfigError(f"hydra.sweeper.params.{key}: no such config key")
-
-
-# ------------------------------------------------------------------------------- entry points
+from vitsweep.spec import ConfigError
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -272,38 +57,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
-
-
-def usage() -> str:
-    """`vitsweep --help`: how to call it and the options a user can pick, in vitsweep's words
-    (Hydra's own help says "app is powered by Hydra" and lists the schema entries too)."""
-    defaults = {}
-    for entry in OmegaConf.load(CONF_DIR / "config.yaml").defaults:
-        if not isinstance(entry, str):
-            for key, value in entry.items():
-                defaults[key.removeprefix("override ")] = value
-    groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
-    groups += ["hydra/launcher"]
-    defaults.setdefault("hydra/launcher", "basic")
-    lines = [
-        "usage: vitsweep [group=option ...] [key=value ...]   evaluate one candidate",
-        "       vitsweep -m [overrides] ['key=choice(a,b)']  run or resume the study",
-        "       vitsweep-train | vitsweep-report | vitsweep-export trial=<n>  [overrides]",
-        "",
-        "options per group (* = default; an experiment overrides some, e.g. xray: arch=supernet):",
-    ]
-    for group in groups:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        if group == "hydra/launcher":
-            options = sorted({"basic", *options})
-        marked = [f"{o}*" if o == defaults.get(group) else o for o in options]
-        lines.append(f"  {group:<15} {', '.join(marked)}")
-    lines += [
-        "",
-        "any key: vitsweep --cfg job [overrides] prints the composed config;",
-        "the study's keys live under hydra.sweeper.* (README: 'The sweeper').",
-    ]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -408,7 +161,7 @@ def _trial_config(ctx: Any, trial: Any) -> dict[str, Any]:
     try:
         return trial_config(OmegaConf.load(jobs[-1]))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{jobs[-1]}: {_one_line(e)}") from None
+        raise ConfigError(f"{jobs[-1]}: {config_error_line(e)}") from None
 
 
 def export_main() -> None:
@@ -455,8 +208,8 @@ def export_main() -> None:
             number=number,
             out_dir=dest,
         )
-    for check in result.checks:
-        print(check)
+    for line in result.checks:
+        print(line)
     for name, note in result.formats.items():
         print(f"{name}: {note}")
     if not result.ok:
@@ -466,3 +219,4 @@ def export_main() -> None:
             code=1,
         )
     print(f"export: {result.path}")
+

@@ -12,7 +12,7 @@ What an export directory holds (`<paths.root>/<study>/export/trial-<n>/`):
 
 Why rebuild-then-load rather than pickling the module: a pickle ties the file to class paths and
 runs code on load; the recipe + state_dict survives refactors and is safe to open.
-Nothing here sees Hydra or Optuna: `vitsweep.app.export_main` resolves the study and the trial.
+Nothing here sees Hydra or Optuna: the CLI (`vitsweep-export`) resolves the study and the trial.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def export_spec(path: str | Path) -> TrialSpec:
 
 
 def _spec(obj: dict[str, Any]) -> TrialSpec:
-    from vitsweep.configschema import to_spec
+    from vitsweep.config.schema import to_spec
 
     return to_spec(TrialSpec, obj["spec"], "")
 

@@ -1,6 +1,6 @@
 """Plain, frozen descriptions of one candidate: what `trial.run` consumes and returns.
 
-These dataclasses are the only thing that crosses the doorway (`vitsweep.app`) into the rooms;
+These dataclasses are the only thing that crosses the doorway (`vitsweep.config`) into the rooms;
 no DictConfig beyond this point. Field names mirror the config keys (`data.image_size` ->
 `TrialSpec.data.image_size`) so that an error can name the key a user typed.
 """

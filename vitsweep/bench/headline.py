@@ -15,9 +15,9 @@ from vitsweep.bench.common import Section, Target
 
 
 def _study() -> tuple[str, Path]:
-    from vitsweep import app
+    from vitsweep import config
 
-    cfg = app.compose([])
+    cfg = config.compose([])
     return str(cfg.name), Path(str(cfg.paths.root))
 
 

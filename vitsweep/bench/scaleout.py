@@ -44,15 +44,15 @@ SMOKE_PARAMS = {
 
 def _warm_models(root: Path) -> None:
     """Train every model the smoke space can ask for, once, into `root`/models."""
-    from vitsweep import app, data, models
+    from vitsweep import config, data, models
     from vitsweep.search.space import parse_space
 
-    base = app.compose(["experiment=smoke", f"paths.root={root}"])
+    base = config.compose(["experiment=smoke", f"paths.root={root}"])
     space = parse_space(dict(base.hydra.sweeper.params))
     arch = {k: d.choices for k, d in space.distributions.items() if k.startswith("arch.")}
     for combo in itertools.product(*arch.values()):
         lines = [f"{k}={v}" for k, v in zip(arch, combo, strict=True)]
-        spec = app.trial_spec(app.compose(["experiment=smoke", f"paths.root={root}", *lines]))
+        spec = config.trial_spec(config.compose(["experiment=smoke", f"paths.root={root}", *lines]))
         models.build_model(spec.arch, spec.train, spec.data, data.load(spec.data), spec.root)
 
 

@@ -128,12 +128,12 @@ def _choices(name: str, dist: Any) -> tuple[Any, ...]:
 
 def make_grid(experiment: str = "xray", overrides: Sequence[str] = ()) -> Grid:
     """The sub-grid of `experiment` (see the module docstring for its definition)."""
-    from vitsweep import app  # an entry point: composing with Hydra is the doorway's job
+    from vitsweep import config  # composing with Hydra is the doorway's job
 
     bench = (f"experiment={experiment}", *BENCH_OVERRIDES, *overrides)
-    cfg = app.compose(list(bench))
-    sweeper = app.sweeper_spec(cfg.hydra.sweeper)
-    base = app.trial_spec(cfg)
+    cfg = config.compose(list(bench))
+    sweeper = config.sweeper_spec(cfg.hydra.sweeper)
+    base = config.trial_spec(cfg)
     axes: dict[str, tuple[Any, ...]] = {}
     space = base.arch.space
     if base.arch.kind == "supernet" and space is not None:
@@ -232,12 +232,12 @@ def point_id(point: dict[str, Any]) -> str:
 
 def evaluate_point(grid: Grid, point: dict[str, Any]) -> dict[str, Any]:
     """One evaluation: compose the point's overrides as the sweeper's job would, run the trial."""
-    from vitsweep import app, trial
+    from vitsweep import config, trial
 
     lines = [*grid.overrides, *(format_override(k, v) for k, v in point.items())]
     t0 = time.perf_counter()
     try:
-        metrics = trial.run(app.trial_spec(app.compose(lines))).as_dict()
+        metrics = trial.run(config.trial_spec(config.compose(lines))).as_dict()
     except (ConfigError, RuntimeError, ValueError) as e:
         return {"point": point, "error": f"{type(e).__name__}: {e}", "seconds": 0.0}
     return {"point": point, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3)}

@@ -1,6 +1,8 @@
 """The Hydra sweeper: owns the study, hands each trial to Hydra's launcher as overrides.
 
-Hydra loads sweepers only from the `hydra_plugins` namespace; `hydra_plugins/vitsweep_sweeper`
+It is part of the doorway because Hydra hands it DictConfig; it converts once (`sweep_context`)
+and from then on drives `vitsweep.search.study.run_study`, which sees plain specs only. Hydra
+loads sweepers only from the `hydra_plugins` namespace; `hydra_plugins/vitsweep_sweeper`
 subclasses this class and nothing more.
 """
 
@@ -15,6 +17,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from vitsweep.config import sweep_context
 from vitsweep.errors import one_line_errors
 from vitsweep.search.loop import Outcome
 from vitsweep.search.study import SweepContext, run_study
@@ -30,15 +33,13 @@ class VitsweepSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from vitsweep import app  # the doorway turns DictConfig into plain specs
-
         self.config = config
         self.hydra_context = hydra_context
         with one_line_errors():
             self.launcher = Plugins.instance().instantiate_launcher(
                 hydra_context=hydra_context, task_function=task_function, config=config
             )
-            self.ctx: SweepContext = app.sweep_context(config, self._raw)
+            self.ctx: SweepContext = sweep_context(config, self._raw)
 
     def _launch(self, batch: list[list[str]]) -> list[Outcome]:
         returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
