@@ -258,7 +258,7 @@ def train_main() -> None:
     try:
         cfg = compose(sys.argv[1:])
         spec = trial_spec(cfg)
-        splits = data.load(spec.data)
+        splits = data.load(spec.data, data.data_dir(spec.root))
         if spec.arch.kind == "supernet":
             path = models.train_supernet(
                 spec.arch.space,

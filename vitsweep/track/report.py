@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from vitsweep.track.html import write_html
-from vitsweep.track.pareto import StudyTable
+from vitsweep.track.pareto import INTERVAL_KEYS, REPORTED_ON, SELECTED_ON, StudyTable, notes
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -86,10 +86,17 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "n_complete": sum(r["state"] == "COMPLETE" for r in table.rows),
         "baseline": table.baseline,
         "pareto": [
-            {k: r[k] for k in ("number", *table.objectives)} for r in table.rows if r["is_pareto"]
+            {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS)}
+            for r in table.rows
+            if r["is_pareto"]
         ],
+        "selected_on": SELECTED_ON,
+        "reported_on": REPORTED_ON,
         "headline": table.headline,
         "hypervolume": table.hypervolume[-1] if table.hypervolume else None,
+        "hypervolume_objectives": table.hv_objectives,
+        "energy_derived": table.energy_derived,
+        "notes": notes(table),
     }
     tmp = out_dir / "results.yaml.tmp"
     tmp.write_text(yaml.safe_dump(results, sort_keys=False))

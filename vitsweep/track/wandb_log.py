@@ -26,7 +26,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from vitsweep.track.pareto import StudyTable
+from vitsweep.track.pareto import StudyTable, notes
 from vitsweep.track.spec import TrackingSpec
 
 log = logging.getLogger("vitsweep.track")
@@ -231,6 +231,9 @@ class WandbTracker:
                         "n_pareto": len(table.pareto),
                         "n_complete": sum(r["state"] == "COMPLETE" for r in rows),
                         "pareto_trials": list(table.pareto),
+                        "hypervolume_objectives": list(table.hv_objectives),
+                        "energy_derived": table.energy_derived,
+                        "notes": " ".join(notes(table)),
                     }
                 )
             finally:
