@@ -238,6 +238,10 @@ class TrainSpec:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
+    # supernet: "inplace" = BigNAS in-place distillation (the largest subnet teaches the others
+    # with its soft predictions of the same batch); "none" = every subnet learns the labels.
+    distill: Literal["none", "inplace"] = "none"
+    distill_temperature: float = 1.0
     threads: int = 0  # torch threads while training; 0: torch's default
     seed: int = 0
     progress: bool = True
@@ -261,6 +265,18 @@ class TrainSpec:
         )
         require(
             self.sandwich_random >= 0, "train.sandwich_random", self.sandwich_random, "must be >= 0"
+        )
+        require(
+            self.distill in ("none", "inplace"),
+            "train.distill",
+            self.distill,
+            "valid: none, inplace",
+        )
+        require(
+            self.distill_temperature > 0,
+            "train.distill_temperature",
+            self.distill_temperature,
+            "must be > 0",
         )
 
 

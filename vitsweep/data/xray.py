@@ -531,7 +531,7 @@ def _cached_split(
     spec: DataSpec, n: int, stream: int, cache_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A separately drawn split of `n` images, rendered once and kept as .npy under
-    `cache_dir` (memory-mapped on reuse: ~12 MB per 1,000 images at 32 px with 3 slices)."""
+    `cache_dir` (~12 MB per 1,000 images at 32 px with 3 slices)."""
     label = balanced_labels(n)
     if cache_dir is None:
         return generate(spec, label, stream)
@@ -549,10 +549,10 @@ def _cached_split(
                 tmp = path.with_suffix(".tmp.npy")
                 np.save(tmp, x)
                 tmp.replace(path)
-    x = np.load(path, mmap_mode="r")
+    x = np.load(path)
     if x.shape != (n, spec.slices, spec.image_size, spec.image_size):
         raise ConfigError(f"{path}: cached split has shape {x.shape}; delete it to regenerate")
-    return np.ascontiguousarray(x), label
+    return x, label
 
 
 def load_xray(spec: DataSpec, cache_dir: str | Path | None = None) -> Splits:
