@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock, Timeout
 from timm.optim import param_groups_weight_decay
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -295,20 +296,41 @@ def sandwich_step(
     criterion: nn.Module,
     *,
     n_random: int,
+    distill: str = "none",
+    temperature: float = 1.0,
 ) -> float:
     """Largest, smallest and `n_random` random subnets on one batch, gradients summed.
 
     Training the extremes every step bounds the space (BigNAS/OFA's sandwich rule); the random
     ones cover the middle. Each backward runs before the next forward to keep memory at one
-    subnet's activations.
+    subnet's activations. `distill="inplace"` (BigNAS in-place distillation): the largest
+    subnet learns from the labels, every other one from the largest's soft predictions of the
+    same batch (detached), which transfers what the big subnet learned to the small ones.
     """
     shapes = [net.largest, net.smallest] + [spaces.sample(net.space, rng) for _ in range(n_random)]
     total = 0.0
-    for shape in shapes:
-        loss = criterion(net(x, shape=shape), y)
+    soft: torch.Tensor | None = None
+    for i, shape in enumerate(shapes):
+        logits = net(x, shape=shape)
+        if i == 0 or distill == "none":
+            loss = criterion(logits, y)
+            if distill != "none":
+                soft = F.softmax(logits.detach() / temperature, dim=-1)
+        else:
+            assert soft is not None
+            loss = soft_cross_entropy(logits, soft, temperature)
         loss.backward()
         total += float(loss.detach())
     return total / len(shapes)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy against a soft target distribution at `temperature`, scaled by T^2 so its
+    gradient keeps the magnitude of the hard-label loss (Hinton et al.)."""
+    logp = F.log_softmax(logits / temperature, dim=-1)
+    return -(target * logp).sum(-1).mean() * temperature**2
 
 
 def train_supernet(
@@ -364,7 +386,12 @@ def train_supernet(
             net,
             train,
             splits,
-            step_fn=partial(sandwich_step, n_random=train.sandwich_random),
+            step_fn=partial(
+                sandwich_step,
+                n_random=train.sandwich_random,
+                distill=train.distill,
+                temperature=train.distill_temperature,
+            ),
             eval_fn=evaluate,
             state_path=path.with_suffix(".train.pt"),
             config=config,
