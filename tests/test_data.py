@@ -69,7 +69,7 @@ def test_held_out_splits_are_drawn_apart_balanced_and_cached(tmp_path):
 
 
 def test_held_out_sizes_come_together():
-    with pytest.raises(ConfigError, match="data.val_size"):
+    with pytest.raises(ConfigError, match=r"data\.val_size"):
         dataclasses.replace(SMALL, val_size=10)
 
 
