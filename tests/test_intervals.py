@@ -177,3 +177,12 @@ def test_estimated_energy_is_left_out_of_the_hypervolume() -> None:
     # Two objectives, baseline-normalized: the union of the boxes 1 x 1 and 0.85/0.9 x 4.
     a = 0.85 / 0.9
     assert table.hypervolume[-1] == pytest.approx(a * 4.0 + (1.0 - a) * 1.0)
+
+
+def test_an_estimated_energy_is_said_to_be_a_copy_of_throughput() -> None:
+    from vitsweep.measure.energy import estimate_note
+
+    objectives = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
+    note = estimate_note("estimate", "cpu", 15.0, objectives)
+    assert note is not None and "15 W / throughput" in note and "copy" in note
+    assert estimate_note("estimate", "cpu", 15.0, {"accuracy": "maximize"}) is None
