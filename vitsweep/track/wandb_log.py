@@ -173,6 +173,28 @@ class WandbTracker:
                 }
             )
 
+    def log_confirmed(self, rows: list[dict[str, Any]], run_id: str | None = None) -> bool:
+        """The confirmation pass as a `confirmed` table of the study's summary run."""
+        try:
+            import wandb
+
+            run = self._open_summary(run_id, {})
+            try:
+                cols = list(dict.fromkeys(c for r in rows for c in r))
+                run.log(
+                    {
+                        "confirmed": wandb.Table(
+                            columns=cols, data=[[r.get(c) for c in cols] for r in rows]
+                        )
+                    }
+                )
+            finally:
+                run.finish()
+            return True
+        except Exception as e:
+            log.warning("W&B confirmed table not logged: %s", e)
+            return False
+
     def log_summary(
         self,
         table: StudyTable,
