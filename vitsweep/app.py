@@ -232,8 +232,11 @@ def _task(cfg: DictConfig) -> dict[str, Any]:
             raise  # the sweeper records it as the trial's fail_reason
         _fail(str(e))
     label = f"trial {spec.trial_number}" if spec.trial_number is not None else "result"
-    width = max(map(len, metrics))
-    lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in metrics.items()]
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY
+
+    shown = {k: v for k, v in metrics.items() if k != TEST_FLAGS_KEY}  # per-image bits: stored
+    width = max(map(len, shown))
+    lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in shown.items()]
     print(f"[{label}]\n" + "\n".join(lines), flush=True)
     return {"metrics": metrics, "config": trial_config(cfg)}
 
