@@ -47,6 +47,32 @@ def test_xray_splits_shapes_and_stratification():
     assert torch.isfinite(everything).all()
 
 
+def test_held_out_splits_are_drawn_apart_balanced_and_cached(tmp_path):
+    spec = dataclasses.replace(SMALL, val_size=30, test_size=23)
+    splits = load_xray(spec, tmp_path)
+    assert len(splits.train) == len(CLASSES) * SMALL.samples_per_class  # the whole pool trains
+    assert (len(splits.val), len(splits.test)) == (30, 23)
+    counts = torch.bincount(splits.test.tensors[1], minlength=len(CLASSES))
+    assert counts.max() - counts.min() <= 1  # balanced classes
+    files = sorted(tmp_path.glob("xray-*.npy"))
+    assert len(files) == 2  # rendered once, kept on disk
+    # Different random streams: no held-out image repeats a training image.
+    train_x, val_x = splits.train.tensors[0], splits.val.tensors[0]
+    assert torch.cdist(val_x.flatten(1), train_x.flatten(1)).min() > 1.0
+    # A second load reads the files (same bytes) and a new pool size reuses them.
+    stamp = [f.stat().st_mtime_ns for f in files]
+    again = load_xray(dataclasses.replace(spec, samples_per_class=15), tmp_path)
+    assert torch.equal(again.test.tensors[0], splits.test.tensors[0])
+    assert [f.stat().st_mtime_ns for f in files] == stamp
+    # Without a cache directory the same images are rendered in memory.
+    assert torch.equal(load_xray(spec).val.tensors[0], splits.val.tensors[0])
+
+
+def test_held_out_sizes_come_together():
+    with pytest.raises(ConfigError, match=r"data\.val_size"):
+        dataclasses.replace(SMALL, val_size=10)
+
+
 def test_xray_is_deterministic_and_seeded():
     a, ya = generate(SMALL)
     b, yb = generate(SMALL)

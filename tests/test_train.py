@@ -230,3 +230,39 @@ def test_bad_training_config_is_rejected(splits, tmp_path) -> None:
         train_supernet(SPACE, DATA, TRAIN, empty, tmp_path)
     with pytest.raises(ConfigError, match=r"arch\.patch_size=5"):
         train_supernet(SPACE, DATA, TRAIN, splits, tmp_path, patch_size=5)
+
+
+def test_inplace_distillation_teaches_the_small_subnets_from_the_largest(splits) -> None:
+    """BigNAS in-place distillation: only the largest subnet sees the labels; the others learn
+    the largest's soft predictions, so their loss does not change when the labels do."""
+    import random
+
+    from torch import nn
+
+    from vitsweep.models.supernet import Supernet
+    from vitsweep.models.train import sandwich_step
+
+    torch.manual_seed(0)
+    net = Supernet(SPACE, img_size=16, patch_size=4, in_chans=3, num_classes=10)
+    x = torch.stack([splits.train[i][0] for i in range(8)])
+    y1, y2 = torch.arange(8) % 10, (torch.arange(8) + 3) % 10
+    ce = nn.CrossEntropyLoss()
+
+    def rest(y: torch.Tensor, distill: str) -> float:
+        """The smallest subnet's share of the sandwich loss (n_random=0: largest + smallest)."""
+        total = sandwich_step(net, x, y, random.Random(0), ce, n_random=0, distill=distill)
+        net.zero_grad()
+        with torch.no_grad():
+            return 2 * total - float(ce(net(x, shape=net.largest), y))
+
+    assert rest(y1, "inplace") == pytest.approx(rest(y2, "inplace"), rel=1e-5)
+    assert rest(y1, "none") != pytest.approx(rest(y2, "none"), rel=1e-3)
+
+
+def test_same_seed_and_threads_train_the_same_weights_bit_for_bit(splits, tmp_path) -> None:
+    """Same machine, same command, same front: training is seeded at a fixed thread count."""
+    train = dataclasses.replace(TRAIN, epochs=1, distill="inplace", threads=1)
+    a = load_supernet(train_supernet(SPACE, DATA, train, splits, tmp_path / "a", patch_size=4))
+    b = load_supernet(train_supernet(SPACE, DATA, train, splits, tmp_path / "b", patch_size=4))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name

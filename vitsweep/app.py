@@ -47,8 +47,11 @@ def _task(cfg: DictConfig) -> dict[str, Any]:
         spec = trial_spec(cfg)
         metrics = trial.run(spec).as_dict()
     label = f"trial {spec.trial_number}" if spec.trial_number is not None else "result"
-    width = max(map(len, metrics))
-    lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in metrics.items()]
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY
+
+    shown = {k: v for k, v in metrics.items() if k != TEST_FLAGS_KEY}  # per-image bits: stored
+    width = max(map(len, shown))
+    lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in shown.items()]
     print(f"[{label}]\n" + "\n".join(lines), flush=True)
     return {"metrics": metrics, "config": trial_config(cfg)}
 
@@ -76,7 +79,7 @@ def train_main() -> None:
     with one_line_errors():
         cfg = compose(sys.argv[1:])
         spec = trial_spec(cfg)
-        splits = data.load(spec.data)
+        splits = data.load(spec.data, data.data_dir(spec.root))
         if spec.arch.kind == "supernet":
             path = models.train_supernet(
                 spec.arch.space,
@@ -220,3 +223,67 @@ def export_main() -> None:
         )
     print(f"export: {result.path}")
 
+
+def _confirm_args(args: list[str]) -> tuple[int, int, list[str]]:
+    """(retrain=K, repeats=F, the rest): the confirm pass's own keys come off first."""
+    values = {"retrain": 0, "repeats": 3}
+    rest = []
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in values:
+            if not re.fullmatch(r"\d+", value.strip()):
+                raise ConfigError(f"{a}: {key} must be a whole number (e.g. {key}=3)")
+            values[key] = int(value)
+        else:
+            rest.append(a)
+    if values["repeats"] < 1:
+        raise ConfigError(f"repeats={values['repeats']}: must be >= 1")
+    return values["retrain"], values["repeats"], rest
+
+
+def confirm_main() -> None:
+    """`vitsweep-confirm [overrides] [retrain=K] [repeats=F]`: measure the study's front again
+    on the test split (throughput with F times the repeats, default 3), and with retrain=K train
+    the K front architectures best on validation standalone from scratch beside their inherited
+    accuracy; writes report/confirmed.csv and confirmed.yaml, and a `confirmed` W&B table."""
+    from optuna.trial import TrialState
+
+    from vitsweep.confirm import Member, confirm
+    from vitsweep.search.study import make_tracker
+    from vitsweep.track.pareto import study_table
+    from vitsweep.track.report import write_confirmed
+
+    with one_line_errors():
+        retrain, repeats, rest = _confirm_args(sys.argv[1:])
+        cfg = compose(rest)
+        ctx = sweep_context(cfg, cfg.hydra.sweeper)
+        study = _load_study(ctx)
+        table = study_table(study, ctx.sweeper.objectives)
+        if table.baseline is None or not table.pareto:
+            raise ConfigError(
+                f"hydra.sweeper.study_name={ctx.sweeper.study_name}: no complete baseline and "
+                "front to confirm yet; run the study first (make sweep)"
+            )
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        members = []
+        for number in dict.fromkeys([table.baseline, *table.pareto]):
+            t = by_number[number]
+            if t.state != TrialState.COMPLETE:
+                continue
+            spec = trial_spec(OmegaConf.create(_trial_config(ctx, t)))
+            spec = dataclasses.replace(spec, root=str(ctx.root))
+            members.append(Member(number, spec, record.metrics(t), number == table.baseline))
+        rows = confirm(members, retrain=retrain, repeat_factor=repeats)
+        out = write_confirmed(rows, ctx.study_dir / "report")
+        tracker = make_tracker(ctx)
+        if tracker is not None:
+            from vitsweep.track.wandb_front import wandb_run_ids
+
+            ids = wandb_run_ids(study)
+            tracker.log_confirmed(rows, ids.summary if ids is not None else None)
+    keys = ["number", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi"]
+    keys += ["test_delta_pts", "test_delta_lo_pts", "test_delta_hi_pts", "throughput_x"]
+    keys += ["inside_sweep_interval", "standalone_test_accuracy"]
+    for r in rows:
+        print("  ".join(f"{k}={_fmt(r.get(k))}" for k in keys if k in r))
+    print(f"confirmed: {out}")

@@ -164,7 +164,7 @@ def remeasure(path: str | Path) -> tuple[Check, ...]:
     obj = _read(path)  # once: model.pt holds every weight
     spec = _spec(obj)
     stored = json.loads((path / "metrics.json").read_text())
-    splits = data.load(spec.data)
+    splits = data.load(spec.data, data.data_dir(spec.root))
     model, ctx = _model(obj, None)
     checks = [
         Check(

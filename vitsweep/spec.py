@@ -41,9 +41,13 @@ class DataSpec:
     image_size: int = 32
     in_chans: int = 3  # channels fed to the model (xray: depth slices)
     slices: int = 3  # xray_synth: depth slices rendered into channels
-    samples_per_class: int = 200  # xray_synth
+    samples_per_class: int = 200  # xray_synth: images per class of the pool split by fractions
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    # xray_synth: val/test images drawn apart from the pool (0: split the pool by the fractions).
+    # Both > 0: the whole pool trains; 7,350 images give a 95% interval of +/-0.5 pt around 95%.
+    val_size: int = 0
+    test_size: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,6 +63,15 @@ class DataSpec:
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
             require(0.0 < v < 0.5, f"data.{key}", v, "must be in (0, 0.5)")
+        for key in ("val_size", "test_size"):
+            v = getattr(self, key)
+            require(v >= 0, f"data.{key}", v, "must be >= 0 (0: split the pool by fractions)")
+        require(
+            (self.val_size > 0) == (self.test_size > 0),
+            "data.val_size",
+            self.val_size,
+            f"set together with data.test_size={self.test_size} (both > 0, or both 0)",
+        )
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,10 @@ class TrainSpec:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
+    # supernet: "inplace" = BigNAS in-place distillation (the largest subnet teaches the others
+    # with its soft predictions of the same batch); "none" = every subnet learns the labels.
+    distill: Literal["none", "inplace"] = "none"
+    distill_temperature: float = 1.0
     threads: int = 0  # torch threads while training; 0: torch's default
     seed: int = 0
     progress: bool = True
@@ -248,6 +265,18 @@ class TrainSpec:
         )
         require(
             self.sandwich_random >= 0, "train.sandwich_random", self.sandwich_random, "must be >= 0"
+        )
+        require(
+            self.distill in ("none", "inplace"),
+            "train.distill",
+            self.distill,
+            "valid: none, inplace",
+        )
+        require(
+            self.distill_temperature > 0,
+            "train.distill_temperature",
+            self.distill_temperature,
+            "must be > 0",
         )
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,7 +46,7 @@ def build(spec: TrialSpec) -> Built:
     t0 = time.perf_counter()
     torch.manual_seed(spec.seed)
     device = measure.resolve_device(spec.measure.device)
-    splits = data.load(spec.data)
+    splits = data.load(spec.data, data.data_dir(spec.root))
     model = models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
     build_s = time.perf_counter() - t0
     with measure.thread_scope(spec.measure.threads):
@@ -59,10 +60,29 @@ def build(spec: TrialSpec) -> Built:
 def accuracy(model: nn.Module, ctx: RunContext, dataset: Dataset, spec: MeasureSpec) -> float:
     """Top-1 on `dataset` at `measure.threads` (the thread count fixes the order of float sums,
     so the same model gives the same accuracy in the trial and in its export)."""
+    return float(correct_flags(model, ctx, dataset, spec).mean())
+
+
+def correct_flags(
+    model: nn.Module, ctx: RunContext, dataset: Dataset, spec: MeasureSpec
+) -> np.ndarray:
+    """Per-image correctness on `dataset` at `measure.threads` (see `accuracy`)."""
     from vitsweep import measure
 
     with measure.thread_scope(spec.threads):
-        return measure.evaluate(model, ctx, dataset, spec.eval_batch_size)
+        return measure.correct_flags(model, ctx, dataset, spec.eval_batch_size)
+
+
+def accuracy_metrics(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """The accuracy keys a trial records: val and test accuracy with 95% Wilson intervals and
+    image counts, and the test split's per-image flags (packed) for the paired headline."""
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY, accuracy_summary, pack_flags
+
+    return {
+        **accuracy_summary(val, "accuracy"),
+        **accuracy_summary(test, "test_accuracy"),
+        TEST_FLAGS_KEY: pack_flags(test),
+    }
 
 
 def run(spec: TrialSpec) -> Metrics:
@@ -71,17 +91,20 @@ def run(spec: TrialSpec) -> Metrics:
     t0 = time.perf_counter()
     built = build(spec)
     model, ctx, splits = built.model, built.ctx, built.splits
-    val_accuracy = accuracy(model, ctx, splits.val, spec.measure)
-    test_accuracy = accuracy(model, ctx, splits.test, spec.measure)
+    acc = accuracy_metrics(
+        correct_flags(model, ctx, splits.val, spec.measure),
+        correct_flags(model, ctx, splits.test, spec.measure),
+    )
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     cost = measure.measure_all(model, ctx, sample_shape, spec.measure)
     core = {k: cost.pop(k) for k in METRIC_NAMES if k in cost}
     return Metrics(
-        accuracy=val_accuracy,
-        test_accuracy=test_accuracy,
+        accuracy=acc.pop("accuracy"),
+        test_accuracy=acc.pop("test_accuracy"),
         model_bytes=precision.model_bytes(model),
         **core,
         extra={
+            **acc,
             **cost,
             "precision_exec": ctx.precision_exec,
             "build_s": round(built.build_s, 3),

@@ -53,7 +53,8 @@ def _warm_models(root: Path) -> None:
     for combo in itertools.product(*arch.values()):
         lines = [f"{k}={v}" for k, v in zip(arch, combo, strict=True)]
         spec = config.trial_spec(config.compose(["experiment=smoke", f"paths.root={root}", *lines]))
-        models.build_model(spec.arch, spec.train, spec.data, data.load(spec.data), spec.root)
+        splits = data.load(spec.data, data.data_dir(spec.root))
+        models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
 
 
 def _workers_run(n_workers: int, n_trials: int, models_dir: Path) -> dict[str, float]:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from vitsweep.data.splits import Splits
 from vitsweep.spec import ConfigError, DataSpec
 
-__all__ = ["Splits", "load"]
+__all__ = ["Splits", "data_dir", "load"]
+
+
+def data_dir(root: str | Path) -> Path:
+    """Where generated datasets are cached: `<paths.root>/data`."""
+    return Path(root) / "data"
 
 
 @lru_cache(maxsize=4)
-def load(spec: DataSpec) -> Splits:
-    """The train/val/test splits of `spec`, cached per process (trials in one worker share them)."""
+def load(spec: DataSpec, cache_dir: str | Path | None = None) -> Splits:
+    """The train/val/test splits of `spec`, cached per process (trials in one worker share them)
+    and, for generated sets, on disk under `cache_dir` (`<paths.root>/data`) across processes."""
     if spec.name == "digits":
         from vitsweep.data.digits import load_digits
 
@@ -20,7 +27,7 @@ def load(spec: DataSpec) -> Splits:
     if spec.name == "xray_synth":
         from vitsweep.data.xray import load_xray
 
-        return load_xray(spec)
+        return load_xray(spec, cache_dir)
     if spec.name == "folder":
         from vitsweep.data.folder import load_folder
 

@@ -31,10 +31,13 @@ so any image size gives the same scene at a different resolution.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from vitsweep.data.splits import Splits, stratified_tensor_splits
 from vitsweep.spec import ConfigError, DataSpec
@@ -498,20 +501,76 @@ def _check(spec: DataSpec) -> None:
         )
 
 
-def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
-    """All images and labels of `spec` (class-major order), before splitting."""
+# Bumped whenever the renderer changes what a seed draws: cached files of older versions are
+# then ignored (their key differs).
+GENERATOR_VERSION = 1
+
+
+def balanced_labels(n: int, classes: int = len(CLASSES)) -> np.ndarray:
+    """`n` labels, class-major, as equal per class as `n` allows (first classes get the rest)."""
+    per = np.full(classes, n // classes)
+    per[: n % classes] += 1
+    return np.repeat(np.arange(classes), per)
+
+
+def generate(
+    spec: DataSpec, label: np.ndarray | None = None, stream: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels (class-major order) of the pool (`stream` 0: `samples_per_class` per
+    class) or of a separately drawn split (`stream` 1 val, 2 test, with its own `label`)."""
     _check(spec)
-    label = np.repeat(np.arange(len(CLASSES)), spec.samples_per_class)
-    rng = np.random.default_rng([spec.seed, 0x5EED])
+    if label is None:
+        label = np.repeat(np.arange(len(CLASSES)), spec.samples_per_class)
+    # The pool keeps the seed sequence it always had, so its images do not change.
+    rng = np.random.default_rng([spec.seed, 0x5EED] + ([stream] if stream else []))
     scenes = draw_scenes(label, spec.image_size, spec.slices, rng)
     return render(scenes, rng), label
 
 
-def load_xray(spec: DataSpec) -> Splits:
-    """Stratified train/val/test splits of the synthetic X-ray set (channels = depth slices)."""
+def _cached_split(
+    spec: DataSpec, n: int, stream: int, cache_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A separately drawn split of `n` images, rendered once and kept as .npy under
+    `cache_dir` (~12 MB per 1,000 images at 32 px with 3 slices)."""
+    label = balanced_labels(n)
+    if cache_dir is None:
+        return generate(spec, label, stream)
+    # Only what changes the pixels: a new train pool size reuses the cached val/test splits.
+    what = (GENERATOR_VERSION, spec.seed, spec.image_size, spec.slices, n, stream)
+    key = hashlib.sha256(repr(what).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"xray-{key}.npy"
+    if not path.exists():
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.with_suffix(".lock"))):
+            if not path.exists():
+                x, _ = generate(spec, label, stream)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, x)
+                tmp.replace(path)
+    x = np.load(path)
+    if x.shape != (n, spec.slices, spec.image_size, spec.image_size):
+        raise ConfigError(f"{path}: cached split has shape {x.shape}; delete it to regenerate")
+    return x, label
+
+
+def load_xray(spec: DataSpec, cache_dir: str | Path | None = None) -> Splits:
+    """Stratified train/val/test splits of the synthetic X-ray set (channels = depth slices).
+
+    With `data.val_size`/`test_size` the val and test splits are drawn apart (their own random
+    streams, balanced classes) and cached under `cache_dir`; the pool then trains whole.
+    """
     x, y = generate(spec)
     images, labels = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    train, val, test = stratified_tensor_splits(images, labels, spec)
+    if spec.val_size > 0:
+        train = TensorDataset(images, labels)
+        val, test = (
+            _tensor_set(*_cached_split(spec, n, stream, _dir(cache_dir)))
+            for n, stream in ((spec.val_size, 1), (spec.test_size, 2))
+        )
+    else:
+        train, val, test = stratified_tensor_splits(images, labels, spec)
 
     return Splits(
         train=train,
@@ -522,3 +581,11 @@ def load_xray(spec: DataSpec) -> Splits:
         image_size=spec.image_size,
         class_names=CLASSES,
     )
+
+
+def _dir(cache_dir: str | Path | None) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir)
+
+
+def _tensor_set(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)))

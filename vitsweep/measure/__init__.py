@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitsweep.measure.accuracy import evaluate
+from vitsweep.measure.accuracy import correct_flags, evaluate
 from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
 from vitsweep.measure.device import resolve_device
 from vitsweep.measure.energy import (
@@ -35,6 +35,7 @@ __all__ = [
     "RaplMeter",
     "RepeatStats",
     "coefficient_of_variation",
+    "correct_flags",
     "count_flops",
     "count_params",
     "counter_delta",

@@ -342,3 +342,20 @@ class _nullpoller:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def estimate_note(kind: str, device: str, watts: float, objectives: dict[str, str]) -> str | None:
+    """The one line a sweep says at launch when its energy will be an estimate (no meter here):
+    then energy is watts / throughput, a copy of the throughput objective, not a measurement."""
+    from vitsweep.measure.device import resolve_device
+
+    if "energy" not in objectives:
+        return None
+    if not isinstance(select_meter(kind, resolve_device(device), watts), EstimateMeter):
+        return None
+    also = " (a copy of the throughput objective)" if "throughput" in objectives else ""
+    return (
+        f"energy: no meter on this machine, so energy = {watts:g} W / throughput{also}, an "
+        "estimate; the front is the same with or without it, and the report's hypervolume "
+        "leaves it out"
+    )

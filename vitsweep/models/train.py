@@ -20,7 +20,8 @@ import torch
 from filelock import FileLock, Timeout
 from timm.optim import param_groups_weight_decay
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitsweep.data.splits import Splits
@@ -68,6 +69,19 @@ def check_train(train: TrainSpec, splits: Splits) -> None:
     """What `TrainSpec` cannot check on its own (it validates its ranges when built)."""
     if train.epochs > 0 and len(splits.train) == 0:  # type: ignore[arg-type]
         raise ConfigError("data: the training split is empty; nothing to train on")
+
+
+# Images the per-epoch progress numbers are computed on: a strided sample of the val split, so
+# that a 7,000-image split does not cost more per epoch than training does (they decide nothing).
+MONITOR_IMAGES = 1024
+
+
+def monitor_set(dataset: Dataset) -> Dataset:
+    """At most MONITOR_IMAGES of `dataset`, evenly strided (splits may be in class order)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n <= MONITOR_IMAGES:
+        return dataset
+    return Subset(dataset, range(0, n, math.ceil(n / MONITOR_IMAGES)))
 
 
 @torch.inference_mode()
@@ -304,20 +318,41 @@ def sandwich_step(
     criterion: nn.Module,
     *,
     n_random: int,
+    distill: str = "none",
+    temperature: float = 1.0,
 ) -> float:
     """Largest, smallest and `n_random` random subnets on one batch, gradients summed.
 
     Training the extremes every step bounds the space (BigNAS/OFA's sandwich rule); the random
     ones cover the middle. Each backward runs before the next forward to keep memory at one
-    subnet's activations.
+    subnet's activations. `distill="inplace"` (BigNAS in-place distillation): the largest
+    subnet learns from the labels, every other one from the largest's soft predictions of the
+    same batch (detached), which transfers what the big subnet learned to the small ones.
     """
     shapes = [net.largest, net.smallest] + [spaces.sample(net.space, rng) for _ in range(n_random)]
     total = 0.0
-    for shape in shapes:
-        loss = criterion(net(x, shape=shape), y)
+    soft: torch.Tensor | None = None
+    for i, shape in enumerate(shapes):
+        logits = net(x, shape=shape)
+        if i == 0 or distill == "none":
+            loss = criterion(logits, y)
+            if distill != "none":
+                soft = F.softmax(logits.detach() / temperature, dim=-1)
+        else:
+            assert soft is not None
+            loss = soft_cross_entropy(logits, soft, temperature)
         loss.backward()
         total += float(loss.detach())
     return total / len(shapes)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy against a soft target distribution at `temperature`, scaled by T^2 so its
+    gradient keeps the magnitude of the hard-label loss (Hinton et al.)."""
+    logp = F.log_softmax(logits / temperature, dim=-1)
+    return -(target * logp).sum(-1).mean() * temperature**2
 
 
 def train_supernet(
@@ -357,15 +392,13 @@ def train_supernet(
                 num_classes=splits.num_classes,
             )
 
+        watch = monitor_set(splits.val)
+
         def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
             assert isinstance(model, Supernet)
             return {
-                "val_acc_largest": accuracy(
-                    partial(model, shape=model.largest), splits.val, device
-                ),
-                "val_acc_smallest": accuracy(
-                    partial(model, shape=model.smallest), splits.val, device
-                ),
+                "val_acc_largest": accuracy(partial(model, shape=model.largest), watch, device),
+                "val_acc_smallest": accuracy(partial(model, shape=model.smallest), watch, device),
             }
 
         config = {"key": path.stem, "what": "supernet"}
@@ -373,7 +406,12 @@ def train_supernet(
             net,
             train,
             splits,
-            step_fn=partial(sandwich_step, n_random=train.sandwich_random),
+            step_fn=partial(
+                sandwich_step,
+                n_random=train.sandwich_random,
+                distill=train.distill,
+                temperature=train.distill_temperature,
+            ),
             eval_fn=evaluate,
             state_path=path.with_suffix(".train.pt"),
             config=config,
@@ -422,8 +460,10 @@ def train_standalone(
             torch.manual_seed(train.seed)
             model = make_model()
 
+        watch = monitor_set(splits.val)
+
         def evaluate(m: nn.Module, device: torch.device) -> dict[str, float]:
-            return {"val_acc": accuracy(m, splits.val, device)}
+            return {"val_acc": accuracy(m, watch, device)}
 
         result = fit(
             model,

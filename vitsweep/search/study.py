@@ -176,6 +176,12 @@ def open_study(ctx: SweepContext) -> tuple[optuna.Study, Any]:
         "created" if created else "resumed",
         spec.n_trials,
     )
+    from vitsweep.measure.energy import estimate_note
+
+    m = ctx.base.measure
+    note = estimate_note(m.energy, m.device, m.watts, spec.objectives)
+    if note:
+        log.warning(note)
     return study, make_tracker(ctx)
 
 

@@ -10,7 +10,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from vitsweep.track.pareto import StudyTable
+from vitsweep.track.pareto import StudyTable, notes
 
 AXES = ("param:arch.depth", "param:arch.embed_dim", "param:token.r", "param:precision")
 LOG_AXES = ("throughput", "energy", "flops", "params", "latency_ms", "model_bytes")
@@ -152,14 +152,21 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
     for i, (_, fig) in enumerate(figures(table, hv)):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     front = [r for r in table.rows if r["is_pareto"]]
-    cols = ["number", *table.objectives, "params", "flops", "latency_ms", "energy_source"]
+    cols = ["number", *table.objectives, "accuracy_lo", "accuracy_hi", "test_accuracy"]
+    cols += ["test_accuracy_lo", "test_accuracy_hi", "params", "flops", "latency_ms"]
+    cols += ["energy_source"]
+    cols = list(dict.fromkeys(cols))
+    n_test = next((r.get("test_accuracy_n") for r in front if r.get("test_accuracy_n")), None)
+    n_val = next((r.get("accuracy_n") for r in front if r.get("accuracy_n")), None)
+    note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes(table))
     headline_cols = list(table.headline[0]) if table.headline else []
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{sum(r["state"] == "COMPLETE" for r in table.rows)} complete of {len(table.rows)} trials;
-{_baseline_line(table)}</p>
+{_baseline_line(table)} {n_val} val images, {n_test} test images.</p>
+{note_html}
 <h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}
 <h2>Pareto front</h2>{_table(front, cols)}
 <h2>Plots</h2>{"".join(parts)}

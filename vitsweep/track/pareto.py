@@ -10,13 +10,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
+from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
 from vitsweep.spec import METRIC_NAMES
 from vitsweep.track.hypervolume import history
+
+# Which split picks the front and which one reports it (DESIGN: select on val, report on test).
+SELECTED_ON, REPORTED_ON = "val", "test"
 
 
 @dataclass
@@ -29,6 +34,10 @@ class StudyTable:
     hypervolume: list[float]  # baseline-normalized, after each complete trial (completion order)
     hv_trials: list[int] = field(default_factory=list)  # the trial completed at each hv point
     baseline_note: str | None = None  # why there is no baseline to compare with, if there is none
+    # The objectives the hypervolume is computed over: all of them, except energy when every
+    # complete trial's energy is an estimate (watts / throughput: a copy of throughput).
+    hv_objectives: list[str] = field(default_factory=list)
+    energy_derived: bool = False  # every complete trial's energy is `estimate`
 
 
 def _row(t: FrozenTrial, front: set[int]) -> dict[str, Any]:
@@ -39,7 +48,8 @@ def _row(t: FrozenTrial, front: set[int]) -> dict[str, Any]:
     for name in METRIC_NAMES:
         row[name] = metrics.get(name)
     for key, value in sorted(metrics.items()):
-        if key not in row and not isinstance(value, dict | list):
+        # The per-image test flags are kept out of the CSVs: the headline uses them.
+        if key not in row and key != TEST_FLAGS_KEY and not isinstance(value, dict | list):
             row[key] = value
     row["baseline"] = record.is_baseline(t)
     row["feasible"] = record.is_feasible(t) if t.state == TrialState.COMPLETE else None
@@ -56,22 +66,65 @@ def _ratio(a: Any, b: Any) -> float | None:
     return a / b if b and math.isfinite(a) and math.isfinite(b) else None
 
 
-def headline_row(trial: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The paper's claim made measurable: how much faster and smaller than the baseline."""
-    return {
+def _pts(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def test_flags(t: FrozenTrial) -> np.ndarray | None:
+    """The trial's per-image test-split correctness, or None if it did not record them."""
+    text, n = record.metric(t, TEST_FLAGS_KEY), record.metric(t, "test_accuracy_n")
+    if not isinstance(text, str) or not isinstance(n, int):
+        return None
+    return unpack_flags(text, n)
+
+
+def headline_row(
+    trial: dict[str, Any],
+    base: dict[str, Any],
+    flags: np.ndarray | None = None,
+    base_flags: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The paper's claim made measurable: how much faster and smaller than the baseline, and how
+    much accuracy it costs on held-out test images (paired with the baseline on the same images,
+    exact McNemar 95% interval); the val delta is what selected the front, shown for contrast."""
+    row: dict[str, Any] = {
         "number": trial["number"],
         "throughput_x": _ratio(trial["throughput"], base["throughput"]),
         "params_x": _ratio(base["params"], trial["params"]),
         "flops_x": _ratio(base["flops"], trial["flops"]),
         "energy_x": _ratio(base["energy"], trial["energy"]),
         "energy_source": trial["energy_source"],
+        "selected_on": SELECTED_ON,
+        "accuracy": trial["accuracy"],
         "accuracy_delta_pts": (
             100.0 * (float(trial["accuracy"]) - float(base["accuracy"]))
             if trial["accuracy"] is not None and base["accuracy"] is not None
             else None
         ),
-        "accuracy": trial["accuracy"],
+        "reported_on": REPORTED_ON,
+        "test_accuracy": trial.get("test_accuracy"),
+        "test_accuracy_lo": trial.get("test_accuracy_lo"),
+        "test_accuracy_hi": trial.get("test_accuracy_hi"),
+        "test_delta_pts": None,
+        "test_delta_lo_pts": None,
+        "test_delta_hi_pts": None,
+        "test_n": None,
+        "test_better": None,  # test images this trial gets right and the baseline wrong
+        "test_worse": None,  # ... and the reverse
+        "mcnemar_p": None,
     }
+    if flags is not None and base_flags is not None and flags.shape == base_flags.shape:
+        p = paired_difference(flags, base_flags)
+        row.update(
+            test_delta_pts=_pts(p.diff),
+            test_delta_lo_pts=_pts(p.lo),
+            test_delta_hi_pts=_pts(p.hi),
+            test_n=p.n,
+            test_better=p.a_only,
+            test_worse=p.b_only,
+            mcnemar_p=p.p_value,
+        )
+    return row
 
 
 def front_trials(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -92,15 +145,24 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
     headline: list[dict[str, Any]] = []
     hv: list[float] = []
     hv_trials: list[int] = []
+    derived = bool(complete) and all(
+        record.metric(t, "energy_source") == "estimate" for t in complete
+    )
+    names = hv_names(objectives, derived)
     if base is not None:
         by_number = {r["number"]: r for r in rows}
-        headline = [headline_row(by_number[n], base) for n in pareto]
-        names, directions = list(objectives), list(objectives.values())
+        by_trial = {t.number: t for t in trials}
+        base_flags = test_flags(by_trial[base["number"]])
+        headline = [
+            headline_row(by_number[n], base, test_flags(by_trial[n]), base_flags) for n in pareto
+        ]
+        index = [list(objectives).index(n) for n in names]
+        directions = [objectives[n] for n in names]
         order = sorted(complete, key=lambda t: (t.datetime_complete, t.number))
         # An infeasible trial adds no volume: it holds its place in the history (x = complete
         # trials) at the volume of the feasible trials before it.
         hv = history(
-            [tuple(t.values) if record.is_feasible(t) else None for t in order],
+            [tuple(t.values[i] for i in index) if record.is_feasible(t) else None for t in order],
             tuple(base[n] for n in names),
             directions,
         )
@@ -114,6 +176,8 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
         hypervolume=hv,
         hv_trials=hv_trials,
         baseline_note=None if base is not None else _baseline_note(trials),
+        hv_objectives=names,
+        energy_derived=derived,
     )
 
 
@@ -126,3 +190,42 @@ def _baseline_note(trials: list[FrozenTrial]) -> str:
     if last.state == TrialState.FAIL:
         return f"baseline trial {last.number} FAILED: {record.fail_reason(last) or 'no reason'}"
     return f"baseline trial {last.number} is {last.state.name}: no ratios until it completes"
+
+
+def hv_names(objectives: dict[str, str], energy_derived: bool) -> list[str]:
+    """The objectives the hypervolume counts: energy is left out when it is an estimate and
+    throughput is also an objective (it would count throughput twice); the front is the same."""
+    names = list(objectives)
+    if energy_derived and "energy" in names and "throughput" in names:
+        names.remove("energy")
+    return names
+
+
+# Each front member's accuracies with their 95% Wilson intervals and image counts.
+INTERVAL_KEYS = (
+    "accuracy_lo",
+    "accuracy_hi",
+    "accuracy_n",
+    "test_accuracy",
+    "test_accuracy_lo",
+    "test_accuracy_hi",
+    "test_accuracy_n",
+)
+
+
+def notes(table: StudyTable) -> list[str]:
+    """What a reader must know to read the numbers: splits, intervals, what energy is."""
+    out = [
+        f"The front is selected on the {SELECTED_ON} split; the headline reports the held-out "
+        f"{REPORTED_ON} split, paired with the baseline on the same images (exact McNemar 95% "
+        "interval); every accuracy has a 95% Wilson interval (_lo, _hi) over _n images."
+    ]
+    if table.energy_derived:
+        out.append(
+            "Energy is an estimate (configured watts / throughput), a copy of the throughput "
+            "objective, not a measurement; the hypervolume is computed over "
+            f"{', '.join(table.hv_objectives)} (energy left out)."
+        )
+    elif table.hv_objectives:
+        out.append(f"The hypervolume is computed over {', '.join(table.hv_objectives)}.")
+    return out

@@ -26,7 +26,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from vitsweep.track.pareto import StudyTable
+from vitsweep.track.pareto import StudyTable, notes
 from vitsweep.track.spec import TrackingSpec
 
 log = logging.getLogger("vitsweep.track")
@@ -173,6 +173,28 @@ class WandbTracker:
                 }
             )
 
+    def log_confirmed(self, rows: list[dict[str, Any]], run_id: str | None = None) -> bool:
+        """The confirmation pass as a `confirmed` table of the study's summary run."""
+        try:
+            import wandb
+
+            run = self._open_summary(run_id, {})
+            try:
+                cols = list(dict.fromkeys(c for r in rows for c in r))
+                run.log(
+                    {
+                        "confirmed": wandb.Table(
+                            columns=cols, data=[[r.get(c) for c in cols] for r in rows]
+                        )
+                    }
+                )
+            finally:
+                run.finish()
+            return True
+        except Exception as e:
+            log.warning("W&B confirmed table not logged: %s", e)
+            return False
+
     def log_summary(
         self,
         table: StudyTable,
@@ -231,6 +253,9 @@ class WandbTracker:
                         "n_pareto": len(table.pareto),
                         "n_complete": sum(r["state"] == "COMPLETE" for r in rows),
                         "pareto_trials": list(table.pareto),
+                        "hypervolume_objectives": list(table.hv_objectives),
+                        "energy_derived": table.energy_derived,
+                        "notes": " ".join(notes(table)),
                     }
                 )
             finally:

@@ -1,0 +1,60 @@
+"""`vitsweep-confirm`: the front measured again on the test split, and retrained standalone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from tests.test_export import STUDY, TINY_SUPERNET
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("confirm")
+    base = ("+hydra.sweeper.baseline.precision=fp32", "train.epochs=4")
+    tiny = [a for a in TINY_SUPERNET if "baseline.precision" not in a and "train.epochs" not in a]
+    run_cli("vitsweep", "-m", *STUDY, *tiny, *base, "hydra.sweeper.n_trials=3", cwd=workdir)
+    return workdir
+
+
+def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workdir: Path) -> None:
+    proc = run_cli("vitsweep-confirm", *STUDY, "retrain=1", "repeats=1", cwd=workdir, timeout=600)
+    out = workdir / "multirun" / "smoke" / "report" / "confirmed.yaml"
+    assert f"confirmed: {out}" in proc.stdout
+    rows = yaml.safe_load(out.read_text())["confirmed"]
+    study = optuna.load_study(
+        study_name="smoke", storage=f"sqlite:///{workdir / 'multirun' / 'vitsweep.db'}"
+    )
+    front = {t.number for t in study.best_trials}
+    assert rows[0]["baseline"] and rows[0]["test_delta_pts"] == 0.0
+    assert {r["number"] for r in rows[1:]} <= front
+    for r in rows:
+        # Same machine, same threads, same stored config: the same test images right and wrong.
+        assert r["test_accuracy"] == r["sweep_test_accuracy"]
+        assert r["inside_sweep_interval"] is True
+        assert r["test_accuracy_lo"] <= r["test_accuracy"] <= r["test_accuracy_hi"]
+        assert r["test_delta_lo_pts"] <= r["test_delta_pts"] <= r["test_delta_hi_pts"]
+        assert r["throughput"] > 0
+    retrained = [
+        r
+        for r in rows
+        if "standalone_test_accuracy" in r and r["standalone_test_accuracy"] is not None
+    ]
+    subnets = [t for t in study.best_trials if t.params.get("arch.embed_dim") is not None]
+    assert len(retrained) == min(1, len(subnets))
+    for r in retrained:
+        lo, hi = r["inherited_minus_standalone_lo_pts"], r["inherited_minus_standalone_hi_pts"]
+        assert lo <= r["inherited_minus_standalone_pts"] <= hi
+    assert (out.parent / "confirmed.csv").exists()
+
+
+def test_confirm_takes_whole_numbers_only(workdir: Path) -> None:
+    proc = run_cli("vitsweep-confirm", *STUDY, "retrain=two", cwd=workdir, check=False)
+    assert proc.returncode == 2
+    assert "retrain=two: retrain must be a whole number" in proc.stderr

@@ -1,0 +1,137 @@
+"""The confirmation pass: the front's members measured again, the way a release is signed off.
+
+The sweep picks its front on the validation split from one throughput measurement per trial.
+`confirm` rebuilds each front member (and the baseline) from its stored config and measures,
+on the held-out test split, its accuracy with a 95% Wilson interval and its paired difference
+to the baseline (exact McNemar), and its throughput with `repeat_factor` times the repeats and
+time. With `retrain=K` the K front architectures best on validation are also trained standalone
+from scratch with the same recipe, token merging and precision, and their test accuracy is set
+beside the inherited one (paired on the same images): what weight sharing bought.
+
+Pure Python like `trial.run`: no Hydra, Optuna or W&B (app.py and track/ do those).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vitsweep import trial
+from vitsweep.measure.accuracy import accuracy_summary, paired_difference
+from vitsweep.spec import ArchSpec, TrialSpec
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trial to confirm: its number, how to rebuild it, and what the sweep recorded."""
+
+    number: int
+    spec: TrialSpec
+    recorded: dict[str, Any]  # the trial's user attrs (accuracy, test_accuracy_lo, ...)
+    baseline: bool = False
+
+
+def _pts(x: float) -> float:
+    return 100.0 * x
+
+
+def _more_repeats(spec: TrialSpec, factor: int) -> TrialSpec:
+    m = spec.measure
+    longer = dataclasses.replace(
+        m,
+        min_repeats=m.min_repeats * factor,
+        max_repeats=m.max_repeats * factor,
+        time_cap_s=m.time_cap_s * factor,
+    )
+    return dataclasses.replace(spec, measure=longer)
+
+
+def _measure(spec: TrialSpec) -> tuple[np.ndarray, dict[str, Any]]:
+    """Test-split correctness flags and the timing of the model `spec` builds."""
+    from vitsweep import measure
+
+    built = trial.build(spec)
+    flags = trial.correct_flags(built.model, built.ctx, built.splits.test, spec.measure)
+    sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
+    cost = measure.measure_all(built.model, built.ctx, sample, spec.measure)
+    return flags, cost
+
+
+def standalone(spec: TrialSpec) -> TrialSpec:
+    """The same subnet shape as a plain ViT trained from scratch (same recipe, ToMe, precision)."""
+    a = spec.arch
+    arch = ArchSpec(
+        kind="vit",
+        img_size=a.img_size,
+        patch_size=a.patch_size,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+        mlp_ratio=a.mlp_ratio,
+        head_dim=a.head_dim,
+    )
+    return dataclasses.replace(spec, arch=arch)
+
+
+def confirm(
+    members: list[Member], retrain: int = 0, repeat_factor: int = 3
+) -> list[dict[str, Any]]:
+    """One row per member (baseline first): confirmed test accuracy and throughput beside the
+    sweep's, paired test difference to the baseline, and for the `retrain` front members best
+    on validation (supernet subnets only) the standalone-trained accuracy beside the inherited.
+    """
+    if repeat_factor < 1:
+        raise ValueError(f"repeats={repeat_factor}: must be >= 1")
+    base = next((m for m in members if m.baseline), None)
+    if base is None:
+        raise ValueError("confirm: the study has no complete baseline trial to compare with")
+    ordered = [base] + [m for m in members if not m.baseline]
+    supernet = [m for m in ordered if m.spec.arch.kind == "supernet" and not m.baseline]
+    best = sorted(supernet, key=lambda m: -float(m.recorded.get("accuracy") or 0.0))[:retrain]
+    retrain_numbers = {m.number for m in best}
+
+    flags: dict[int, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    for m in ordered:
+        f, cost = _measure(_more_repeats(m.spec, repeat_factor))
+        flags[m.number] = f
+        rec = m.recorded
+        acc = accuracy_summary(f, "test_accuracy")
+        lo, hi = rec.get("test_accuracy_lo"), rec.get("test_accuracy_hi")
+        row: dict[str, Any] = {
+            "number": m.number,
+            "baseline": m.baseline,
+            "sweep_test_accuracy": rec.get("test_accuracy"),
+            "sweep_test_accuracy_lo": lo,
+            "sweep_test_accuracy_hi": hi,
+            **acc,
+            "inside_sweep_interval": (
+                None if lo is None or hi is None else bool(lo <= acc["test_accuracy"] <= hi)
+            ),
+            "sweep_throughput": rec.get("throughput"),
+            "throughput": cost["throughput"],
+            "throughput_cv": cost.get("throughput_cv"),
+            "throughput_repeats": cost.get("repeats"),
+        }
+        p = paired_difference(f, flags[base.number])
+        row.update(
+            test_delta_pts=_pts(p.diff),
+            test_delta_lo_pts=_pts(p.lo),
+            test_delta_hi_pts=_pts(p.hi),
+            throughput_x=cost["throughput"] / rows[0]["throughput"] if rows else 1.0,
+        )
+        if m.number in retrain_numbers:
+            alone, _ = _measure(standalone(m.spec))
+            s = accuracy_summary(alone, "standalone_test_accuracy")
+            gain = paired_difference(f, alone)
+            row.update(
+                s,
+                inherited_minus_standalone_pts=_pts(gain.diff),
+                inherited_minus_standalone_lo_pts=_pts(gain.lo),
+                inherited_minus_standalone_hi_pts=_pts(gain.hi),
+            )
+        rows.append(row)
+    return rows
