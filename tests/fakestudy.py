@@ -8,12 +8,12 @@ from pathlib import Path
 
 import optuna
 
+from vitsweep.config import recorder
 from vitsweep.search.loop import Outcome
 from vitsweep.search.space import parse_space
 from vitsweep.search.spec import SamplerSpec, SweeperSpec
 from vitsweep.search.study import SweepContext, open_study, run_study
-from vitsweep.spec import TrialSpec
-from vitsweep.track.spec import TrackingSpec
+from vitsweep.spec import TrackingSpec, TrialSpec
 
 NAME = "front"
 BASELINE = {"accuracy": 0.5, "throughput": 100.0, "energy": 1.0}
@@ -65,7 +65,7 @@ def launch(batch: list[list[str]]) -> list[Outcome]:
 
 def enqueue(ctx: SweepContext, *rs: int) -> None:
     """Fix the order of candidates, so the front changes in a known way."""
-    study, _ = open_study(ctx)
+    study = open_study(ctx)
     for r in rs:
         study.enqueue_trial({"token.r": r})
 
@@ -73,5 +73,5 @@ def enqueue(ctx: SweepContext, *rs: int) -> None:
 def run(ctx: SweepContext, *rs: int) -> optuna.Study:
     """Enqueue `rs`, run the study to its budget as the sweeper does, return it from storage."""
     enqueue(ctx, *rs)
-    run_study(ctx, launch)
+    run_study(ctx, launch, recorder(ctx))
     return optuna.load_study(study_name=NAME, storage=ctx.storage_url)

@@ -13,6 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.fakestudy import NAME, launch, make_ctx
+from vitsweep.config import recorder
 from vitsweep.search.loop import Outcome
 from vitsweep.search.storage import open_storage
 from vitsweep.search.study import run_study
@@ -41,13 +42,13 @@ def _tear(journal: Path) -> bytes:
 def test_a_torn_last_record_is_cut_and_the_budget_completes(tmp_path: Path) -> None:
     journal = tmp_path / "study.log"
     first = _journal_ctx(tmp_path, n_trials=3)
-    run_study(first, launch)
+    run_study(first, launch, recorder(first))
     assert _complete_numbers(first.storage_url) == [0, 1, 2]
     before = journal.read_bytes()
     fragment = _tear(journal)
 
     again = _journal_ctx(tmp_path, n_trials=6)
-    run_study(again, launch)
+    run_study(again, launch, recorder(again))
     assert _complete_numbers(again.storage_url) == [0, 1, 2, 3, 4, 5]  # none lost, none twice
     # The first three trials' records are byte for byte what they were; the fragment is kept.
     assert journal.read_bytes().startswith(before)
@@ -60,7 +61,8 @@ def test_a_fragment_already_joined_to_a_record_is_repaired_on_open(tmp_path: Pat
     """A journal written by plain Optuna (or an older vitsweep) after a torn write holds the
     fragment and the next record on one line, and Optuna refuses to read on from it."""
     journal = tmp_path / "study.log"
-    run_study(_journal_ctx(tmp_path, n_trials=2), launch)
+    first = _journal_ctx(tmp_path, n_trials=2)
+    run_study(first, launch, recorder(first))
     _tear(journal)
     plain = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.load_study(study_name=NAME, storage=plain)
@@ -68,7 +70,7 @@ def test_a_fragment_already_joined_to_a_record_is_repaired_on_open(tmp_path: Pat
     with pytest.raises(ValueError):  # from here on plain Optuna cannot read the study
         study.set_user_attr("and one more", 1)
     ctx = _journal_ctx(tmp_path, n_trials=4)
-    run_study(ctx, launch)
+    run_study(ctx, launch, recorder(ctx))
     study = optuna.load_study(study_name=NAME, storage=open_storage(ctx.storage_url))
     assert study.user_attrs["written after the tear"] is True  # the joined record survived
     assert _complete_numbers(ctx.storage_url) == [0, 1, 2, 3]
@@ -83,7 +85,7 @@ def test_a_study_whose_baseline_failed_says_so_and_still_reports(tmp_path: Path)
         return out
 
     ctx = make_ctx(tmp_path, n_trials=3, wandb=False)
-    run_study(ctx, failing_baseline)
+    run_study(ctx, failing_baseline, recorder(ctx))
     report = ctx.study_dir / "report"
     results = yaml.safe_load((report / "results.yaml").read_text())
     assert results["baseline"] is None and results["headline"] == []

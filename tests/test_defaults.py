@@ -12,8 +12,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import ArchSpec, DataSpec, MeasureSpec, PrecisionSpec, TokenSpec, TrainSpec
-from vitsweep.track.spec import TrackingSpec
+from vitsweep.spec import (
+    ArchSpec,
+    DataSpec,
+    MeasureSpec,
+    PrecisionSpec,
+    TokenSpec,
+    TrackingSpec,
+    TrainSpec,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SPECS = {

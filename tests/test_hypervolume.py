@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from vitsweep.track.hypervolume import (
+from vitsweep.hypervolume import (
     history,
     hypervolume,
     normalized_losses,

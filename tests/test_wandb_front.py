@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakestudy import FIRST_LAUNCH, make_ctx, run
-from vitsweep.search.study import SweepContext, open_study, publish
+from vitsweep.config import recorder
+from vitsweep.search.study import SweepContext
 from vitsweep.track.pareto import study_table
 from vitsweep.track.wandb_files import RunRecord, read_runs, read_segments
 from vitsweep.track.wandb_front import HYPERVOLUME_ATTR, wandb_run_ids
@@ -87,7 +88,7 @@ def test_hypervolume_is_one_line_per_study_across_trials_and_launches(tmp_path: 
     # A second launch with a bigger budget appends its point; republishing adds none.
     ctx5 = make_ctx(tmp_path, n_trials=5)
     study = run(ctx5, 4)
-    publish(ctx5, study, open_study(ctx5)[1])  # what `vitsweep-report` does
+    recorder(ctx5).publish(study)  # what `vitsweep-report` does
     table = study_table(study, ctx5.sweeper.objectives)
     summary = summary_run(ctx5)
     line = [h for h in summary.history if "hypervolume" in h]

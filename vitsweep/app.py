@@ -26,6 +26,7 @@ from vitsweep.config import (
     check,
     compose,
     config_error_line,
+    recorder,
     sweep_context,
     trial_config,
     trial_spec,
@@ -115,12 +116,10 @@ def _load_study(ctx: Any) -> Any:
 
 def report_main() -> None:
     """`vitsweep-report [overrides]`: rebuild the study's report from its storage, any time."""
-    from vitsweep.search.study import make_tracker, publish
-
     with one_line_errors():
         cfg = compose(sys.argv[1:])
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
-        out = publish(ctx, _load_study(ctx), make_tracker(ctx))
+        out = recorder(ctx).publish(_load_study(ctx))
         print(f"report: {out}")
 
 
@@ -249,7 +248,6 @@ def confirm_main() -> None:
     from optuna.trial import TrialState
 
     from vitsweep.confirm import Member, confirm
-    from vitsweep.search.study import make_tracker
     from vitsweep.track.pareto import study_table
     from vitsweep.track.report import write_confirmed
 
@@ -275,7 +273,7 @@ def confirm_main() -> None:
             members.append(Member(number, spec, record.metrics(t), number == table.baseline))
         rows = confirm(members, retrain=retrain, repeat_factor=repeats)
         out = write_confirmed(rows, ctx.study_dir / "report")
-        tracker = make_tracker(ctx)
+        tracker = recorder(ctx).tracker
         if tracker is not None:
             from vitsweep.track.wandb_front import wandb_run_ids
 

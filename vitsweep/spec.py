@@ -281,6 +281,16 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """Where results are recorded (the `tracking` group)."""
+
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "vitsweep"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline"] = "auto"  # auto: online only with an API key
+
+
+@dataclass(frozen=True)
 class TrialSpec:
     data: DataSpec = field(default_factory=DataSpec)
     arch: ArchSpec = field(default_factory=ArchSpec)

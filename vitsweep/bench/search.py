@@ -24,7 +24,7 @@ of the grid is the best any of them can reach. Each one is the sampler the sweep
 (`vitsweep.search.samplers.make_sampler`, with the experiment's startup trials and population),
 driven by ask/tell as `StudyLoop` drives it: the baseline is enqueued as trial 0 without params,
 as `open_study` does, and counts towards the budget. Score after n complete trials: hypervolume
-of the trials so far (baseline-normalized, `vitsweep.track.hypervolume`) / hypervolume of the
+of the trials so far (baseline-normalized, `vitsweep.hypervolume`) / hypervolume of the
 whole grid plus the baseline.
 """
 
@@ -52,11 +52,11 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from vitsweep import record
 from vitsweep.bench.common import Section, Target, save_figure
+from vitsweep.hypervolume import hypervolume, normalized_losses
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, format_override, parse_space
 from vitsweep.search.spec import SamplerSpec
 from vitsweep.spec import ConfigError, TrialSpec
-from vitsweep.track.hypervolume import hypervolume, normalized_losses
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 BUDGETS = (10, 20, 40, 80)

@@ -23,7 +23,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vitsweep.config.schema import schema_of, to_spec
 from vitsweep.errors import fail as _fail
+from vitsweep.search.space import parse_space
 from vitsweep.search.spec import SweeperSpec
+from vitsweep.search.storage import default_url
+from vitsweep.search.study import SweepContext
 from vitsweep.spec import (
     ArchSpec,
     ConfigError,
@@ -31,10 +34,11 @@ from vitsweep.spec import (
     MeasureSpec,
     PrecisionSpec,
     TokenSpec,
+    TrackingSpec,
     TrainSpec,
     TrialSpec,
 )
-from vitsweep.track.spec import TrackingSpec
+from vitsweep.track.recorder import StudyRecorder
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TRIAL_GROUPS: dict[str, type] = {
@@ -130,11 +134,7 @@ def sweeper_spec(raw: Any) -> SweeperSpec:
     return to_spec(SweeperSpec, node, "hydra.sweeper")
 
 
-def sweep_context(config: DictConfig, raw_sweeper: Any):
-    from vitsweep.search.space import parse_space
-    from vitsweep.search.storage import default_url
-    from vitsweep.search.study import SweepContext
-
+def sweep_context(config: DictConfig, raw_sweeper: Any) -> SweepContext:
     sweeper = sweeper_spec(raw_sweeper)
     root = Path(str(config.paths.root)).resolve()
     return SweepContext(
@@ -145,6 +145,19 @@ def sweep_context(config: DictConfig, raw_sweeper: Any):
         storage_url=sweeper.storage or default_url(root),
         space=parse_space(sweeper.params, sweeper.space_hook),
         base_config=trial_config(config),
+    )
+
+
+def recorder(ctx: SweepContext) -> StudyRecorder:
+    """What the study records, wired from the launch's context: the search room only sees the
+    small `Recorder` interface, and the tracking room never sees the search room."""
+    return StudyRecorder(
+        study_name=ctx.sweeper.study_name,
+        study_dir=ctx.study_dir,
+        objectives=dict(ctx.sweeper.objectives),
+        tracking=ctx.tracking,
+        summary_config=ctx.summary_config,
+        trial_config=ctx.trial_config,
     )
 
 

@@ -17,7 +17,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from vitsweep.config import sweep_context
+from vitsweep.config import recorder, sweep_context
 from vitsweep.errors import one_line_errors
 from vitsweep.search.loop import Outcome
 from vitsweep.search.study import SweepContext, run_study
@@ -60,5 +60,6 @@ class VitsweepSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         with one_line_errors():
-            return run_study(self.ctx.with_cli_params(arguments), self._launch)
+            ctx = self.ctx.with_cli_params(arguments)
+            return run_study(ctx, self._launch, recorder(ctx))
 

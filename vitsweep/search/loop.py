@@ -108,7 +108,7 @@ class StudyLoop:
         return True
 
     def _plateaued(self) -> bool:
-        from vitsweep.track.hypervolume import history, plateaued
+        from vitsweep.hypervolume import history, plateaued
 
         stop = self.spec.stop_when
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -16,9 +16,9 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
+from vitsweep.hypervolume import history
 from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
 from vitsweep.spec import METRIC_NAMES
-from vitsweep.track.hypervolume import history
 
 # Which split picks the front and which one reports it (DESIGN: select on val, report on test).
 SELECTED_ON, REPORTED_ON = "val", "test"

@@ -26,8 +26,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from vitsweep.spec import TrackingSpec
 from vitsweep.track.pareto import StudyTable, notes
-from vitsweep.track.spec import TrackingSpec
 
 log = logging.getLogger("vitsweep.track")
 
