@@ -21,9 +21,9 @@ from vitsweep.spec import TrialSpec
 
 
 def _spec(overrides: list[str]) -> TrialSpec:
-    from vitsweep import app
+    from vitsweep import config
 
-    return app.trial_spec(app.compose(overrides))
+    return config.trial_spec(config.compose(overrides))
 
 
 def _shape_overrides(s: ViTShape) -> list[str]:
@@ -72,9 +72,9 @@ def run(quick: bool = False) -> list[Section]:
                 "train.epochs=1",
                 "train.progress=false",
             ]
-        from vitsweep import app
+        from vitsweep import config
 
-        cfg = app.compose(common)
+        cfg = config.compose(common)
         baseline = [f"{k}={v}" for k, v in cfg.hydra.sweeper.baseline.items()]
         base_spec = _spec([*common, *baseline])
         t0 = time.perf_counter()

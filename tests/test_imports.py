@@ -1,0 +1,86 @@
+"""The import graph, read with `ast` (module level and inside functions): imports run one way.
+
+    app (CLI) -> config (the doorway, and the Hydra sweeper) -> search, track -> trial, export
+    -> the rooms that are searched and judged (data, models, tome, precision, measure)
+    -> the shared base (spec, errors, record, runctx, hypervolume)
+
+search hands finished trials to a Recorder and never imports track; track never imports search;
+nothing imports the CLI; benchmarks sit beside the CLI and only their own tests import them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"spec", "errors", "record", "runctx", "hypervolume"}
+ROOMS = {"data", "models", "tome", "precision", "measure"}
+# package -> the vitsweep packages it may import (besides itself)
+ALLOWED: dict[str, set[str]] = {
+    **{b: BASE for b in BASE},
+    **{r: ROOMS | BASE for r in ROOMS},
+    "trial": ROOMS | BASE,
+    "export": ROOMS | BASE | {"trial", "config"},
+    "confirm": ROOMS | BASE | {"trial"},
+    "search": ROOMS | BASE | {"trial"},
+    "track": ROOMS | BASE,
+    "config": ROOMS | BASE | {"trial", "search", "track", "export"},
+    "app": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
+    "bench": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
+}
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return [(n, name) for n, name in out if name == "vitsweep" or name.startswith("vitsweep.")]
+
+
+def package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def sources() -> list[Path]:
+    return sorted((ROOT / "vitsweep").rglob("*.py"))
+
+
+def test_every_package_is_placed() -> None:
+    found = {p.relative_to(ROOT / "vitsweep").parts[0].removesuffix(".py") for p in sources()}
+    assert found - {"__init__"} <= set(ALLOWED), "a new module needs its place in the graph"
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_run_one_way(path: Path) -> None:
+    own = path.relative_to(ROOT / "vitsweep").parts[0].removesuffix(".py")
+    if own == "__init__":
+        return
+    wrong = []
+    for line, name in imports(path):
+        target = package(name)
+        if target is None or target == own:
+            continue
+        here = ROOT / "vitsweep"
+        known = (here / target).is_dir() or (here / f"{target}.py").exists()
+        if known and target not in ALLOWED[own]:
+            wrong.append(f"{path.name}:{line} imports {name} ({own} -> {target})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_the_benchmarks_own_tests_import_benchmarks() -> None:
+    wrong = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if path.name.startswith("test_bench_"):
+            continue
+        for line, name in imports(path):
+            if package(name) == "bench":
+                wrong.append(f"{path.name}:{line} imports {name}")
+    assert not wrong, "\n".join(wrong)
