@@ -9,9 +9,18 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitsweep.models import SPACES, Supernet
+from vitsweep import config
+from vitsweep.models import Supernet
 from vitsweep.models.checkpoint import CheckpointError
 from vitsweep.spec import ConfigError, SpaceSpec
+
+
+def space_of(arch: str) -> SpaceSpec:
+    """A search space as users get it: from its YAML (conf/arch/<arch>.yaml), the one source."""
+    space = config.trial_spec(config.compose([f"arch={arch}"])).arch.space
+    assert space is not None
+    return space
+
 
 SMALL = SpaceSpec(embed_dim=(16, 24, 32), depth=(2, 3), mlp_ratio=(1.0, 2.0), num_heads=(1, 2, 3),
                   head_dim=8)  # fmt: skip
@@ -102,7 +111,7 @@ def test_extracted_subnet_is_independent_and_exactly_sized(net) -> None:
 
 def test_vit_tiny_dims_have_the_parameters_of_timm_vit_tiny() -> None:
     net = Supernet(
-        SPACES["autoformer_tiny"], img_size=224, patch_size=16, in_chans=3, num_classes=1000
+        space_of("autoformer_tiny"), img_size=224, patch_size=16, in_chans=3, num_classes=1000
     )
     sub = net.extract(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0)
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False)
@@ -130,7 +139,8 @@ def test_extract_rejects_choices_outside_the_space(net, choice, message) -> None
 
 def test_save_load_roundtrip_is_atomic_and_exact(net, x, tmp_path) -> None:
     path = net.save(tmp_path / "sn.pt", meta={"note": "hi"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sn.pt"]  # no temp file left behind
+    # no temp file left behind; the checksum that later loads check the file against
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sn.pt", "sn.pt.sha256"]
     back = Supernet.load(path)
     assert back.space == SMALL and back.meta == {"note": "hi"}
     with torch.no_grad():
@@ -158,7 +168,7 @@ def test_corrupt_or_mismatched_checkpoint_is_a_one_line_error(net, tmp_path) -> 
 
 
 def test_cpu_space_spans_ten_times_in_params_and_flops() -> None:
-    net = Supernet(SPACES["cpu"], img_size=32, patch_size=4, in_chans=3, num_classes=10)
+    net = Supernet(space_of("supernet"), img_size=32, patch_size=4, in_chans=3, num_classes=10)
     cost = {}
     for name, shape in (("small", net.smallest), ("large", net.largest)):
         model = net.extract(shape=shape)
@@ -170,7 +180,7 @@ def test_cpu_space_spans_ten_times_in_params_and_flops() -> None:
 
 
 def test_autoformer_spaces_are_the_published_ones() -> None:
-    t, s, b = (SPACES[k] for k in ("autoformer_tiny", "autoformer_small", "autoformer_base"))
+    t, s, b = (space_of(k) for k in ("autoformer_tiny", "autoformer_small", "autoformer_base"))
     assert (t.embed_dim, t.depth, t.mlp_ratio, t.num_heads) == (
         (192, 216, 240), (12, 13, 14), (3.5, 4.0), (3, 4)
     )  # fmt: skip

@@ -15,14 +15,11 @@ from vitsweep.models.build import (
     weights_file,
 )
 from vitsweep.models.checkpoint import CheckpointError
-from vitsweep.models.spaces import SPACE_INPUT, SPACES
 from vitsweep.models.supernet import Supernet
 from vitsweep.models.train import train_supernet
 from vitsweep.models.vit import ViTShape, build_vit
 
 __all__ = [
-    "SPACES",
-    "SPACE_INPUT",
     "CheckpointError",
     "Geometry",
     "Supernet",

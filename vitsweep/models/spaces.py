@@ -1,4 +1,5 @@
-"""Search spaces (AutoFormer's published ones and a CPU-sized default) and subnet validation."""
+"""Subnet validation and sampling within a search space (the spaces themselves live in YAML:
+conf/arch/supernet.yaml and conf/arch/autoformer_{tiny,small,base}.yaml)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,6 @@ from collections.abc import Sequence
 
 from vitsweep.models.vit import ViTShape
 from vitsweep.spec import ConfigError, SpaceSpec
-
-# AutoFormer (Chen et al., ICCV 2021), Table 1, at 224 px with 16 px patches, head dim 64.
-AUTOFORMER_TINY = SpaceSpec(
-    embed_dim=(192, 216, 240), depth=(12, 13, 14), mlp_ratio=(3.5, 4.0), num_heads=(3, 4)
-)
-AUTOFORMER_SMALL = SpaceSpec(
-    embed_dim=(320, 384, 448), depth=(12, 13, 14), mlp_ratio=(3.0, 3.5, 4.0), num_heads=(5, 6, 7)
-)
-AUTOFORMER_BASE = SpaceSpec(
-    embed_dim=(528, 576, 624), depth=(14, 15, 16), mlp_ratio=(3.0, 3.5, 4.0), num_heads=(9, 10)
-)
-# For the built-in 32 px data with 4 px patches (65 tokens) on a 2-core CPU: the largest subnet
-# (~1.2M params) trains in minutes, the smallest is >10x smaller in params and FLOPs, and a
-# head dim of 32 keeps one-head layers meaningful at embed 64.
-CPU = SpaceSpec(
-    embed_dim=(64, 96, 128),
-    depth=(3, 4, 5, 6),
-    mlp_ratio=(2.0, 3.0, 4.0),
-    num_heads=(1, 2, 4),
-    head_dim=32,
-)
-
-SPACES: dict[str, SpaceSpec] = {
-    "cpu": CPU,
-    "autoformer_tiny": AUTOFORMER_TINY,
-    "autoformer_small": AUTOFORMER_SMALL,
-    "autoformer_base": AUTOFORMER_BASE,
-}
-# The input geometry each space was defined for: (img_size, patch_size).
-SPACE_INPUT: dict[str, tuple[int, int]] = {
-    "cpu": (32, 4),
-    "autoformer_tiny": (224, 16),
-    "autoformer_small": (224, 16),
-    "autoformer_base": (224, 16),
-}
 
 
 def _valid(choices: Sequence) -> str:
