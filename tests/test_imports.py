@@ -2,7 +2,7 @@
 
     app (CLI) -> config (the doorway, and the Hydra sweeper) -> search, track -> trial, export
     -> the rooms that are searched and judged (data, models, tome, precision, measure)
-    -> the shared base (spec, errors, record, runctx, hypervolume)
+    -> the shared base (spec, errors, record, runctx, hypervolume, files)
 
 search hands finished trials to a Recorder and never imports track; track never imports search;
 nothing imports the CLI; benchmarks sit beside the CLI and only their own tests import them.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"spec", "errors", "record", "runctx", "hypervolume"}
+BASE = {"spec", "errors", "record", "runctx", "hypervolume", "files"}
 ROOMS = {"data", "models", "tome", "precision", "measure"}
 # package -> the vitsweep packages it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from vitsweep.data.splits import Splits, stratified_tensor_splits
+from vitsweep.files import atomic_path
 from vitsweep.spec import ConfigError, DataSpec
 
 CLASSES = ("good", "void", "bridge", "missing", "non_wet", "misaligned", "crack")
@@ -546,9 +547,8 @@ def _cached_split(
         with FileLock(str(path.with_suffix(".lock"))):
             if not path.exists():
                 x, _ = generate(spec, label, stream)
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, x)
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    np.save(tmp, x)
     x = np.load(path)
     if x.shape != (n, spec.slices, spec.image_size, spec.image_size):
         raise ConfigError(f"{path}: cached split has shape {x.shape}; delete it to regenerate")

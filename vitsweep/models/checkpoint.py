@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitsweep.files import atomic_path, write_text
 from vitsweep.spec import ConfigError
 
 FORMAT_VERSION = 1
@@ -39,18 +39,9 @@ def one_line(e: BaseException) -> str:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """`torch.save` to a temp file beside `path`, then rename over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _atomic_write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
     return path
 
 
@@ -64,12 +55,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def damage(path: str | Path, kind: str) -> str | None:

@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
 from vitsweep.errors import mask_url
+from vitsweep.files import write_bytes
 from vitsweep.spec import ConfigError
 
 
@@ -121,12 +122,7 @@ class RepairingJournal(JournalFileBackend):
             lines[i] = line[start:]
             bad = True
         if bad:
-            tmp = f"{self._file_path}.repair.tmp"
-            with open(tmp, "wb") as f:
-                f.write(b"\n".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._file_path)
+            write_bytes(self._file_path, b"\n".join(lines))
 
 
 def _is_record(line: bytes) -> bool:

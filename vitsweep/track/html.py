@@ -10,6 +10,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from vitsweep.files import write_text
 from vitsweep.track.pareto import StudyTable, notes
 
 AXES = ("param:arch.depth", "param:arch.embed_dim", "param:token.r", "param:precision")
@@ -171,6 +172,4 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><b
 <h2>Pareto front</h2>{_table(front, cols)}
 <h2>Plots</h2>{"".join(parts)}
 </body></html>"""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(doc)
-    tmp.replace(path)
+    write_text(path, doc)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from vitsweep.files import atomic_path, write_text
 from vitsweep.track.html import write_html
 from vitsweep.track.pareto import INTERVAL_KEYS, REPORTED_ON, SELECTED_ON, StudyTable, notes
 
@@ -18,12 +19,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def plot_front(table: StudyTable, path: Path) -> None:
@@ -65,10 +64,9 @@ def plot_front(table: StudyTable, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[str, Any]) -> Path:
@@ -100,9 +98,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "energy_derived": table.energy_derived,
         "notes": notes(table),
     }
-    tmp = out_dir / "results.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(results, sort_keys=False))
-    tmp.replace(out_dir / "results.yaml")
+    write_text(out_dir / "results.yaml", yaml.safe_dump(results, sort_keys=False))
     return out_dir
 
 
@@ -120,7 +116,5 @@ def write_confirmed(rows: list[dict[str, Any]], out_dir: Path) -> Path:
         ],
         "confirmed": rows,
     }
-    tmp = out_dir / "confirmed.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(out_dir / "confirmed.yaml")
+    write_text(out_dir / "confirmed.yaml", yaml.safe_dump(doc, sort_keys=False))
     return out_dir / "confirmed.yaml"
