@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitsweep.data.splits import Splits
+from vitsweep.measure.device import resolve_device
 from vitsweep.models import spaces
 from vitsweep.models.checkpoint import (
     FORMAT_VERSION,
@@ -53,16 +54,6 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def train_device(train: TrainSpec) -> torch.device:
-    """`train.device` if the spec has one (auto|cpu|cuda), else CUDA when present."""
-    want = getattr(train, "device", "auto")
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device={want!r}: valid: auto, cpu, cuda")
-    return torch.device(want)
 
 
 def check_train(train: TrainSpec, splits: Splits) -> None:
@@ -140,7 +131,7 @@ def _fit(
     desc: str,
     on_epoch: EpochHook | None,
 ) -> dict[str, Any]:
-    device = train_device(train)
+    device = torch.device(resolve_device("auto"))  # training follows the GPU when there is one
     model.to(device)
     groups = param_groups_weight_decay(
         model, train.weight_decay, no_weight_decay_list=("*pos_embed", "*cls_token")
