@@ -5,34 +5,17 @@ builds a spec without Hydra (tests, benchmarks, `trial.run`) runs what `vitsweep
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
+from vitsweep.config import CONF_DIR, TRIAL_GROUPS
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import (
-    ArchSpec,
-    DataSpec,
-    MeasureSpec,
-    PrecisionSpec,
-    TokenSpec,
-    TrackingSpec,
-    TrainSpec,
-)
+from vitsweep.spec import TrackingSpec
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SPECS = {
-    "data": DataSpec,
-    "arch": ArchSpec,
-    "token": TokenSpec,
-    "precision": PrecisionSpec,
-    "measure": MeasureSpec,
-    "train": TrainSpec,
-    "tracking": TrackingSpec,
-    "hydra/sweeper": SweeperSpec,
-}
+CONF = CONF_DIR
+SPECS = {**TRIAL_GROUPS, "tracking": TrackingSpec, "hydra/sweeper": SweeperSpec}
 
 
 def default_options() -> dict[str, str]:

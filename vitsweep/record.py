@@ -15,6 +15,7 @@ has to import the other to know what a trial holds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -38,6 +39,13 @@ STUDY_STOPPED = "stopped"  # why stop_when ended the study
 BOOKKEEPING = frozenset(
     {BASELINE, CONFIG, METRICS, FAIL_REASON, SKIP_REASON, RETRY_OF, LEGACY_CONSTRAINTS}
 )
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # the job's resolved config, for the trial's W&B run
+    error: str | None = None
 
 
 def metrics(trial: FrozenTrial) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from vitsweep.data.splits import Splits
 from vitsweep.measure.device import resolve_device
+from vitsweep.measure.speed import thread_scope
 from vitsweep.models import spaces
 from vitsweep.models.checkpoint import (
     FORMAT_VERSION,
@@ -110,125 +111,108 @@ def fit(
     untouched, and saved with each checkpoint so a resumed run draws what an unbroken one would.
     """
     check_train(train, splits)
-    threads = train.threads  # 0: leave torch's default
-    before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        return _fit(model, train, splits, step_fn, eval_fn, state_path, config, desc, on_epoch)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _fit(
-    model: nn.Module,
-    train: TrainSpec,
-    splits: Splits,
-    step_fn: StepFn,
-    eval_fn: Callable[[nn.Module, torch.device], dict[str, float]],
-    state_path: Path,
-    config: dict[str, Any],
-    desc: str,
-    on_epoch: EpochHook | None,
-) -> dict[str, Any]:
-    device = torch.device(resolve_device("auto"))  # training follows the GPU when there is one
-    model.to(device)
-    groups = param_groups_weight_decay(
-        model, train.weight_decay, no_weight_decay_list=("*pos_embed", "*cls_token")
-    )
-    opt = torch.optim.AdamW(groups, lr=train.lr)
-    data_gen = torch.Generator().manual_seed(train.seed)
-    loader = DataLoader(splits.train, batch_size=train.batch_size, shuffle=True, generator=data_gen)
-    steps = len(loader)
-    total = train.epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        partial(
-            lr_factor,
-            warmup_steps=min(train.warmup_epochs * steps, total),
-            total_steps=total,
-            min_ratio=train.min_lr / train.lr,
-        ),
-    )
-    sampler = random.Random(train.seed)
-    criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
-    history: list[dict[str, Any]] = []
-    lrs: list[float] = []
-    start = 0
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(train.seed)
-        why = damage(state_path, "train_state") if state_path.exists() else None
-        if why is not None:
-            quarantine(state_path, why)  # start over rather than refuse: it is our own file
-        if state_path.exists():
-            state = safe_load(state_path, "train_state")
-            if state.get("config") != config:
-                raise CheckpointError(f"{state_path}: resume state belongs to another run")
-            load_state(model, state["model"], state_path)
-            try:
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                torch.set_rng_state(state["rng"]["torch"])
-                data_gen.set_state(state["rng"]["data"])
-                sampler.setstate(_as_tuple(state["rng"]["sampler"]))
-            except (KeyError, ValueError, TypeError, RuntimeError) as e:
-                raise CheckpointError(f"{state_path}: bad resume state ({e!r})"[:240]) from None
-            start, history, lrs = int(state["epoch"]), list(state["history"]), list(state["lrs"])
-
-        bar = tqdm(
-            total=total,
-            initial=start * steps,
-            desc=desc,
-            disable=not train.progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
+    with thread_scope(train.threads):  # 0: leave torch's default
+        device = torch.device(resolve_device("auto"))  # training follows the GPU when there is one
+        model.to(device)
+        groups = param_groups_weight_decay(
+            model, train.weight_decay, no_weight_decay_list=("*pos_embed", "*cls_token")
         )
-        try:
-            for epoch in range(start, train.epochs):
-                model.train()
-                losses = []
-                for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    lrs.append(opt.param_groups[0]["lr"])
-                    opt.zero_grad(set_to_none=True)
-                    losses.append(step_fn(model, x, y, sampler, criterion))
-                    opt.step()
-                    sched.step()
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
-                model.eval()
-                record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses)}
-                record.update(eval_fn(model, device))
-                history.append(record)
-                bar.set_postfix(
-                    {k: f"{v:.3f}" if isinstance(v, float) else v for k, v in record.items()}
-                )
-                atomic_save(
-                    {
-                        "kind": "train_state",
-                        "format": FORMAT_VERSION,
-                        "config": config,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": opt.state_dict(),
-                        "scheduler": _scheduler_state(sched),
-                        "epoch": epoch + 1,
-                        "rng": {
-                            "torch": torch.get_rng_state(),
-                            "data": data_gen.get_state(),
-                            "sampler": sampler.getstate(),
+        opt = torch.optim.AdamW(groups, lr=train.lr)
+        data_gen = torch.Generator().manual_seed(train.seed)
+        loader = DataLoader(
+            splits.train, batch_size=train.batch_size, shuffle=True, generator=data_gen
+        )
+        steps = len(loader)
+        total = train.epochs * steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            partial(
+                lr_factor,
+                warmup_steps=min(train.warmup_epochs * steps, total),
+                total_steps=total,
+                min_ratio=train.min_lr / train.lr,
+            ),
+        )
+        sampler = random.Random(train.seed)
+        criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+        history: list[dict[str, Any]] = []
+        lrs: list[float] = []
+        start = 0
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(train.seed)
+            why = damage(state_path, "train_state") if state_path.exists() else None
+            if why is not None:
+                quarantine(state_path, why)  # start over rather than refuse: it is our own file
+            if state_path.exists():
+                state = safe_load(state_path, "train_state")
+                if state.get("config") != config:
+                    raise CheckpointError(f"{state_path}: resume state belongs to another run")
+                load_state(model, state["model"], state_path)
+                try:
+                    opt.load_state_dict(state["optimizer"])
+                    sched.load_state_dict(state["scheduler"])
+                    torch.set_rng_state(state["rng"]["torch"])
+                    data_gen.set_state(state["rng"]["data"])
+                    sampler.setstate(_as_tuple(state["rng"]["sampler"]))
+                except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                    raise CheckpointError(f"{state_path}: bad resume state ({e!r})"[:240]) from None
+                start = int(state["epoch"])
+                history, lrs = list(state["history"]), list(state["lrs"])
+
+            bar = tqdm(
+                total=total,
+                initial=start * steps,
+                desc=desc,
+                disable=not train.progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            try:
+                for epoch in range(start, train.epochs):
+                    model.train()
+                    losses = []
+                    for x, y in loader:
+                        x, y = x.to(device), y.to(device)
+                        lrs.append(opt.param_groups[0]["lr"])
+                        opt.zero_grad(set_to_none=True)
+                        losses.append(step_fn(model, x, y, sampler, criterion))
+                        opt.step()
+                        sched.step()
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+                    model.eval()
+                    record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses)}
+                    record.update(eval_fn(model, device))
+                    history.append(record)
+                    bar.set_postfix(
+                        {k: f"{v:.3f}" if isinstance(v, float) else v for k, v in record.items()}
+                    )
+                    atomic_save(
+                        {
+                            "kind": "train_state",
+                            "format": FORMAT_VERSION,
+                            "config": config,
+                            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                            "optimizer": opt.state_dict(),
+                            "scheduler": _scheduler_state(sched),
+                            "epoch": epoch + 1,
+                            "rng": {
+                                "torch": torch.get_rng_state(),
+                                "data": data_gen.get_state(),
+                                "sampler": sampler.getstate(),
+                            },
+                            "history": history,
+                            "lrs": lrs,
                         },
-                        "history": history,
-                        "lrs": lrs,
-                    },
-                    state_path,
-                )
-                if on_epoch is not None:
-                    on_epoch(dict(record))
-        finally:
-            bar.close()
-    model.to("cpu").eval()
-    return {"history": history, "lrs": lrs}
+                        state_path,
+                    )
+                    if on_epoch is not None:
+                        on_epoch(dict(record))
+            finally:
+                bar.close()
+        model.to("cpu").eval()
+        return {"history": history, "lrs": lrs}
 
 
 def _scheduler_state(sched: torch.optim.lr_scheduler.LambdaLR) -> dict[str, Any]:

@@ -10,27 +10,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
 from vitsweep.errors import Fatal
+from vitsweep.record import Outcome
 from vitsweep.search.heartbeat import beating, recover_stale
 from vitsweep.search.space import SearchSpace, format_override
 from vitsweep.search.spec import Constraint, SweeperSpec
 from vitsweep.spec import TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
-
-
-@dataclass
-class Outcome:
-    metrics: dict[str, Any] | None = None
-    config: dict[str, Any] | None = None  # the job's resolved config, for the trial's W&B run
-    error: str | None = None
 
 
 class StudyFailed(Fatal):

@@ -121,13 +121,7 @@ class Recorder(Protocol):
     """What the search room hands each finished trial to, and asks to publish at the end of a
     launch; `vitsweep.track.recorder.StudyRecorder` is the one the doorway wires in."""
 
-    def trial_done(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        metrics: dict[str, Any] | None,
-        config: dict[str, Any] | None,
-    ) -> None: ...
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial, outcome: Outcome) -> None: ...
 
     def publish(self, study: optuna.Study) -> Path: ...
 
@@ -147,7 +141,7 @@ def run_study(
         ctx.space,
         ctx.base,
         launch,
-        on_trial=lambda t, o: recorder.trial_done(study, t, o.metrics, o.config),
+        on_trial=lambda t, o: recorder.trial_done(study, t, o),
         prefix=ctx.cli_overrides,
     )
     try:

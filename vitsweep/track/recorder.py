@@ -17,6 +17,7 @@ from filelock import FileLock
 from optuna.trial import FrozenTrial
 
 from vitsweep import record
+from vitsweep.record import Outcome
 from vitsweep.spec import TrackingSpec
 from vitsweep.track.pareto import StudyTable, study_table
 from vitsweep.track.report import write_report
@@ -53,13 +54,7 @@ class StudyRecorder:
             None if tracking.backend == "none" else WandbTracker(tracking, study_name, study_dir)
         )
 
-    def trial_done(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        metrics: dict[str, Any] | None,
-        config: dict[str, Any] | None,
-    ) -> None:
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial, outcome: Outcome) -> None:
         """The study's hypervolume (a study attribute, and a value of the trial's own W&B run)
         and the trial's W&B run, tagged by its place on the front. Runs that left the front are
         retagged, and the summary run's hypervolume line gets its new points, at `publish`:
@@ -68,7 +63,7 @@ class StudyRecorder:
         if self.tracker is None:
             _set_hypervolume(study, study_table(study, self.objectives))
             return
-        logged_metrics = dict(metrics or {})
+        logged_metrics = dict(outcome.metrics or {})
         if record.fail_reason(trial) is not None:
             logged_metrics[record.FAIL_REASON] = record.fail_reason(trial)
         with wandb_lock(self.study_dir):
@@ -83,7 +78,7 @@ class StudyRecorder:
             logged = self.tracker.log_trial(
                 trial.number,
                 trial.state.name,
-                self.trial_config(trial, config),
+                self.trial_config(trial, outcome.config),
                 logged_metrics,
                 tags=run_tags(trial, tag),
                 run_id=ids.trial(trial.number) if ids else None,
