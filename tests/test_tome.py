@@ -330,3 +330,21 @@ def test_training_autocast_and_flops(images: torch.Tensor) -> None:
     merged = flops(apply_tome(model, 8))
     assert merged < 0.8 * stock  # fewer tokens, fewer executed FLOPs
     assert math.isclose(flops(apply_tome(model, 0)), stock)
+
+
+def test_exports_and_compiles_with_the_same_outputs(images: torch.Tensor) -> None:
+    """The precision flows trace ToMe models: torch.export with a dynamic batch dimension (what
+    PT2E int8 exports) and torch.compile in one graph (no graph break), same outputs."""
+    from torch.export import Dim
+
+    model = apply_tome(vit(init_values=0.1, qk_norm=True), 4)
+    with torch.no_grad():
+        want = model(images)
+        program = torch.export.export(model, (images,), dynamic_shapes=({0: Dim.AUTO},))
+        both = torch.cat([images, images.flip(0)])
+        got = program.module()(both)
+        torch.testing.assert_close(got[:2], want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[2:], model(images.flip(0)), rtol=1e-5, atol=1e-6)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(images), want, rtol=1e-5, atol=1e-6)

@@ -95,38 +95,46 @@ def merge_wavg(
     """Merge `x` (batch, tokens, channels) by size-weighted average; return (x, size).
 
     `size` (batch, tokens, 1) counts the patches each token stands for; None means all ones.
-    This runs in every block, so it is written as whole-row copies (`index_select`,
-    `index_add_` on the flattened batch are memcpy-like; `gather`/`scatter_reduce` with an
-    expanded index are several times slower on CPU): one copy builds `[prefix | unmerged A | B]`,
-    then only the B rows are re-weighted in place; prefix and unmerged rows are never
-    multiplied and divided.
+    This runs in every block, so it touches as little as it can, in any dtype: one row copy
+    (`index_select` on the flattened batch, memcpy-like) builds `[prefix | unmerged A | B]`;
+    then only the <= r receiving B rows per image are recomputed. Their sums come from a tiny
+    (r x r) "same receiver" matrix product instead of `index_add_`/`scatter_reduce`, which on CPU
+    fall back to slow scatter kernels in bf16/fp16, and are written back with `index_copy_`
+    (a receiver chosen twice gets the same row twice). Static shapes throughout: it traces
+    under torch.export / torch.compile.
     """
     batch, n, channels = x.shape
     r, m = matching.r, matching.keep.shape[1]
-    first_b = m - len(range(_sets(n, matching.num_prefix)[1], n, 2))  # where B starts in out
     offs = torch.arange(batch, device=x.device).unsqueeze(1)
     keep = (matching.keep + offs * n).flatten()
     rows = x.reshape(batch * n, channels)
     out = rows.index_select(0, keep)
-    if size is None:
-        out_size = x.new_ones(batch * m, 1)
+    # sizes and the receivers' sums in float32 at least: bf16 counts exactly only up to 256
+    acc = torch.promote_types(x.dtype, torch.float32)
+    size_rows = None if size is None else size.reshape(batch * n, 1)
+    if size_rows is None:
+        out_size = torch.ones(batch * m, 1, dtype=acc, device=x.device)
     else:
-        out_size = size.reshape(batch * n, 1).index_select(0, keep)
+        out_size = size_rows.index_select(0, keep)
     if r == 0:
         return out.view(batch, m, channels), out_size.view(batch, m, 1)
     src = (matching.src + offs * n).flatten()
     dst = (matching.dst + offs * m).flatten()
-    out_b = out.view(batch, m, channels)[:, first_b:]
-    if size is None:
-        src_x, src_s = rows.index_select(0, src), x.new_ones(batch * r, 1)
+    same = (matching.dst.unsqueeze(2) == matching.dst.unsqueeze(1)).to(acc)  # (b, r, r)
+    recv_s = out_size.index_select(0, dst)
+    src_x = rows.index_select(0, src).to(acc)
+    recv_x = out.index_select(0, dst).to(acc)
+    if size_rows is None:  # every token holds one patch
+        src_sum = same @ src_x.view(batch, r, channels)
+        new_s = recv_s + same.sum(dim=2).reshape(batch * r, 1)
+        new_x = recv_x + src_sum.view(batch * r, channels)
     else:
-        src_s = size.reshape(batch * n, 1).index_select(0, src)
-        src_x = rows.index_select(0, src) * src_s
-        b_pos = _sets(n, matching.num_prefix)[1]
-        out_b.mul_(size[:, b_pos::2])  # not out_size: autograd needs it unchanged
-    out.index_add_(0, dst, src_x)
-    out_size.index_add_(0, dst, src_s)
-    out_b.div_(out_size.view(batch, m, 1)[:, first_b:])
+        src_s = size_rows.index_select(0, src)
+        src_sum = same @ (src_x * src_s).view(batch, r, channels)
+        new_s = recv_s + (same @ src_s.view(batch, r, 1)).view(batch * r, 1)
+        new_x = recv_x * recv_s + src_sum.view(batch * r, channels)
+    out.index_copy_(0, dst, (new_x / new_s).to(x.dtype))
+    out_size.index_copy_(0, dst, new_s)
     return out.view(batch, m, channels), out_size.view(batch, m, 1)
 
 

@@ -113,7 +113,7 @@ def _weighted_pool(model: VisionTransformer, x: torch.Tensor, size: torch.Tensor
     holds and the pooled vector matches the unmerged model's mean."""
     if not model.pool_include_prefix:
         x, size = x[:, model.num_prefix_tokens :], size[:, model.num_prefix_tokens :]
-    mean = (x * size).sum(dim=1) / size.sum(dim=1)
+    mean = ((x * size).sum(dim=1) / size.sum(dim=1)).to(x.dtype)  # sizes may be wider
     if model.global_pool == "avgmax":
         return 0.5 * (x.amax(dim=1) + mean)
     return mean
