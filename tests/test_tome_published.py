@@ -19,6 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, token_sources
@@ -78,8 +79,8 @@ def oracle_step(
 def oracle_forward(
     model: VisionTransformer, x: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, list[list[list[list[int]]]]]:
-    """Logits and, after every block, each image's groups, for a timm ViT without LayerScale
-    or qk-norm, with eager attention plus log(size) (proportional attention)."""
+    """Final normed tokens and, after every block, each image's groups, for a timm ViT
+    without LayerScale or qk-norm, with eager attention plus log(size) (proportional attention)."""
     p = model.num_prefix_tokens
     x = model.norm_pre(model._pos_embed(model.patch_embed(x)))
     batch, n, _ = x.shape
@@ -106,8 +107,7 @@ def oracle_forward(
         groups = [m[2] for m in merged]
         history.append(groups)
         x = x + blk.mlp(blk.norm2(x))
-    x = model.norm(x)
-    return model.head(x[:, 0]), history
+    return model.norm(x), history
 
 
 def groups_of(source: torch.Tensor) -> list[list[list[int]]]:
@@ -126,7 +126,8 @@ def test_same_partition_and_outputs_as_the_paper(r: int) -> None:
     model = vit()
     x = images()
     with torch.no_grad():
-        want, history = oracle_forward(model, x, r)
+        tokens, history = oracle_forward(model, x, r)
+        want = model.head(tokens[:, 0])
         apply_tome(model, r)
         got = model(x)
     sources = token_sources(model, x)
@@ -142,7 +143,8 @@ def test_cap_and_no_class_token() -> None:
     model = vit(depth=3)
     x = images()
     with torch.no_grad():
-        want, history = oracle_forward(model, x, 200)
+        tokens, history = oracle_forward(model, x, 200)
+        want = model.head(tokens[:, 0])
         got = apply_tome(model, 200)(x)
     assert [len(g[0]) for g in history] == [99, 50, 26]
     assert [groups_of(s) for s in token_sources(model, x)] == history
@@ -154,6 +156,28 @@ def test_cap_and_no_class_token() -> None:
         vit(class_token=False, global_pool="avg", depth=2), x, 9
     )  # its head pools differently: compare the partition only
     assert [groups_of(s) for s in token_sources(no_cls, x)] == history
+
+
+@pytest.mark.parametrize("r", [6, 13])
+def test_distillation_token_as_published(r: int) -> None:
+    """DeiT with a distillation token (second token, first of set B): never merged, receives
+    nothing, stays second; tokens and partition as the oracle's."""
+    torch.manual_seed(0)
+    model = (
+        VisionTransformerDistilled(
+            img_size=IMG, patch_size=PATCH, embed_dim=32, depth=3, num_heads=2, num_classes=7
+        )
+        .eval()
+        .double()
+    )
+    x = images()
+    with torch.no_grad():
+        want, history = oracle_forward(model, x, r)
+        got = apply_tome(model, r).forward_features(x)
+    sources = token_sources(model, x)
+    assert [groups_of(s) for s in sources] == history
+    assert all(g[:2] == [[0], [1]] for groups in history for g in groups)
+    assert rel_max_diff(got, want) <= 1e-4
 
 
 @pytest.mark.parametrize("p", [2, 4, 5])
