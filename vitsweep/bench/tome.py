@@ -217,7 +217,8 @@ def run(quick: bool = False) -> list[Section]:
         f"timm {timm.__version__}",
         "fp32: eager; bf16: weights cast, eager; int8: torchao PT2E "
         "static (X86InductorQuantizer on every Linear, 2 calibration batches, batch dim "
-        "dynamic), convert_pt2e, torch.compile (inductor, freezing); reference: the published patch's algorithm, fp32 eager",
+        "dynamic), convert_pt2e, torch.compile (inductor, freezing); "
+        "reference: the published patch's algorithm, fp32 eager",
         f"median of {rounds} (batch {BATCH}) / {3 * rounds} (batch 1) round-robin rounds after "
         f"{warmup} warm-up forward(s) per variant (the first compiles)",
         f"DeiT-S r=13 ours vs reference, fp32: relative max diff {ref_diff:.1e}; "
