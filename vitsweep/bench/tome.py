@@ -1,15 +1,21 @@
-"""ToMe speed on this CPU: ViT-S/16 at 224 (random weights), batch 16, fp32, stock vs our patch
-at r = 0, 8, 13, 16 and the published patch's algorithm at r = 13, all in one run.
+"""ToMe speed on this CPU, per precision: DeiT-Ti and DeiT-S (timm, random weights), 224 px,
+2 threads, stock (r=0) vs ToMe r=13, in fp32 (eager), bf16 (weights cast, eager) and int8
+(torchao PT2E static, X86InductorQuantizer, then torch.compile), at batch 16 (throughput) and
+batch 1 (latency); and ours vs the published patch's algorithm at r=13 in fp32 (both eager).
 
+int8 goes through the flow the product uses (torch.export -> prepare_pt2e -> calibrate ->
+convert_pt2e -> inductor with freezing), so ToMe must trace through it; bf16 runs eager here
+because an inductor compile takes minutes per graph on 2 shared cores (the product may compile
+it; ToMe traces, see tests/test_tome.py). A ratio "x same precision" compares like with like.
 Variants are timed round-robin (the order rotating each round), so a neighbour's load drift hits
 all of them alike; each figure is the median over rounds, ratios come from those medians.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -18,88 +24,214 @@ import torch
 
 from vitsweep.bench.common import Section, Target
 from vitsweep.bench.tome_reference import apply_reference_tome
-from vitsweep.tome import apply_tome, remove_tome, token_counts
+from vitsweep.tome import apply_tome, token_counts
 
-MODEL = "vit_small_patch16_224"
+MODELS = {"DeiT-Ti": "deit_tiny_patch16_224", "DeiT-S": "deit_small_patch16_224"}
 BATCH = 16
-OUR_R = (0, 8, 13, 16)
-REF_R = 13
+R = 13
+THREADS = 2
+PRECISIONS = ("fp32", "bf16", "int8")
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _variants(seed: int = 0) -> dict[str, tuple[Callable[[], torch.nn.Module], int | None]]:
-    """name -> (a function making that variant current, r). Ours share one model whose schedule
-    is switched with apply_tome/remove_tome; the reference needs its own copy."""
-    torch.manual_seed(seed)
-    ours = timm.create_model(MODEL, pretrained=False).eval()
-    ref = apply_reference_tome(copy.deepcopy(ours), REF_R)
-    out: dict[str, tuple[Callable[[], torch.nn.Module], int | None]] = {
-        "stock": (lambda: remove_tome(ours), None)
-    }
-    for r in OUR_R:
-        out[f"tome r={r}"] = (lambda r=r: apply_tome(ours, r), r)
-    out[f"reference r={REF_R}"] = (lambda: ref, REF_R)
-    return out
+def _float_model(name: str, r: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    return apply_tome(model, r) if r else model
 
 
-def _time_forward(model: torch.nn.Module, x: torch.Tensor) -> float:
+def _compiled(model: torch.nn.Module) -> Runner:
+    """Inductor with weight freezing (what lowers PT2E int8 to oneDNN kernels). Set through the
+    global config: with torch 2.14.1, `options={"freezing": True}` fails to lower a PT2E program
+    ("onednn.qlinear_prepack is not an OpOverload"); the precision room found the same."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, backend="inductor")
+
+
+def _int8(model: torch.nn.Module, calib: list[torch.Tensor]) -> Runner:
+    """torchao PT2E static int8: export, X86InductorQuantizer, calibrate, convert, compile."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    # Linear layers only, as the product does: inductor's qconv prepack fails under a dynamic
+    # batch dimension, and the patch-embed conv is 0.3% of the FLOPs
+    quantizer = xiq.X86InductorQuantizer().set_module_type_qconfig(
+        torch.nn.Linear, xiq.get_default_x86_inductor_quantization_config()
+    )
+    from torch.export import Dim
+
+    with torch.no_grad():  # batch dynamic, as the product exports it: one program, any batch
+        program = torch.export.export(model, (calib[0],), dynamic_shapes=({0: Dim.AUTO},))
+        prepared = prepare_pt2e(program.module(), quantizer)
+        for x in calib:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+    return _compiled(converted)
+
+
+def _build(precision: str, name: str, r: int, calib: list[torch.Tensor]) -> Runner:
+    model = _float_model(name, r)
+    if precision == "fp32":
+        return model
+    if precision == "bf16":  # eager: compiling costs minutes per graph on 2 shared cores
+        return model.to(torch.bfloat16)
+    return _int8(model, calib)
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _timed(runner: Runner, x: torch.Tensor) -> float:
     start = time.perf_counter()
-    model(x)
+    runner(x)
     return time.perf_counter() - start
 
 
-def run(quick: bool = False) -> list[Section]:
-    rounds, warmup = (3, 1) if quick else (10, 2)
-    variants = _variants()
-    x = torch.randn(BATCH, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    names = list(variants)
-    load_before = os.getloadavg()[0]
+def _round_robin(
+    runners: dict[str, tuple[Runner, torch.Tensor]], rounds: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-variant forward seconds (rounds, order rotating) and warm-up (compile) seconds."""
+    names = list(runners)
     seconds: dict[str, list[float]] = {n: [] for n in names}
+    warm: dict[str, float] = {}
     with torch.inference_mode():
-        stock_out = variants["stock"][0]()(x)
-        r0_diff = (variants["tome r=0"][0]()(x) - stock_out).abs().max().item()
-        for name in names:
-            model = variants[name][0]()
+        for n in names:
+            runner, x = runners[n]
+            start = time.perf_counter()
             for _ in range(warmup):
-                model(x)
+                runner(x)
+            warm[n] = time.perf_counter() - start
+            print(f"  {n}: warm-up {warm[n]:.0f} s", file=sys.stderr, flush=True)
         for i in range(rounds):
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                seconds[name].append(_time_forward(variants[name][0](), x))
+            for n in names[i % len(names) :] + names[: i % len(names)]:
+                seconds[n].append(_timed(*runners[n]))
+    return seconds, warm
 
-    ours = variants["tome r=0"][0]()
-    ips = {n: BATCH / statistics.median(s) for n, s in seconds.items()}
+
+def run(quick: bool = False) -> list[Section]:
+    rounds, warmup = (3, 2) if quick else (7, 2)
+    torch.set_num_threads(THREADS)
+    g = torch.Generator().manual_seed(1)
+    x16 = torch.randn(BATCH, 3, 224, 224, generator=g)
+    x1 = x16[:1].clone()
+    calib = [torch.randn(BATCH, 3, 224, 224, generator=g) for _ in range(2)]
+    load_before = os.getloadavg()[0]
+
+    # variant key: (model label, precision, r, batch); the reference runs on DeiT-S only
+    runners: dict[str, tuple[Runner, torch.Tensor]] = {}
+    keys: dict[str, tuple[str, str, int, int]] = {}
+    build_s: dict[str, float] = {}
+    for label, name in MODELS.items():
+        for precision in PRECISIONS:
+            for r in (0, R):
+                start = time.perf_counter()
+                runner = _build(precision, name, r, calib)
+                built = time.perf_counter() - start
+                # int8 batch 1 would need a graph of its own: each compile takes minutes on
+                # 2 shared cores, so batch 1 is timed for the eager precisions only
+                for batch, x in ((BATCH, x16), (1, x1)):
+                    if batch == 1 and precision == "int8":
+                        continue
+                    k = f"{label} {precision} r={r} b={batch}"
+                    runners[k], keys[k] = (
+                        (runner, x.to(_dtype(precision))),
+                        (
+                            label,
+                            precision,
+                            r,
+                            batch,
+                        ),
+                    )
+                    build_s[k] = built
+    ref = apply_reference_tome(_float_model(MODELS["DeiT-S"], 0), R)
+    for batch, x in ((BATCH, x16), (1, x1)):
+        k = f"DeiT-S reference r={R} b={batch}"
+        runners[k], keys[k], build_s[k] = (ref, x), ("DeiT-S", "reference", R, batch), 0.0
+
+    with torch.inference_mode():
+        ours = _float_model(MODELS["DeiT-S"], R)
+        ref_diff = (ours(x16) - ref(x16)).abs().max() / ref(x16).abs().max()
+        r0_diff = (
+            (
+                _float_model(MODELS["DeiT-S"], 0)(x16)
+                - apply_tome(_float_model(MODELS["DeiT-S"], 0), 0)(x16)
+            )
+            .abs()
+            .max()
+        )
+
+    # batch 16 and batch 1 are timed in separate round-robins (each compares like with like)
+    seconds: dict[str, list[float]] = {}
+    warm: dict[str, float] = {}
+    for batch in (BATCH, 1):
+        part = {k: v for k, v in runners.items() if keys[k][3] == batch}
+        s, w = _round_robin(part, rounds if batch > 1 else 3 * rounds, warmup)
+        seconds.update(s)
+        warm.update(w)
+
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+
+    def key(label: str, precision: str, r: int, batch: int) -> str:
+        return next(k for k, v in keys.items() if v == (label, precision, r, batch))
+
     rows = []
-    for name in names:
-        r = variants[name][1]
-        final = token_counts(apply_tome(ours, r), 197)[-1] if r is not None else 197
+    for k, (label, precision, r, batch) in keys.items():
+        same = med[key(label, "fp32" if precision == "reference" else precision, 0, batch)]
+        fp32 = med[key(label, "fp32", 0, batch)]
+        n = 197 if r == 0 else token_counts(_float_model(MODELS[label], r))[-1]
         rows.append(
             {
-                "variant": name,
-                "final_tokens": final,
-                "images_per_s": round(ips[name], 2),
-                "ms_per_batch": round(1e3 * statistics.median(seconds[name]), 1),
-                "spread_ms": f"{1e3 * min(seconds[name]):.0f}-{1e3 * max(seconds[name]):.0f}",
-                "x_stock": round(ips[name] / ips["stock"], 3),
+                "model": label,
+                "precision": precision,
+                "r": r,
+                "batch": batch,
+                "final_tokens": n,
+                "images_per_s": round(batch / med[k], 1),
+                "ms_per_batch": round(1e3 * med[k], 1),
+                "spread_ms": f"{1e3 * min(seconds[k]):.0f}-{1e3 * max(seconds[k]):.0f}",
+                "x_same_precision_r0": round(same / med[k], 3),
+                "x_fp32_stock": round(fp32 / med[k], 3),
+                "build_plus_warmup_s": round(build_s[k] + warm[k], 1),
             }
         )
-    remove_tome(ours)
-    r0 = ips["tome r=0"] / ips["stock"]
-    r13 = ips["tome r=13"] / ips["stock"]
-    vs_ref = ips["tome r=13"] / ips[f"reference r={REF_R}"]
+
+    def ratio(precision: str, batch: int = BATCH, base: str | None = None) -> float:
+        want = med[key("DeiT-S", base or precision, 0 if base != "reference" else R, batch)]
+        return want / med[key("DeiT-S", precision, R, batch)]
+
+    fp32_vs_stock = ratio("fp32")
+    bf16, int8 = ratio("bf16"), ratio("int8")
+    vs_ref = ratio("fp32", base="reference")
     targets = [
-        Target("tome r=0 / stock", round(r0, 3), ">= 0.97", r0 >= 0.97),
-        Target("tome r=13 / stock", round(r13, 3), ">= 1.7", r13 >= 1.7),
-        Target(f"tome r=13 / reference r={REF_R}", round(vs_ref, 3), "> 1.0", vs_ref > 1.0),
+        Target(
+            "DeiT-S fp32 r=13 / stock fp32", round(fp32_vs_stock, 3), ">= 1.7", fp32_vs_stock >= 1.7
+        ),
+        Target("DeiT-S bf16 r=13 / bf16 r=0", round(bf16, 3), ">= 1.5", bf16 >= 1.5),
+        Target("DeiT-S int8 r=13 / int8 r=0", round(int8, 3), ">= 1.5", int8 >= 1.5),
+        Target(
+            f"DeiT-S fp32 r=13 ours / reference r={R}", round(vs_ref, 3), ">= 1.0", vs_ref >= 1.0
+        ),
     ]
     notes = [
-        f"{MODEL}, random weights, batch {BATCH}, 224 px, fp32, CPU, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}",
-        f"median of {rounds} round-robin rounds after {warmup} warm-up forward(s) per variant",
-        f"r=0 output vs stock: max abs diff {r0_diff:.2e}",
+        f"timm deit_tiny/small_patch16_224, random weights, 224 px, batch {BATCH} (throughput) "
+        f"and 1 (latency), CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"timm {timm.__version__}",
+        "fp32: eager; bf16: weights cast, eager; int8: torchao PT2E "
+        "static (X86InductorQuantizer on every Linear, 2 calibration batches, batch dim "
+        "dynamic), convert_pt2e, torch.compile (inductor, freezing); "
+        "reference: the published patch's algorithm, fp32 eager",
+        f"median of {rounds} (batch {BATCH}) / {3 * rounds} (batch 1) round-robin rounds after "
+        f"{warmup} warm-up forward(s) per variant (the first compiles)",
+        f"DeiT-S r=13 ours vs reference, fp32: relative max diff {ref_diff:.1e}; "
+        f"r=0 vs stock: max abs diff {r0_diff:.1e}",
         f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
         f"({os.cpu_count()} cores): above the core count, timings are contention, not ToMe",
-        "reference = the published ToMe patch's algorithm (eager attention, timm-0.4.12 blocks)",
     ]
-    return [Section("ToMe token merging: images/s", rows, targets, notes)]
+    return [Section("ToMe token merging per precision: images/s", rows, targets, notes)]
 
 
 if __name__ == "__main__":

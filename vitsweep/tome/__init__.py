@@ -19,6 +19,7 @@ from vitsweep.tome.patch import (
     remove_tome,
     schedule_of,
     token_counts,
+    token_sources,
 )
 from vitsweep.tome.schedule import SCHEDULES, TomeArgError, make_schedule
 
@@ -40,6 +41,7 @@ __all__ = [
     "remove_tome",
     "schedule_of",
     "token_counts",
+    "token_sources",
 ]
 
 

@@ -60,35 +60,51 @@ def _attention(
 
 
 def _block(
-    blk: Block, x: torch.Tensor, size: torch.Tensor | None, r: int, num_prefix: int, prop: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """timm `Block.forward` with a merge between attention and MLP (as in the paper)."""
+    blk: Block,
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    r: int,
+    num_prefix: int,
+    prop: bool,
+    source: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """timm `Block.forward` with a merge between attention and MLP (as in the paper).
+    `source` (batch, tokens, input tokens), when given, follows the merges (its entries are
+    > 0 exactly at the input tokens each token holds)."""
     bias = size_bias(size, x.dtype) if prop and size is not None else None
     y, metric = _attention(blk.attn, blk.norm1(x), bias)
     x = x + blk.drop_path1(blk.ls1(y))
     r = min(r, max_merge(x.shape[1], num_prefix))
     if r > 0:
-        x, size = merge_wavg(bipartite_soft_matching(metric, r, num_prefix), x, size)
+        matching = bipartite_soft_matching(metric, r, num_prefix)
+        if source is not None:
+            source = merge_wavg(matching, source, size)[0]
+        x, size = merge_wavg(matching, x, size)
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    return x, size
+    return x, size, source
 
 
 def _features(
-    model: VisionTransformer, x: torch.Tensor
+    model: VisionTransformer, x: torch.Tensor, sources: list[torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`VisionTransformer.forward_features` with merging blocks; returns (tokens, sizes)."""
+    """`VisionTransformer.forward_features` with merging blocks; returns (tokens, sizes).
+    A `sources` list receives, after each block, which input tokens each token holds."""
     x = model.patch_embed(x)
     x = model._pos_embed(x)
     x = model.patch_drop(x)
     x = model.norm_pre(x)
     sched: TomeSchedule = model._tome
     p = model.num_prefix_tokens
-    size = None
+    size = source = None
+    if sources is not None:
+        source = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
     for blk, r in zip(model.blocks, sched.r, strict=True):
         if size is None and r == 0:
             x = blk(x)  # nothing merged yet: the stock block is exact and as fast
         else:
-            x, size = _block(blk, x, size, r, p, sched.prop_attn)
+            x, size, source = _block(blk, x, size, r, p, sched.prop_attn, source)
+        if sources is not None:
+            sources.append(source > 0)
     return model.norm(x), size
 
 
@@ -97,7 +113,7 @@ def _weighted_pool(model: VisionTransformer, x: torch.Tensor, size: torch.Tensor
     holds and the pooled vector matches the unmerged model's mean."""
     if not model.pool_include_prefix:
         x, size = x[:, model.num_prefix_tokens :], size[:, model.num_prefix_tokens :]
-    mean = (x * size).sum(dim=1) / size.sum(dim=1)
+    mean = ((x * size).sum(dim=1) / size.sum(dim=1)).to(x.dtype)  # sizes may be wider
     if model.global_pool == "avgmax":
         return 0.5 * (x.amax(dim=1) + mean)
     return mean
@@ -238,6 +254,17 @@ def forward_tokens(
     if not is_patched(model):
         return model.forward_features(x), None
     return _features(model, x)
+
+
+def token_sources(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """After each block, which input tokens each token holds: bool (batch, tokens, input
+    tokens), one per block (the published patch's `trace_source`). For visualisation and tests."""
+    if not is_patched(model):
+        raise ValueError("token_sources needs a ToMe-patched model (apply_tome first)")
+    sources: list[torch.Tensor] = []
+    with torch.no_grad():
+        _features(model, x, sources)
+    return sources
 
 
 def token_counts(model: torch.nn.Module, num_tokens: int | None = None) -> list[int]:
