@@ -14,7 +14,6 @@ from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitsweep.bench.tome_reference import apply_reference_tome
 from vitsweep.spec import ConfigError, TokenSpec
 from vitsweep.tome import (
     apply_token,
@@ -29,6 +28,7 @@ from vitsweep.tome import (
     token_counts,
 )
 from vitsweep.tome.patch import _attention
+from vitsweep.tome.reference import apply_reference_tome
 
 IMG, PATCH, DIM = 48, 8, 64  # 36 patches: enough to merge a few per block, fast on 2 cores
 NUM_PATCHES = (IMG // PATCH) ** 2

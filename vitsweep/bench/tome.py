@@ -23,8 +23,8 @@ import timm
 import torch
 
 from vitsweep.bench.common import Section, Target
-from vitsweep.bench.tome_reference import apply_reference_tome
 from vitsweep.tome import apply_tome, token_counts
+from vitsweep.tome.reference import apply_reference_tome
 
 MODELS = {"DeiT-Ti": "deit_tiny_patch16_224", "DeiT-S": "deit_small_patch16_224"}
 BATCH = 16
