@@ -1,7 +1,8 @@
 """The published ToMe patch's algorithm (facebookresearch/ToMe, `patch/timm.py` for timm 0.4.12),
 re-implemented as the baseline that the benchmark and the tests measure ours against. Written
-from the paper and the patch's documented behaviour, not copied, and kept faithful on purpose, shortcomings included (checked once beside
-the published code on timm 1.0.31, vit_small_patch16_224 in float64: identical outputs):
+from the paper and the patch's documented behaviour, not copied, and kept faithful on purpose,
+shortcomings included (checked once beside the published code on timm 1.0.31,
+vit_small_patch16_224 in float64: identical outputs):
 - eager attention (q @ k^T, + log size, softmax, @ v): no fused SDPA;
 - timm-0.4.12 blocks: no LayerScale (`ls1`/`ls2` ignored), no qk-norm;
 - only the class (and distillation) token is protected, through -inf scores; register tokens
