@@ -1,12 +1,12 @@
-"""The sampler benchmark (issue #10): cached evaluations are reused, hypervolume fractions are
-bounded by the exact front, and the baseline trial does not blind the product's samplers.
+"""The sampler benchmark (issues #10, #19): cached evaluations are reused and shared between
+processes, hypervolume fractions are bounded by the reference front, the recommendation and
+the stop_when verdict follow the issue's targets, and the baseline does not blind the samplers.
 
-Runs the real `trial.run` on the smoke experiment's 8-point grid in a throwaway root.
+Runs the real `trial.run` on the smoke experiment in a throwaway root.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
@@ -14,53 +14,62 @@ import pytest
 
 from vitsweep import record
 from vitsweep.bench.search import (
+    Bench,
     EvalCache,
-    Grid,
+    Evaluator,
+    Run,
     cache_path,
-    evaluate_grid,
-    exact_front,
-    make_grid,
+    make_bench,
     recommend,
+    reference_front,
     run_sampler,
+    runs_path,
+    stop_check,
+    table_run,
 )
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace
-from vitsweep.search.spec import SamplerSpec
+from vitsweep.search.spec import SamplerSpec, StopSpec
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Grid:
+def bench(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Bench:
     root = tmp_path_factory.mktemp("bench")
-    return make_grid("smoke", [f"paths.root={root}"])
+    return make_bench("smoke", [f"paths.root={root}"])
 
 
-def metrics_by_point(entries: list[dict]) -> dict[str, dict]:
-    return {json.dumps(e["point"], sort_keys=True): e["metrics"] for e in entries}
+def test_a_replay_reuses_the_cache_and_an_interrupted_one_is_completed(bench: Bench) -> None:
+    assert not cache_path(bench).exists()
+    cut = Evaluator(bench)
+    cut.baseline()
+    partial = run_sampler(bench, cut, "random", seed=0, n_trials=3)  # an interrupted run
+    assert len(partial.values) == 3 and cut.evaluated >= 2  # the baseline, then new points
+
+    ev = Evaluator(bench)  # a new run reads the file: only what is missing is evaluated
+    full = run_sampler(bench, ev, "random", seed=0, n_trials=6)
+    assert full.values[:3] == partial.values
+    assert ev.reused >= 2 and ev.evaluated <= full.distinct
+
+    again = Evaluator(bench)
+    assert run_sampler(bench, again, "random", seed=0, n_trials=6).values == full.values
+    assert again.evaluated == 0
 
 
-def test_a_repeated_run_reuses_the_cache_and_completes_a_partial_one(grid: Grid) -> None:
-    points = grid.points()
-    assert grid.size == len(points) == 8
-    assert not cache_path(grid).exists()
-
-    first = evaluate_grid(grid, points=points[:3])  # an interrupted run: 3 of 8 points
-    assert (first.evaluated, first.reused) == (4, 0)  # the baseline is evaluated too
-
-    full = evaluate_grid(grid)  # a new run reads the file: only the 5 missing points run
-    assert (full.evaluated, full.reused) == (5, 4)
-    assert metrics_by_point(first.points).items() <= metrics_by_point(full.points).items()
-    assert full.baseline == first.baseline
-
-    again = evaluate_grid(grid)
-    assert (again.evaluated, again.reused) == (0, 9)
-    assert metrics_by_point(again.points) == metrics_by_point(full.points)
+def test_the_first_entry_of_a_key_wins_and_other_writers_are_seen(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    mine, theirs = EvalCache(path), EvalCache(path)
+    mine.put("a", {"metrics": {"accuracy": 0.5}})
+    assert theirs.put("a", {"metrics": {"accuracy": 0.9}})["metrics"]["accuracy"] == 0.5
+    theirs.put("b", {"metrics": {"accuracy": 0.7}})
+    assert mine.get("b") is None
+    mine.refresh()
+    assert mine.get("b") == theirs.get("b")
+    assert len(path.read_text().splitlines()) == 2
 
 
-def test_a_torn_last_line_is_skipped_and_the_next_append_starts_clean(
-    grid: Grid, tmp_path: Path
-) -> None:
+def test_a_torn_last_line_is_skipped_and_the_next_append_starts_clean(tmp_path: Path) -> None:
     path = tmp_path / "cache.jsonl"
     cache = EvalCache(path)
     cache.put("a", {"point": {"x": 1}, "metrics": {"accuracy": 0.5}})
@@ -72,31 +81,27 @@ def test_a_torn_last_line_is_skipped_and_the_next_append_starts_clean(
     assert set(EvalCache(path).entries) == {"a", "c"}
 
 
-def test_the_exact_front_scores_one_and_every_sampler_run_at_most_one(grid: Grid) -> None:
-    ev = evaluate_grid(grid)
-    front = exact_front(grid, ev)
+def test_the_reference_scores_one_and_every_sampler_run_at_most_one(bench: Bench) -> None:
+    ev = Evaluator(bench)
+    records = EvalCache(runs_path(bench))
+    runs = [table_run(bench, ev, records, name, 0, 8) for name in ("tpe", "nsga2", "gp")]
+    front = reference_front(bench, ev)
+    assert front.evaluations == len(ev.entries()) >= 6
     everything = [front.baseline] + [
-        tuple(float(e["metrics"][m]) for m in grid.objectives) for e in ev.points
+        tuple(float(e["metrics"][m]) for m in bench.objectives) for e in ev.entries()
     ]
     assert front.fraction(everything) == pytest.approx(1.0, abs=1e-12)
     assert front.fraction([front.baseline]) == pytest.approx(1 / front.hypervolume)
-    assert front.points, "some grid point must be on the front"
-    for name in ("tpe", "nsga2", "gp", "random"):
-        run = run_sampler(grid, ev, front, name, seed=0, n_trials=12)
-        assert len(run.fractions) == 12
-        assert all(0 < f <= 1 + 1e-12 for f in run.fractions), name
-        assert run.fractions == sorted(run.fractions), f"{name}: hypervolume never shrinks"
-
-
-def test_the_baseline_trial_does_not_change_what_the_samplers_propose(grid: Grid) -> None:
-    """The product enqueues a param-less baseline as trial 0; the samplers must propose what
-    they would without it (before `BaselineBlind`, gp and nsga2 fell back to random search)."""
-    ev = evaluate_grid(grid)
-    front = exact_front(grid, ev)
-    for name in ("tpe", "nsga2", "gp"):
-        told = run_sampler(grid, ev, front, name, seed=1, n_trials=10, tell_baseline=True)
-        hidden = run_sampler(grid, ev, front, name, seed=1, n_trials=10, tell_baseline=False)
-        assert told.fractions == hidden.fractions, name
+    for run in runs:
+        run.score(front)
+        assert len(run.fractions) == 8
+        assert all(0 < f <= 1 + 1e-12 for f in run.fractions), run.sampler
+        assert run.fractions == sorted(run.fractions), f"{run.sampler}: hypervolume shrank"
+    # A recorded run is not replayed (same trials, nothing evaluated), and serves a shorter one.
+    fresh, records = Evaluator(bench), EvalCache(runs_path(bench))
+    assert table_run(bench, fresh, records, "gp", 0, 8).values == runs[2].values
+    assert table_run(bench, fresh, records, "gp", 0, 5).values == runs[2].values[:5]
+    assert fresh.evaluated == fresh.reused == 0
 
 
 def test_gp_models_every_param_despite_a_param_less_baseline() -> None:
@@ -121,24 +126,33 @@ def test_gp_models_every_param_despite_a_param_less_baseline() -> None:
     assert plain.infer_relative_search_space(study, study.trials[-1]) == {}
 
 
-def test_recommendation_needs_the_target_within_the_grid_share_and_a_lead_over_random() -> None:
-    def row(*medians: float) -> dict[int, dict[str, float]]:
-        return {
-            b: {"median": m, "min": m, "max": m}
-            for b, m in zip((10, 20, 40, 80), medians, strict=True)
-        }
+def row(*medians: float) -> dict[int, dict[str, float]]:
+    return {
+        b: {"median": m, "min": m, "max": m} for b, m in zip((10, 20, 40, 80), medians, strict=True)
+    }
 
+
+def test_recommendation_needs_the_target_within_40_trials_and_a_lead_over_random() -> None:
     table = {
-        "tpe": row(0.5, 0.7, 0.8, 0.99),  # reaches 95% at 80
-        "gp": row(0.5, 0.6, 0.99, 1.0),  # reaches 95% at 40
+        "tpe": row(0.5, 0.7, 0.8, 0.99),  # reaches 95% only at 80
+        "gp": row(0.5, 0.6, 0.96, 1.0),  # reaches 95% at 40
         "nsga2": row(0.3, 0.96, 0.97, 0.98),  # reaches it at 20 but trails random at 10
         "random": row(0.4, 0.5, 0.7, 0.7),
     }
-    v = recommend(table, (10, 20, 40, 80), grid_size=864)
-    assert (v.sampler, v.n_trials) == ("gp", 40)
-    assert v.meets == {"tpe": True, "gp": True, "nsga2": False}
-    # A grid of 300 allows 45 trials: tpe's 80 no longer counts.
-    assert recommend(table, (10, 20, 40, 80), grid_size=300).meets["tpe"] is False
+    v = recommend(table, (10, 20, 40, 80))
+    assert (v.sampler, v.n_trials, v.met) == ("gp", 40, True)
+    assert v.meets == {"tpe": False, "gp": True, "nsga2": False}
     table["gp"] = row(0.5, 0.6, 0.9, 0.94)
-    table["tpe"] = row(0.5, 0.7, 0.8, 0.9)
-    assert recommend(table, (10, 20, 40, 80), grid_size=864).sampler is None
+    missed = recommend(table, (10, 20, 40, 80))
+    assert not missed.met and missed.sampler == "tpe" and missed.n_trials == 80
+
+
+def test_stop_when_is_judged_by_the_loops_own_rule() -> None:
+    flat = Run("gp", 0, [], 0.0, 0, fractions=[0.5] * 5 + [0.99] * 35)  # plateau from trial 6
+    late = Run("gp", 1, [], 0.0, 0, fractions=[0.1 + 0.02 * i for i in range(40)])  # 2%+/trial
+    stop = StopSpec(patience=10, min_improvement=0.01)
+    check = stop_check([flat, late], "gp", 40, stop)
+    assert check.stopped_at == [16, 40]  # 10 trials after the last gain; never
+    assert check.saving == pytest.approx((1 - 16 / 40 + 0) / 2)
+    assert check.loss == 0.0
+    assert check.worth_it == (check.saving >= 0.25)

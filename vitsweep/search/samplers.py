@@ -159,8 +159,13 @@ def _make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.Base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if spec.name == "tpe":
-            # multivariate+group model the conditional (per-layer) space jointly; constant_liar
-            # keeps parallel workers from proposing the same point.
+            # Optuna 5's defaults, checked against ours: constant_liar=True is its default too
+            # (parallel workers do not propose the same point). multivariate=None means
+            # *independent* TPE for a multi-objective study, so we ask for multivariate: the
+            # space hook's fixed-length encoding (`space.conditional`) gives every trial the
+            # same params, one joint space for TPE to model. group=True changes nothing for
+            # that one group; it keeps a user's own conditional hook modelled per param set.
+            # n_startup_trials: 8, not Optuna's 10 (budgets here are tens of trials).
             return optuna.samplers.TPESampler(
                 seed=spec.seed,
                 n_startup_trials=spec.n_startup_trials,
@@ -169,18 +174,21 @@ def _make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.Base
                 constant_liar=True,
             )
         if spec.name == "nsga2":
+            # population_size 16, not Optuna's 50: a generation of 50 is a whole study here.
             return optuna.samplers.NSGAIISampler(
                 population_size=spec.population_size, seed=spec.seed
             )
         if spec.name == "random":
             return optuna.samplers.RandomSampler(seed=spec.seed)
         if spec.name == "gp":
-            # Per-layer params past the shallowest depth sampled so far are conditional: GP draws
-            # them at random by design, which is no reason for a warning per param per trial.
+            # Optuna 5's GPSampler handles constrained multi-objective studies itself (logEHVI,
+            # constrained when the trials carry constraints). It models only the params every
+            # complete trial shares; the fixed-length encoding of `space.conditional` makes
+            # that all of them, so a param drawn independently after the startup trials is a
+            # bug worth Optuna's warning (kept on, its default). n_startup_trials: 8, not 10.
             return optuna.samplers.GPSampler(
                 seed=spec.seed,
                 n_startup_trials=spec.n_startup_trials,
-                warn_independent_sampling=False,
             )
         if spec.name == "grid":
             return _Grid(_grid(space), seed=spec.seed)

@@ -119,9 +119,22 @@ def parse_space(params: dict[str, str], hook: str | None = None) -> SearchSpace:
 def conditional(trial: optuna.Trial, base: TrialSpec, sampled: dict[str, Any]) -> dict[str, Any]:
     """The default hook: the supernet's conditional space and the quantizers' own knobs.
 
-    Depth first, then heads and MLP ratio only for the layers that exist (AutoFormer); the
-    bit-width budget only when the precision sampled is `mixed`, the average bits per weight
-    only when it is `tq`.
+    A fixed-length encoding of a conditional space: every trial suggests the same params, and
+    the ones a trial does not use are ignored. Depth first; then heads and MLP ratio for every
+    layer up to the space's *deepest* depth, of which only the first `depth` reach the config.
+    Why: Optuna's GP and NSGA-II model only the params that every complete trial shares, and
+    TPE (multivariate) only the ones in its relative search space, so per-layer params that
+    exist for some trials only (layers past the shallowest depth) were drawn at random with no
+    history at all. With one param set for every trial, every sampler learns every layer; an
+    ignored value is a dimension that does not change the result, which a GP's per-dimension
+    length scale and TPE's density both absorb.
+
+    The quantizers' knobs get the same treatment: the bit budget (`precision=mixed`) and the
+    rate (`precision=tq`) are suggested whenever the study *can* sample that precision (it is
+    one of the choices of a searched `precision` param), and passed on only to trials of that
+    precision. A study that cannot reach mixed or tq (xray's default: fp32/bf16/int8) gets no
+    dead dimension; a precision fixed for the launch (not an Optuna param) is the same in every
+    trial, so its knob is sampled every trial anyway.
     """
     out: dict[str, Any] = {}
     space = base.arch.space
@@ -132,23 +145,38 @@ def conditional(trial: optuna.Trial, base: TrialSpec, sampled: dict[str, Any]) -
         if depth is None:
             depth = trial.suggest_categorical("arch.depth", space.depth)
             out["arch.depth"] = depth
+        deepest = max(space.depth)
         if "arch.num_heads" not in sampled:
-            out["arch.num_heads"] = [
+            heads = [
                 trial.suggest_categorical(f"arch.num_heads.{i}", space.num_heads)
-                for i in range(depth)
+                for i in range(deepest)
             ]
+            out["arch.num_heads"] = heads[:depth]
         if "arch.mlp_ratio" not in sampled:
-            out["arch.mlp_ratio"] = [
+            ratios = [
                 trial.suggest_categorical(f"arch.mlp_ratio.{i}", space.mlp_ratio)
-                for i in range(depth)
+                for i in range(deepest)
             ]
-    if sampled.get("precision") == "mixed" and "precision.budget_ratio" not in sampled:
-        out["precision.budget_ratio"] = trial.suggest_float(
-            "precision.budget_ratio", 0.15, 0.3, step=0.05
-        )
-    if sampled.get("precision") == "tq" and "precision.rate" not in sampled:
-        out["precision.rate"] = trial.suggest_categorical("precision.rate", TQ_RATES)
+            out["arch.mlp_ratio"] = ratios[:depth]
+    precision = sampled.get("precision")
+    if "precision.budget_ratio" not in sampled and _may_be(trial, precision, "mixed"):
+        budget = trial.suggest_float("precision.budget_ratio", 0.15, 0.3, step=0.05)
+        if precision == "mixed":
+            out["precision.budget_ratio"] = budget
+    if "precision.rate" not in sampled and _may_be(trial, precision, "tq"):
+        rate = trial.suggest_categorical("precision.rate", TQ_RATES)
+        if precision == "tq":
+            out["precision.rate"] = rate
     return out
+
+
+def _may_be(trial: optuna.Trial, precision: Any, mode: str) -> bool:
+    """Whether some trial of this study can have `precision=mode`: this one has it, or the
+    study searches `precision` with `mode` among its choices."""
+    if precision == mode:
+        return True
+    dist = trial.distributions.get("precision")
+    return isinstance(dist, CategoricalDistribution) and mode in dist.choices
 
 
 def format_override(key: str, value: Any) -> str:
