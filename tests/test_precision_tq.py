@@ -24,10 +24,11 @@ from vitsweep.measure.cost import count_params
 from vitsweep.models import ViTShape, build_vit
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision import transform as T
+from vitsweep.precision.knobs import TQ_RATES
 from vitsweep.precision.quantizers import fake_quantize
 from vitsweep.precision.tq import TQLayer, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
-from vitsweep.search.space import TQ_RATES, conditional
+from vitsweep.search.space import conditional
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec, TrialSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

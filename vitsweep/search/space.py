@@ -23,12 +23,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from vitsweep.precision.knobs import MODE_KNOBS, Knob
 from vitsweep.spec import ConfigError, TrialSpec
 
 SpaceHook = Callable[[optuna.Trial, TrialSpec, dict[str, Any]], dict[str, Any]]
-# tq's rates searched by `conditional`: under 2 bits accuracy collapses without long retraining;
-# from about 6 bits the coefficients plus the 8-bit transform outweigh int8 on a ViT's layers.
-TQ_RATES = (2.0, 3.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -159,15 +157,20 @@ def conditional(trial: optuna.Trial, base: TrialSpec, sampled: dict[str, Any]) -
             ]
             out["arch.mlp_ratio"] = ratios[:depth]
     precision = sampled.get("precision")
-    if "precision.budget_ratio" not in sampled and _may_be(trial, precision, "mixed"):
-        budget = trial.suggest_float("precision.budget_ratio", 0.15, 0.3, step=0.05)
-        if precision == "mixed":
-            out["precision.budget_ratio"] = budget
-    if "precision.rate" not in sampled and _may_be(trial, precision, "tq"):
-        rate = trial.suggest_categorical("precision.rate", TQ_RATES)
-        if precision == "tq":
-            out["precision.rate"] = rate
+    for mode, knobs in MODE_KNOBS.items():  # each precision mode's own knobs (precision.knobs)
+        for knob in knobs:
+            if knob.key in sampled or not _may_be(trial, precision, mode):
+                continue
+            value = _suggest_knob(trial, knob)
+            if precision == mode:
+                out[knob.key] = value
     return out
+
+
+def _suggest_knob(trial: optuna.Trial, knob: Knob) -> Any:
+    if knob.choices:
+        return trial.suggest_categorical(knob.key, knob.choices)
+    return trial.suggest_float(knob.key, knob.low, knob.high, step=knob.step)
 
 
 def _may_be(trial: optuna.Trial, precision: Any, mode: str) -> bool:

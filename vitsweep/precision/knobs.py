@@ -1,0 +1,29 @@
+"""What each precision mode adds to the search space, as plain data. The search room turns these
+into Optuna distributions without knowing any precision by name: a new mode with a knob touches
+this file only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched key: `choices` (categorical), or a float range `low..high` by `step`."""
+
+    key: str
+    choices: tuple[float, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+
+
+# tq's rates: under 2 bits accuracy collapses without long retraining; from about 6 bits the
+# coefficients plus the 8-bit transform outweigh int8 on a ViT's layers.
+TQ_RATES = (2.0, 3.0, 4.0)
+
+MODE_KNOBS: dict[str, tuple[Knob, ...]] = {
+    # mixed: the model-bytes budget of the bit-width ILP, as a fraction of fp32
+    "mixed": (Knob("precision.budget_ratio", low=0.15, high=0.3, step=0.05),),
+    "tq": (Knob("precision.rate", choices=TQ_RATES),),
+}
