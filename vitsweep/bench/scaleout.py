@@ -260,6 +260,12 @@ def storage_section(quick: bool) -> Section:
         "the cycle grows with the study: each cycle lists the study's trials (stale check, "
         "budget count, over-budget check)"
     )
+    notes.append(
+        "per metric (before): each of the trial's metrics also written as its own user "
+        "attribute, as trials were stored before vitsweep.record (one extra write on top, so "
+        "the before figure is at most one write pessimistic); both layouts in one storage, "
+        "two studies, run one after the other"
+    )
     return Section(
         title="Storage calls per trial, one worker (ask/tell cycle with heartbeat and metrics)",
         rows=rows,
