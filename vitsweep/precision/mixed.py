@@ -291,20 +291,32 @@ def plan_mixed(
     return MixedPlan(candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers)
 
 
-def apply_plan(model: nn.Module, plan: MixedPlan, *, backend: str, device: str = "cpu") -> str:
+def apply_plan(
+    model: nn.Module,
+    plan: MixedPlan,
+    *,
+    backend: str,
+    device: str = "cpu",
+    eight_bit: bool = True,
+) -> str:
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
     Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits) or PackedLinear (2..7 bits);
     other nn.Linear -> int8-kernel Linear; everything else untouched (fp32).
+    `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
+    in one exported program.
     """
     bits = plan.bits
     for name, layer in searched_linears(model):
-        set_module(model, name, _convert(layer, bits[name], backend, device))
+        if bits[name] < 8 or eight_bit:
+            set_module(model, name, _convert(layer, bits[name], backend, device))
     others = other_linears(model)
-    for name, layer in others:
-        set_module(model, name, int8_linear(layer, backend, device))
+    if eight_bit:
+        for name, layer in others:
+            set_module(model, name, int8_linear(layer, backend, device))
     counts = Counter(bits.values())
-    parts = [f"8-bit {backend_label(backend, device)} x{counts.get(8, 0) + len(others)}"]
+    kernels = backend_label(backend, device) if eight_bit else "(PT2E)"
+    parts = [f"8-bit {kernels} x{counts.get(8, 0) + len(others)}"]
     parts += [
         f"{b}-bit packed+dequantized x{counts[b]}" for b in sorted(counts, reverse=True) if b < 8
     ]
