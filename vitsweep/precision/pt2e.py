@@ -110,9 +110,11 @@ def quantize_pt2e(
     with torch.no_grad():
         program = torch.export.export(model, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
         prepared = prepare_pt2e(program.module(), _quantizer(dynamic, module_names))
-        if not dynamic:  # observers record activation ranges; dynamic finds them per call
-            for x in batches:
-                prepared(x)
+        # Observers record activation ranges (static) and, in both schemes, the per-channel
+        # weight ranges: without one forward a weight observer has seen nothing, and convert
+        # falls back to a single scale per tensor. Dynamic needs no more than that one batch.
+        for x in batches if not dynamic else batches[:1]:
+            prepared(x)
         converted = convert_pt2e(prepared)
         _prune_unused(converted)
         # Exported once more: the trial runs, and vitsweep-export saves, this very program.
