@@ -259,7 +259,7 @@ def export_trial(
     from vitsweep import models, trial
     from vitsweep.models.checkpoint import atomic_save, plain
     from vitsweep.precision import PLAN_ATTR
-    from vitsweep.precision.int8 import resolve_int8_backend
+    from vitsweep.precision.int8 import eager_backend, resolve_int8_backend
     from vitsweep.precision.pt2e import PROGRAM_ATTR
 
     spec = _with_trial_threads(spec, metrics)
@@ -289,7 +289,12 @@ def export_trial(
         "device": ctx.device,
         "input_dtype": str(ctx.input_dtype).removeprefix("torch."),
         "precision_exec": ctx.precision_exec,
-        "int8_backend": resolve_int8_backend(ctx.device, "auto") if int8 else None,
+        # The eager kernels a rebuild uses (a PT2E program is not rebuilt: it is loaded).
+        "int8_backend": eager_backend(
+            ctx.device, resolve_int8_backend(ctx.device, spec.precision.int8_backend)
+        )
+        if int8 and program is None
+        else None,
         "plan": plain(plan) if plan is not None else None,
         "program": PROGRAM_FILE if program is not None else None,
         "state_dict": model.state_dict() if program is None else {},
