@@ -185,8 +185,8 @@ def _mixed(
     int8_backend: str,
     plan: MixedPlan | None = None,
 ) -> tuple[nn.Module, str, bool]:
-    """HAWQ plan (priced with eager int8 stand-ins), low-bit layers packed; the 8-bit layers run
-    on PT2E int8 where it can capture the model (the packed layers stay inside the program)."""
+    """HAWQ plan, low-bit layers packed; the 8-bit layers run on PT2E int8 where it can capture
+    the model (the packed layers stay inside the program), else on eager int8 kernels."""
     backend = resolve_int8_backend(device, int8_backend)
     eager = eager_backend(device, backend)
     if plan is None:  # given: a reloaded export, the plan the trial chose, no recalibration
@@ -196,7 +196,7 @@ def _mixed(
                 "(apply_precision(..., calib=train set))"
             )
         plan = plan_mixed(
-            model, spec, calib, backend=eager, device=device, batch_size=calib_batch_size,
+            model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size,
             seed=seed,
         )  # fmt: skip
     if backend == "pt2e":

@@ -104,6 +104,10 @@ def quantize_pt2e(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batches = list(batches)
+    # Parameters as deployed, before export flattens the modules that say how many they hold
+    # as buffers (mixed's packed layers): count_params reads them back from `buffered_params`.
+    params = sum(p.numel() for p in model.parameters())
+    params += sum(int(getattr(m, "buffered_params", 0)) for m in model.modules())
     if not batches:
         raise ValueError("quantize_pt2e: needs at least one input batch (the export example)")
     model.eval()
@@ -119,7 +123,9 @@ def quantize_pt2e(
         _prune_unused(converted)
         # Exported once more: the trial runs, and vitsweep-export saves, this very program.
         final = torch.export.export(converted, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
-    return program_module(final)
+    module = program_module(final)
+    module.buffered_params = params - sum(p.numel() for p in module.parameters())
+    return module
 
 
 def program_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
