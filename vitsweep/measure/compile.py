@@ -97,6 +97,19 @@ def compile_model(
     if batch_sizes is None:
         batch_sizes = (spec.batch_size, 1, spec.eval_batch_size)
     runner = compile_program(model)
-    compile_s = warm_up(runner, ctx, sample_shape, batch_sizes)
+    start = time.perf_counter()
+    try:
+        compile_s = warm_up(runner, ctx, sample_shape, batch_sizes)
+    except Exception as err:  # inductor's lowering failures have no common type
+        # Seen here: PT2E int8 + ToMe r>0, inductor's qlinear+add fusion meets ToMe's scatter
+        # ("FakeTensorUpdater cannot recompute metadata ... qlinear_binary"). The model still
+        # runs uncompiled; the label says what ran and why, the seconds spent stay on record.
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        how = "reference q/dq ops in fp32" if ctx.wants_compile else "eager"
+        note = f", compile failed ({type(err).__name__}: {first}): {how}"
+        torch._dynamo.reset()
+        return model, dataclasses.replace(ctx, precision_exec=ctx.precision_exec + note), (
+            time.perf_counter() - start
+        )
     ctx = dataclasses.replace(ctx, precision_exec=f"{ctx.precision_exec}, compiled")
     return runner, ctx, compile_s
