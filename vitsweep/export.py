@@ -129,12 +129,12 @@ def _program(obj: dict[str, Any], device: str | None, where: Path) -> tuple[nn.M
     """The saved PT2E program, as the trial ran it before compiling (the ctx says so)."""
     from vitsweep.precision import PLAN_ATTR
     from vitsweep.precision.mixed import MixedPlan
-    from vitsweep.precision.pt2e import program_module
+    from vitsweep.precision.pt2e import load_program
 
     file = where / obj["program"]
     if not file.is_file():
         raise ConfigError(f"{file}: missing; this export's model.pt names it as its program")
-    module = program_module(torch.export.load(file))
+    module = load_program(file)
     if obj.get("plan"):
         setattr(module, PLAN_ATTR, MixedPlan.from_dict(obj["plan"]))
     ctx = RunContext(

@@ -17,6 +17,7 @@ for models torch.export cannot capture and devices inductor's x86 lowering does 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -126,6 +127,15 @@ def quantize_pt2e(
     module = program_module(final)
     module.buffered_params = params - sum(p.numel() for p in module.parameters())
     return module
+
+
+def load_program(file: str | Path) -> torch.fx.GraphModule:
+    """A `.pt2` PT2E program back from disk, runnable (`program_module`)."""
+    # The program's quantize/dequantize ops (quantized_decomposed::*) must be registered before
+    # torch.export.load can resolve them: importing the PT2E flow registers them.
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+
+    return program_module(torch.export.load(str(file)))
 
 
 def program_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
