@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -127,8 +128,16 @@ def test_mixed_close_to_fp32_and_within_budget(trained, splits, kind_budget):
     for layer in plan.layers:  # more bits never cost less or hurt more
         assert list(layer.sensitivity) == sorted(layer.sensitivity, reverse=True)
         assert list(layer.cost) == sorted(layer.cost)
+    # PT2E (x86 CPUs): the packed layers are inside the exported program, no modules any more;
+    # precision_exec counts them either way, and names the program of the 8-bit layers.
+    low = sum(b < 8 for b in plan.bits.values())
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    assert len(packed) == sum(b < 8 for b in plan.bits.values())
+    listed = re.findall(r"\d-bit packed\+dequantized x(\d+)", ctx.precision_exec)
+    assert sum(int(n) for n in listed) == low
+    if isinstance(model, torch.fx.GraphModule):
+        assert "; 8-bit: int8 static pt2e x86-inductor" in ctx.precision_exec and not packed
+    else:
+        assert len(packed) == low
     assert count_params(model) == count_params(base)  # packed and int8 weights still count
     pred, _ = predictions(model, ctx, splits.test)
     agree = float((pred == ref_pred).float().mean())

@@ -136,15 +136,22 @@ def test_model_bytes_matches_what_is_saved(spec):
     assert n <= saved < n + 600 * entries + 2048
 
 
-def test_int8_vit_bytes_from_the_architecture():
-    """Every Linear at 1 byte/weight (+ 16 B/row scale and zero point, fp32 bias, 12 B module
-    scalars); everything else (patch conv, norms, tokens, pos embed) still fp32."""
+@pytest.mark.parametrize(
+    ("backend", "per_row", "per_module"),
+    [("ao_dynamic", 16, 12), ("pt2e", 12, 0)],
+)
+def test_int8_vit_bytes_from_the_architecture(backend, per_row, per_module):
+    """Every Linear at 1 byte/weight (+ per-row scale and zero point: torch.ao double + int64,
+    PT2E fp32 + int64; fp32 bias; torch.ao 12 B module scalars, PT2E's activation scales are
+    literals in the graph); everything else (patch conv, norms, tokens, pos embed) still fp32,
+    and PT2E keeps no float copy of a quantized weight."""
     fp32 = _tiny_vit()
     linears = [m for m in fp32.modules() if isinstance(m, nn.Linear)]
     lin_fp32 = sum(4 * (m.weight.numel() + m.bias.numel()) for m in linears)
     lin_int8 = sum(
-        m.weight.numel() + 16 * m.out_features + 4 * m.bias.numel() + 12 for m in linears
+        m.weight.numel() + per_row * m.out_features + 4 * m.bias.numel() + per_module
+        for m in linears
     )
     expected = model_bytes(fp32) - lin_fp32 + lin_int8
-    model, _ = apply_precision(fp32, PrecisionSpec(mode="int8"))
+    model, _ = apply_precision(fp32, PrecisionSpec(mode="int8", int8_backend=backend))
     assert model_bytes(model) == expected

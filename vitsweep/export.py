@@ -5,8 +5,12 @@ What an export directory holds (`<paths.root>/<study>/export/trial-<n>/`):
   packed low-bit codes, bf16 tensors as they run) -- plus the plain recipe that rebuilds their
   module tree (architecture, token and precision settings, the mixed-precision plan). Plain data
   only, so `torch.load(weights_only=True)` reads it and loading runs no pickled code.
+- `model.pt2`: for PT2E int8 (int8, and mixed's 8-bit layers, on x86 CPUs): the very
+  `torch.export` program the trial compiled and measured (`torch.export.save`), int8 weights
+  and calibrated activation scales inside; `model.pt` then holds the recipe and no weights.
+  Loading compiles it again (inductor, freezing) exactly as the trial did.
 - `model.ts`: the same model traced to TorchScript, only when the traced module reproduces the
-  trial's accuracy too (fp32, bf16 and int8 do on this CPU); otherwise README says why not.
+  trial's accuracy too (fp32 and bf16 do on this CPU); otherwise README says why not.
 - `config.yaml` (the trial's resolved config, passwords masked), `metrics.json` (the trial's
   metrics as stored in the study), `README.md` and `load.py` (the loading code).
 
@@ -34,6 +38,7 @@ from vitsweep.spec import ConfigError, TrialSpec
 
 FORMAT = "vitsweep-export/1"
 MODEL_FILE = "model.pt"
+PROGRAM_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.ts"
 @dataclass(frozen=True)
 class Check:
@@ -102,13 +107,44 @@ def load_export(path: str | Path, device: str | None = None) -> tuple[nn.Module,
     applied to it (mixed: the stored plan, no calibration), then the saved weights replace all
     of its tensors (strict: every key and shape must match).
     """
-    return _model(_read(path), device)
+    return _model(_read(path), device, _dir(path))
 
 
-def _model(obj: dict[str, Any], device: str | None) -> tuple[nn.Module, RunContext]:
+def _dir(path: str | Path) -> Path:
+    return Path(path) if Path(path).is_dir() else Path(path).parent
+
+
+def _program(obj: dict[str, Any], device: str | None, where: Path) -> tuple[nn.Module, RunContext]:
+    """The saved PT2E program, as the trial ran it before compiling (the ctx says so)."""
+    from vitsweep.precision import PLAN_ATTR
+    from vitsweep.precision.mixed import MixedPlan
+    from vitsweep.precision.pt2e import load_program
+
+    file = where / obj["program"]
+    if not file.is_file():
+        raise ConfigError(f"{file}: missing; this export's model.pt names it as its program")
+    module = load_program(file)
+    if obj.get("plan"):
+        setattr(module, PLAN_ATTR, MixedPlan.from_dict(obj["plan"]))
+    ctx = RunContext(
+        device=device or obj["device"],
+        input_dtype=getattr(torch, obj["input_dtype"]),
+        precision_exec=obj["precision_exec"],
+        wants_compile=True,
+    )
+    return module.to(ctx.device), ctx
+
+
+def _model(
+    obj: dict[str, Any], device: str | None, where: Path | None = None
+) -> tuple[nn.Module, RunContext]:
     from vitsweep import models, precision, tome
     from vitsweep.precision.mixed import MixedPlan
 
+    if obj.get("program"):
+        if where is None:
+            raise ConfigError("this export ships a torch.export program: load it by directory")
+        return _program(obj, device, where)
     spec = _spec(obj)
     model = models.skeleton(obj["architecture"])
     model = tome.apply_token(model, spec.token)
@@ -165,15 +201,18 @@ def remeasure(path: str | Path) -> tuple[Check, ...]:
     spec = _spec(obj)
     stored = json.loads((path / "metrics.json").read_text())
     splits = data.load(spec.data, data.data_dir(spec.root))
-    model, ctx = _model(obj, None)
+    model, ctx = _model(obj, None, path)
+    run_model, run_ctx, _ = trial.runner(model, ctx, splits, spec.measure)  # compiled as the trial
     checks = [
         Check(
-            "accuracy", stored.get("accuracy"), trial.accuracy(model, ctx, splits.val, spec.measure)
+            "accuracy",
+            stored.get("accuracy"),
+            trial.accuracy(run_model, run_ctx, splits.val, spec.measure),
         ),
         Check(
             "test_accuracy",
             stored.get("test_accuracy"),
-            trial.accuracy(model, ctx, splits.test, spec.measure),
+            trial.accuracy(run_model, run_ctx, splits.test, spec.measure),
         ),
         Check("model_bytes", stored.get("model_bytes"), precision.model_bytes(model)),
     ]
@@ -209,7 +248,8 @@ def export_trial(
     from vitsweep import models, trial
     from vitsweep.models.checkpoint import atomic_save, plain
     from vitsweep.precision import PLAN_ATTR
-    from vitsweep.precision.int8 import resolve_int8_backend
+    from vitsweep.precision.int8 import eager_backend, resolve_int8_backend
+    from vitsweep.precision.pt2e import PROGRAM_ATTR
 
     spec = _with_trial_threads(spec, metrics)
     weights = models.weights_file(spec.arch, spec.train, spec.data, spec.root)
@@ -223,6 +263,7 @@ def export_trial(
     geometry = models.Geometry(splits.image_size, splits.in_chans, splits.num_classes)
     plan = getattr(model, PLAN_ATTR, None)
     int8 = spec.precision.mode in ("int8", "mixed")
+    program = getattr(model, PROGRAM_ATTR, None)
 
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -237,13 +278,29 @@ def export_trial(
         "device": ctx.device,
         "input_dtype": str(ctx.input_dtype).removeprefix("torch."),
         "precision_exec": ctx.precision_exec,
-        "int8_backend": resolve_int8_backend(ctx.device, "auto") if int8 else None,
+        # The eager kernels a rebuild uses (a PT2E program is not rebuilt: it is loaded).
+        "int8_backend": eager_backend(
+            ctx.device, resolve_int8_backend(ctx.device, spec.precision.int8_backend)
+        )
+        if int8 and program is None
+        else None,
         "plan": plain(plan) if plan is not None else None,
-        "state_dict": model.state_dict(),
+        "program": PROGRAM_FILE if program is not None else None,
+        "state_dict": model.state_dict() if program is None else {},
     }
     atomic_save(record, staging / MODEL_FILE).chmod(0o644)  # a temp file's 0600 otherwise
-    formats = {MODEL_FILE: "weights + recipe; load with vitsweep.export.load_export"}
-    formats[TORCHSCRIPT_FILE] = _torchscript(model, ctx, splits, staging / TORCHSCRIPT_FILE)
+    if program is not None:
+        torch.export.save(program, staging / PROGRAM_FILE)
+        (staging / PROGRAM_FILE).chmod(0o644)
+        formats = {
+            PROGRAM_FILE: "the trial's torch.export int8 program (torch.export.load; compile "
+            "with inductor freezing for int8 kernels)",
+            MODEL_FILE: "recipe; load both with vitsweep.export.load_export",
+            TORCHSCRIPT_FILE: f"skipped: the program ships as {PROGRAM_FILE}",
+        }
+    else:
+        formats = {MODEL_FILE: "weights + recipe; load with vitsweep.export.load_export"}
+        formats[TORCHSCRIPT_FILE] = _torchscript(model, ctx, splits, staging / TORCHSCRIPT_FILE)
     _write_text(staging, config, metrics, study, number)
 
     checks = list(remeasure(staging))
@@ -308,7 +365,7 @@ from vitsweep.export import load_export, remeasure
 
 here = Path(__file__).resolve().parent
 model, ctx = load_export(here)  # logits = ctx.forward(model, images)
-print(type(model).__name__, "|", ctx.precision_exec)
+print(type(model).__name__, "|", ctx.precision_exec)  # PT2E: compile as remeasure does
 checks = remeasure(here)
 for check in checks:
     print(check)
@@ -345,7 +402,7 @@ logits = model(images.to("{ctx.device}", torch.{dtype}))
     (out / "README.md").write_text(
         f"""# Trial {number} of study `{study}`
 
-Runs as: {ctx.precision_exec} on {ctx.device}.
+Runs as: {metrics.get("precision_exec", ctx.precision_exec)} on {ctx.device}.
 
 | metric | value (as measured in the study) |
 |---|---|

@@ -161,6 +161,10 @@ class TokenSpec:
 class PrecisionSpec:
     mode: Literal["fp32", "fp16", "bf16", "int8", "mixed", "tq"] = "fp32"
     cast: Literal["autocast", "full"] = "autocast"  # fp16/bf16: autocast or a full cast
+    # int8/mixed: static (calibrated on the train split) or dynamic activation scales
+    int8_scheme: Literal["static", "dynamic"] = "static"
+    # int8/mixed kernels: auto = torchao PT2E + inductor on x86 CPUs, int_mm on CUDA
+    int8_backend: Literal["auto", "pt2e", "ao_dynamic", "int_mm"] = "auto"
     bits: tuple[int, ...] = (4, 6, 8)  # mixed: candidate bit-widths per layer
     budget_kind: Literal["bytes", "bops"] = "bytes"  # mixed
     budget_ratio: float = 0.25  # mixed: budget as a fraction of the fp32 model's bytes/BOPs
@@ -210,6 +214,9 @@ class MeasureSpec:
     watts: float = 15.0  # estimate: assumed average power draw
     energy_window_s: float = 1.0
     lock: bool = True  # serialize timed sections of workers sharing this machine
+    # torch.compile (inductor, freezing) before accuracy and timing; auto: where the precision
+    # needs it (PT2E int8), always, never. Compile time is reported apart as `compile_s`.
+    compile: Literal["auto", "always", "never"] = "auto"
     lock_path: str | None = None
 
     def __post_init__(self) -> None:

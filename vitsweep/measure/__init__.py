@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitsweep.measure.accuracy import correct_flags, evaluate
+from vitsweep.measure.compile import compile_model, should_compile
 from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
 from vitsweep.measure.device import resolve_device
 from vitsweep.measure.energy import (
@@ -35,6 +36,7 @@ __all__ = [
     "RaplMeter",
     "RepeatStats",
     "coefficient_of_variation",
+    "compile_model",
     "correct_flags",
     "count_flops",
     "count_params",
@@ -47,6 +49,7 @@ __all__ = [
     "peak_memory_bytes",
     "resolve_device",
     "select_meter",
+    "should_compile",
     "thread_scope",
     "timed_repeats",
     "timing_lock",

@@ -37,18 +37,22 @@ def measure_all(
     ctx: RunContext,
     sample_shape: tuple[int, int, int],
     spec: MeasureSpec,
+    cost_model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Throughput, latency, energy, params, FLOPs and peak memory of `model` run through `ctx`.
 
-    The model must already sit on `ctx.device`. Energy per image uses the meter chosen by
+    The model must already sit on `ctx.device`. `cost_model`: the uncompiled module whose
+    parameters and FLOPs are counted when `model` is its compiled runner (FlopCounterMode sees
+    no aten ops inside a compiled graph); default `model`. Energy per image uses the meter chosen by
     `spec.energy`; the estimate needs no extra window (assumed watts / measured throughput).
     """
     sample_shape = tuple(sample_shape)  # type: ignore[assignment]
     meter = select_meter(spec.energy, ctx.device, spec.watts)
     try:
         with thread_scope(spec.threads) as threads:
-            params = count_params(model)
-            flops = count_flops(model, ctx, sample_shape)
+            counted = model if cost_model is None else cost_model
+            params = count_params(counted)
+            flops = count_flops(counted, ctx, sample_shape)
             (peak_mem, peak_mem_source), _ = with_oom_retry(
                 lambda b: peak_memory_bytes(model, ctx, make_input(b, sample_shape, ctx)),
                 spec.batch_size,

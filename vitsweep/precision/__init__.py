@@ -8,6 +8,7 @@ A new mode plugs in as one more entry of `_HANDLERS`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -15,8 +16,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitsweep.precision.bytes import model_bytes
-from vitsweep.precision.int8 import backend_label, int8_linear, resolve_int8_backend
-from vitsweep.precision.mixed import MixedPlan, apply_plan, calib_batches, plan_mixed, set_module
+from vitsweep.precision.int8 import (
+    backend_label,
+    eager_backend,
+    int8_linear,
+    resolve_int8_backend,
+)
+from vitsweep.precision.mixed import (
+    MixedPlan,
+    apply_plan,
+    calib_batches,
+    other_linears,
+    plan_mixed,
+    set_module,
+)
+from vitsweep.precision.pt2e import label as pt2e_label
+from vitsweep.precision.pt2e import quantize_pt2e
 from vitsweep.precision.quantizers import MAX_BITS, MIN_BITS
 from vitsweep.precision.resolve import (
     MODES,
@@ -72,11 +87,55 @@ def _validate_tq(spec: PrecisionSpec) -> None:
         raise ConfigError(f"precision.finetune_steps={spec.finetune_steps}: must be >= 0")
 
 
-def _float(model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object) -> str:
+def _float(
+    model: nn.Module, spec: PrecisionSpec, resolved: Resolved, **_: object
+) -> tuple[nn.Module, str, bool]:
     """fp32 / fp16 / bf16: a full cast changes parameter dtypes; autocast changes nothing here."""
     if resolved.model_dtype != torch.float32:
         model.to(resolved.model_dtype)
-    return resolved.label
+    return model, resolved.label, False
+
+
+def _example_batches(
+    model: nn.Module, spec: PrecisionSpec, calib: Dataset | None, batch_size: int, device: str
+) -> list[torch.Tensor]:
+    """Inputs PT2E exports and calibrates on: the first `calib_batches` train batches, or (no
+    calibration data) one random batch shaped from the model's patch embedding."""
+    if calib is not None:
+        return [x for x, _ in calib_batches(calib, spec.calib_batches, batch_size, device)]
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    chans = getattr(getattr(embed, "proj", None), "in_channels", None)
+    if size is None or chans is None:
+        raise ConfigError(
+            "precision.int8_backend='pt2e': needs calibration data or a timm-style "
+            "patch_embed to shape an example input (apply_precision(..., calib=train set))"
+        )
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn((2, chans, *tuple(size)), generator=gen).to(device)]
+
+
+def _pt2e(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    calib: Dataset | None,
+    batch_size: int,
+    device: str,
+    module_names: list[str] | None = None,
+) -> tuple[nn.Module, str]:
+    """The PT2E int8 program; static needs calibration data, without it dynamic (said so)."""
+    dynamic = spec.int8_scheme == "dynamic" or calib is None
+    batches = _example_batches(model, spec, calib, batch_size, device)
+    program = quantize_pt2e(model, batches, dynamic=dynamic, module_names=module_names)
+    text = pt2e_label(program, dynamic)
+    if calib is None and spec.int8_scheme == "static":
+        text += " (dynamic: no calibration data given)"
+    return program, text
+
+
+def _export_failure(err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {first}"
 
 
 def _int8(
@@ -86,14 +145,32 @@ def _int8(
     *,
     device: str,
     int8_backend: str,
+    calib: Dataset | None,
+    calib_batch_size: int,
     **_: object,
-) -> str:
-    """Every nn.Linear -> int8-kernel Linear; patch-embed conv, norms, attention matmuls fp32."""
+) -> tuple[nn.Module, str, bool]:
+    """PT2E (x86 CPU): every Linear and the patch-embed Conv int8 in one exported program, to
+    be compiled. Eager backends: every nn.Linear -> int8-kernel Linear, the rest fp32."""
     backend = resolve_int8_backend(device, int8_backend)
+    fallback = ""
+    if backend == "pt2e":
+        try:
+            program, text = _pt2e(model, spec, calib, calib_batch_size, device)
+            return program, text, True
+        except Exception as err:  # torch.export's failures have no common type
+            if int8_backend == "pt2e":
+                raise ConfigError(
+                    f"precision.int8_backend='pt2e': torch.export could not capture the model "
+                    f"({_export_failure(err)}); use precision.int8_backend=auto"
+                ) from err
+            backend = eager_backend(device, backend)
+            fallback = f", fallback: torch.export failed ({_export_failure(err)})"
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, layer in linears:
         set_module(model, name, int8_linear(layer, backend, device))
-    return f"{backend_label(backend, device)} x{len(linears)} Linear, rest fp32"
+    eager = " eager" if backend == "ao_dynamic" else ""
+    text = f"{backend_label(backend, device)}{eager} x{len(linears)} Linear, rest fp32{fallback}"
+    return model, text, False
 
 
 def _mixed(
@@ -107,8 +184,11 @@ def _mixed(
     seed: int,
     int8_backend: str,
     plan: MixedPlan | None = None,
-) -> str:
+) -> tuple[nn.Module, str, bool]:
+    """HAWQ plan, low-bit layers packed; the 8-bit layers run on PT2E int8 where it can capture
+    the model (the packed layers stay inside the program), else on eager int8 kernels."""
     backend = resolve_int8_backend(device, int8_backend)
+    eager = eager_backend(device, backend)
     if plan is None:  # given: a reloaded export, the plan the trial chose, no recalibration
         if calib is None:
             raise ConfigError(
@@ -119,9 +199,21 @@ def _mixed(
             model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size,
             seed=seed,
         )  # fmt: skip
-    label = apply_plan(model, plan, backend=backend, device=device)
+    if backend == "pt2e":
+        eight = [n for n, b in plan.bits.items() if b == 8] + [n for n, _ in other_linears(model)]
+        packed_only = copy.deepcopy(model)
+        text = apply_plan(packed_only, plan, backend=eager, device=device, eight_bit=False)
+        try:
+            program, q_text = _pt2e(packed_only, spec, calib, calib_batch_size, device, eight)
+            setattr(program, PLAN_ATTR, plan)
+            return program, f"{text}; 8-bit: {q_text}", True
+        except Exception as err:  # torch.export's failures have no common type
+            fallback = f", fallback: torch.export failed ({_export_failure(err)})"
+    else:
+        fallback = ""
+    label = apply_plan(model, plan, backend=eager, device=device) + fallback
     setattr(model, PLAN_ATTR, plan)
-    return label
+    return model, label, False
 
 
 def _tq(
@@ -134,7 +226,7 @@ def _tq(
     calib_batch_size: int,
     seed: int,
     **_: object,
-) -> str:
+) -> tuple[nn.Module, str, bool]:
     """Every nn.Linear / nn.Conv -> TQLayer at `spec.rate` bits per weight, bits allocated on
     the output variances seen on `calib_batches` batches of `calib` (on the weights' own without
     `calib`); then, with `finetune_steps`, quantization-aware fine-tuning on `calib`."""
@@ -159,13 +251,17 @@ def _tq(
     alloc = "output-weighted" if stats.weighted else "weights-only"
     tuned = f", fine-tuned {spec.finetune_steps} steps" if spec.finetune_steps else ""
     return (
+        model,
         f"tq {stats.rate:.3g} bits/weight ({stats.effective_bits:.3g} with transforms), "
         f"{alloc} allocation, x{stats.layers} Linear/Conv{tuned}, rebuilt once to fp32 "
-        "(saves bytes, not time)"
+        "(saves bytes, not time)",
+        False,
     )
 
 
-_HANDLERS: dict[str, Callable[..., str]] = {
+# A handler returns (the converted model, precision_exec, whether it must be compiled to run
+# at its precision's speed): PT2E programs are reference q/dq graphs until inductor lowers them.
+_HANDLERS: dict[str, Callable[..., tuple[nn.Module, str, bool]]] = {
     "fp32": _float,
     "fp16": _float,
     "bf16": _float,
@@ -191,13 +287,17 @@ def apply_precision(
     model whose weights were converted (full cast, int8, mixed) is a ConfigError.
 
     Modifications: eval mode, moved to `device`; fp16/bf16 full: float parameters cast;
-    int8: every nn.Linear -> int8-kernel Linear; mixed: block Linears -> int8 or packed low-bit
-    per the ILP, head -> int8, plan stored as `model.vitsweep_mixed_plan`; tq: every nn.Linear
-    and nn.Conv -> TQLayer (KLT-coded weight at `precision.rate` bits per weight, rebuilt to fp32
-    for the forward), optionally fine-tuned.
+    int8 on an x86 CPU: a NEW module, the torchao PT2E int8 program (torch.export'ed, calibrated
+    on `calib` when static, every nn.Linear int8; `ctx.wants_compile`: it runs at int8 speed
+    only once compiled, `vitsweep.measure.compile_model`); int8 elsewhere, or where
+    torch.export fails (labelled fallback): every nn.Linear -> eager int8 Linear; mixed: block
+    Linears -> int8 or packed low-bit per the ILP, head -> int8 (PT2E: a NEW module again, the
+    8-bit layers quantized in the program), plan stored as `model.vitsweep_mixed_plan`;
+    tq: every nn.Linear and nn.Conv -> TQLayer (KLT-coded weight at `precision.rate` bits per
+    weight, rebuilt to fp32 for the forward), optionally fine-tuned.
     `calib` (a labelled dataset, e.g. the train split) is needed by mixed, and by tq when
     `precision.finetune_steps` > 0; `seed` fixes mixed's Rademacher vectors and tq's shuffling.
-    `int8_backend` (auto | ao_dynamic | int_mm) picks the int8 kernels.
+    `int8_backend` (auto | pt2e | ao_dynamic | int_mm) overrides `spec.int8_backend`.
     `plan` (mixed only) skips calibration and applies a plan chosen before: how an export is
     rebuilt to the very layer kinds its saved weights belong to.
     """
@@ -214,7 +314,7 @@ def apply_precision(
         )
     resolved = resolve_precision(spec.mode, spec.cast)
     model.eval().to(device)
-    label = _HANDLERS[spec.mode](
+    model, label, wants_compile = _HANDLERS[spec.mode](
         model,
         spec,
         resolved,
@@ -222,7 +322,7 @@ def apply_precision(
         calib=calib,
         calib_batch_size=calib_batch_size or getattr(spec, "calib_batch_size", 64),
         seed=seed,
-        int8_backend=int8_backend or getattr(spec, "int8_backend", "auto"),
+        int8_backend=int8_backend or spec.int8_backend,
         plan=plan,
     )
     ctx = RunContext(
@@ -230,6 +330,7 @@ def apply_precision(
         input_dtype=resolved.data_dtype,
         autocast_dtype=resolved.amp_dtype,
         precision_exec=label,
+        wants_compile=wants_compile,
     )
     if spec.mode in ("int8", "mixed", "tq") or resolved.model_dtype != torch.float32:
         setattr(model, _APPLIED, (spec, ctx))  # weights changed: a second precision would stack

@@ -1,6 +1,10 @@
 """int8 Linear layers that run on real int8 kernels (int8 x int8 -> int32 accumulate).
 
-API choice (torch 2.14.1, torchao not installed):
+Eager int8 layers: since torchao's PT2E path (`pt2e.py`) is the default on x86 CPUs, these run
+only where it cannot (CUDA: `int_mm`; a model torch.export cannot capture: `ao_dynamic`, labelled
+as a fallback) and as the per-layer stand-ins mixed precision prices its 8-bit option with.
+
+API choice (torch 2.14.1):
 - CPU default `ao_dynamic`: `torch.ao.nn.quantized.dynamic.Linear`, fbgemm/x86 dynamic
   quantization (per-tensor activation scale found at run time, per-channel int8 weights, VNNI
   GEMM, dequantize fused in one op). Measured here on a ViT-S fc1 (3152x384 @ 384x1536):
@@ -9,8 +13,7 @@ API choice (torch 2.14.1, torchao not installed):
 - `int_mm`: plain int8 tensors and `torch._int_mm` with per-token activation scales computed in
   eager ops: no deprecated dtype, runs on CPU and CUDA, but on CPU 5.9 ms for the same fc1 (the
   eager activation quantization costs more than the GEMM). Used on CUDA, and on CPU when
-  torch.ao's dynamic modules are gone. torchao (`Int8DynamicActivationInt8WeightConfig`) would
-  be the maintained route; it is not needed while these two run.
+  torch.ao's dynamic modules are gone.
 Weights come from `quantizers.quantize` (symmetric per-channel, 8 bits) in both backends.
 """
 
@@ -25,7 +28,7 @@ from torch import nn
 from vitsweep.precision.quantizers import quantize
 from vitsweep.spec import ConfigError
 
-INT8_BACKENDS = ("auto", "ao_dynamic", "int_mm")
+INT8_BACKENDS = ("auto", "pt2e", "ao_dynamic", "int_mm")
 
 
 def ao_dynamic_available() -> bool:
@@ -43,7 +46,14 @@ def resolve_int8_backend(device: str, requested: str = "auto") -> str:
         raise ConfigError(
             f"precision.int8_backend={requested!r}: unknown; valid: {', '.join(INT8_BACKENDS)}"
         )
+    from vitsweep.precision.pt2e import pt2e_available
+
     kind = torch.device(device).type
+    if requested == "pt2e" and not pt2e_available(device):
+        raise ConfigError(
+            "precision.int8_backend='pt2e': torchao's PT2E x86-inductor flow needs a CPU with "
+            f"oneDNN and torchao installed (device={device!r}); valid here: auto, int_mm"
+        )
     if requested == "ao_dynamic" and (kind != "cpu" or not ao_dynamic_available()):
         raise ConfigError(
             "precision.int8_backend='ao_dynamic': torch.ao dynamic int8 runs on CPU only and "
@@ -51,7 +61,17 @@ def resolve_int8_backend(device: str, requested: str = "auto") -> str:
         )
     if requested != "auto":
         return requested
+    if pt2e_available(device):
+        return "pt2e"
     return "ao_dynamic" if kind == "cpu" and ao_dynamic_available() else "int_mm"
+
+
+def eager_backend(device: str, backend: str) -> str:
+    """The eager int8 kernels standing in for `backend` where one layer is converted on its own
+    (mixed's pricing) or PT2E cannot capture the model (the labelled fallback)."""
+    if backend != "pt2e":
+        return backend
+    return "ao_dynamic" if ao_dynamic_available() else "int_mm"
 
 
 def backend_label(backend: str, device: str) -> str:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.hessian import hutchinson_trace
 from vitsweep.precision.ilp import BudgetInfeasible, choose
-from vitsweep.precision.int8 import backend_label, int8_linear
+from vitsweep.precision.int8 import backend_label, eager_backend, int8_linear
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -200,6 +200,19 @@ def layer_traces(
     return total / len(batches)
 
 
+def pt2e_linear_bytes(layer: nn.Linear) -> int:
+    """What a PT2E program stores for one int8 Linear: 1 byte per weight, a per-channel fp32
+    scale and int64 zero point, the fp32 bias (activation scales are literals in the graph)."""
+    bias = 0 if layer.bias is None else 4 * layer.bias.numel()
+    return layer.weight.numel() + 12 * layer.out_features + bias
+
+
+def _int8_bytes(layer: nn.Linear, backend: str, device: str) -> int:
+    if backend == "pt2e":
+        return pt2e_linear_bytes(layer)
+    return model_bytes(int8_linear(layer, backend, device))
+
+
 def _convert(layer: nn.Linear, bits: int, backend: str, device: str) -> nn.Module:
     if bits == 8:
         return int8_linear(layer, backend, device)
@@ -226,7 +239,10 @@ def plan_mixed(
     batch_size: int = 64,
     seed: int = 0,
 ) -> MixedPlan:
-    """Measure sensitivities and costs on the float model, solve the ILP; the model is unchanged."""
+    """Measure sensitivities and costs on the float model, solve the ILP; the model is unchanged.
+
+    `backend` pt2e: the 8-bit error is measured on the eager stand-in (the same symmetric
+    per-channel int8), the 8-bit bytes are what the PT2E program stores."""
     if spec.budget_kind not in BUDGET_KINDS:
         raise ConfigError(
             f"precision.budget_kind={spec.budget_kind!r}: valid: {', '.join(BUDGET_KINDS)}"
@@ -247,16 +263,17 @@ def plan_mixed(
     for i, (name, layer) in enumerate(searched):
         w = layer.weight.detach().float()
         for j, bits in enumerate(candidates):
-            conv = _convert(layer, bits, backend, device)
+            conv = _convert(layer, bits, eager_backend(device, backend), device)
             sens[i, j] = mean_trace[i] * float((w - _dequantized(conv).to(w.device)).pow(2).sum())
             if spec.budget_kind == "bytes":
-                cost[i, j] = model_bytes(conv)
+                pt2e = bits == 8 and backend == "pt2e"
+                cost[i, j] = pt2e_linear_bytes(layer) if pt2e else model_bytes(conv)
             else:
                 cost[i, j] = macs[name] * bits * 8
     if spec.budget_kind == "bytes":
         reference = float(model_bytes(model))
         fixed = reference - sum(model_bytes(m) for _, m in searched + others)
-        fixed += sum(model_bytes(int8_linear(m, backend, device)) for _, m in others)
+        fixed += sum(_int8_bytes(m, backend, device) for _, m in others)
     else:
         reference = 32.0 * 32.0 * sum(macs.values())
         other_names = {n for n, _ in others}
@@ -291,20 +308,32 @@ def plan_mixed(
     return MixedPlan(candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers)
 
 
-def apply_plan(model: nn.Module, plan: MixedPlan, *, backend: str, device: str = "cpu") -> str:
+def apply_plan(
+    model: nn.Module,
+    plan: MixedPlan,
+    *,
+    backend: str,
+    device: str = "cpu",
+    eight_bit: bool = True,
+) -> str:
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
     Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits) or PackedLinear (2..7 bits);
     other nn.Linear -> int8-kernel Linear; everything else untouched (fp32).
+    `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
+    in one exported program.
     """
     bits = plan.bits
     for name, layer in searched_linears(model):
-        set_module(model, name, _convert(layer, bits[name], backend, device))
+        if bits[name] < 8 or eight_bit:
+            set_module(model, name, _convert(layer, bits[name], backend, device))
     others = other_linears(model)
-    for name, layer in others:
-        set_module(model, name, int8_linear(layer, backend, device))
+    if eight_bit:
+        for name, layer in others:
+            set_module(model, name, int8_linear(layer, backend, device))
     counts = Counter(bits.values())
-    parts = [f"8-bit {backend_label(backend, device)} x{counts.get(8, 0) + len(others)}"]
+    kernels = backend_label(backend, device) if eight_bit else "(PT2E)"
+    parts = [f"8-bit {kernels} x{counts.get(8, 0) + len(others)}"]
     parts += [
         f"{b}-bit packed+dequantized x{counts[b]}" for b in sorted(counts, reverse=True) if b < 8
     ]

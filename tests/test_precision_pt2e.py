@@ -1,0 +1,149 @@
+"""int8 on torchao's PT2E path, `measure.compile` and fp16 on CPU.
+
+The compile test is the only one that runs inductor (tens of seconds on 2 shared cores); the
+rest check the exported int8 program eagerly (its reference quantize/dequantize ops compute
+the same int8 arithmetic the compiled kernels do, in fp32).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vitsweep.measure import compile_model, measure_all, should_compile
+from vitsweep.precision import apply_precision, model_bytes
+from vitsweep.precision.pt2e import pt2e_available
+from vitsweep.precision.resolve import _cpu_has
+from vitsweep.runctx import RunContext
+from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
+
+pytestmark = pytest.mark.skipif(
+    not pt2e_available("cpu"), reason="torchao PT2E needs an x86 CPU with oneDNN"
+)
+SHAPE = (3, 32, 32)
+
+
+def _vit() -> VisionTransformer:
+    """Linear layers hold most weights, as in a real ViT (so bytes ratios mean something)."""
+    torch.manual_seed(0)
+    return VisionTransformer(
+        img_size=32, patch_size=8, num_classes=10, embed_dim=128, depth=4, num_heads=2
+    ).eval()
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    gen = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, *SHAPE, generator=gen), torch.zeros(n, dtype=torch.long))
+
+
+@pytest.fixture(scope="module")
+def int8_program():
+    base = _vit()
+    model, ctx = apply_precision(
+        copy.deepcopy(base), PrecisionSpec(mode="int8"), calib=_data(64, 1)
+    )
+    return base, model, ctx
+
+
+def test_static_int8_agrees_with_fp32_and_says_what_runs(int8_program):
+    base, model, ctx = int8_program
+    x = _data(128, 2).tensors[0]  # not the calibration batches
+    with torch.inference_mode():
+        ref, out = base(x), ctx.forward(model, x)
+    assert ctx.precision_exec == "int8 static pt2e x86-inductor, 17 Linear"
+    assert ctx.wants_compile
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+def test_int8_program_stores_int8_weights_only(int8_program):
+    base, model, _ = int8_program
+    assert model_bytes(model) <= 0.3 * model_bytes(base)
+    linear_weights = sum(m.weight.numel() for m in base.modules() if isinstance(m, nn.Linear))
+    int8 = sum(t.numel() for t in model.state_dict().values() if t.dtype == torch.int8)
+    assert int8 == linear_weights  # every Linear weight once, in int8, no float copy kept
+
+
+def test_dynamic_scheme_and_no_calibration_data_are_labelled():
+    _, ctx = apply_precision(_vit(), PrecisionSpec(mode="int8", int8_scheme="dynamic"))
+    assert ctx.precision_exec == "int8 dynamic pt2e x86-inductor, 17 Linear"
+    _, ctx = apply_precision(_vit(), PrecisionSpec(mode="int8"))  # static asked, nothing to see
+    assert ctx.precision_exec.endswith("(dynamic: no calibration data given)")
+
+
+class _DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_uncapturable_model_falls_back_to_eager_int8_and_says_why():
+    calib = TensorDataset(torch.randn(16, 8), torch.zeros(16, dtype=torch.long))
+    _, ctx = apply_precision(_DataDependent(), PrecisionSpec(mode="int8"), calib=calib)
+    assert "eager x1 Linear" in ctx.precision_exec
+    assert "fallback: torch.export failed" in ctx.precision_exec
+    assert not ctx.wants_compile
+    with pytest.raises(ConfigError, match=r"precision\.int8_backend=.pt2e."):
+        apply_precision(
+            _DataDependent(), PrecisionSpec(mode="int8", int8_backend="pt2e"), calib=calib
+        )
+
+
+def test_compile_setting_is_validated_and_auto_follows_the_precision():
+    with pytest.raises(ConfigError, match=r"measure\.compile=.yes."):
+        should_compile("yes", RunContext())
+    assert should_compile("auto", RunContext(wants_compile=True))
+    assert not should_compile("auto", RunContext())
+    assert should_compile("always", RunContext()) and not should_compile("never", RunContext())
+
+
+def test_uncompiled_program_says_it_runs_reference_ops(int8_program):
+    _, model, ctx = int8_program
+    runner, ctx2, compile_s = compile_model(model, ctx, MeasureSpec(compile="never"), SHAPE)
+    assert runner is model and compile_s is None
+    assert ctx2.precision_exec.endswith("not compiled: reference q/dq ops in fp32")
+
+
+@pytest.mark.timeout(900)
+def test_compiled_int8_matches_the_program_and_compile_time_stands_apart(int8_program):
+    _, model, ctx = int8_program
+    spec = MeasureSpec(
+        device="cpu", batch_size=8, eval_batch_size=16, threads=1, warmup=1, min_repeats=2,
+        max_repeats=3, max_cv=0.5, time_cap_s=0.5, repeat_s=0.0, energy="estimate",
+        lock=False, compile="auto",
+    )  # fmt: skip
+    runner, run_ctx, compile_s = compile_model(model, ctx, spec, SHAPE, (8, 1))
+    assert run_ctx.precision_exec == "int8 static pt2e x86-inductor, 17 Linear, compiled"
+    assert compile_s is not None and math.isfinite(compile_s) and compile_s > 0
+    x = _data(8, 3).tensors[0]
+    with torch.inference_mode():
+        ref, out = ctx.forward(model, x), run_ctx.forward(runner, x)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()  # int8 kernels vs reference ops
+    metrics = measure_all(runner, run_ctx, SHAPE, spec, cost_model=model)
+    assert "compile_s" not in metrics  # throughput and latency are timed after compilation
+    assert metrics["throughput"] > 0
+    # int8 weights are buffers in the program, still counted as the parameters they are
+    assert metrics["params"] == sum(p.numel() for p in _vit().parameters())
+
+
+@pytest.mark.skipif(not _cpu_has(torch.float16), reason="this CPU has no native fp16 matmul")
+def test_fp16_runs_natively_on_this_cpu():
+    base = _vit()
+    model, ctx = apply_precision(copy.deepcopy(base), PrecisionSpec(mode="fp16", cast="full"))
+    assert ctx.precision_exec == "fp16 full"
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    x = _data(16, 4).tensors[0]
+    with torch.inference_mode():
+        ref, out = base(x), ctx.forward(model, x)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.02 * ref.abs().max() + 1e-3

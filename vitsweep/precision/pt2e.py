@@ -1,0 +1,170 @@
+"""int8 on PyTorch's maintained x86 path: torchao PT2E, then inductor.
+
+The flow (torchao 0.18, `torchao.quantization.pt2e`): `torch.export` the float model with a
+dynamic batch dimension -> `prepare_pt2e` with `X86InductorQuantizer` (per-channel symmetric
+int8 weights, per-tensor affine uint8 activations; static by default, dynamic as an option) ->
+calibrate on a few train-split batches (static only) -> `convert_pt2e`. What comes out is an FX
+GraphModule of reference quantize/dequantize ops around fp32 linears; run eagerly it is only a
+numerical model of int8 (slower than fp32). `torch.compile` with inductor freezing
+(`vitsweep.measure.compile`) pattern-matches q/dq + linear into oneDNN int8 GEMMs (VNNI/AMX):
+that compiled program is what a trial times and what `vitsweep-export` ships (`.pt2`).
+
+Why not eager `torch.ao` (still in `int8.py`): deprecated, and 3x slower than this path on a CPU
+with AMX-INT8 (ViT-S/16 batch 16: 1.3-1.8x fp32 vs about 4x). It stays as the labelled fallback
+for models torch.export cannot capture and devices inductor's x86 lowering does not cover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PT2E_TARGETS = "x86-inductor"
+PROGRAM_ATTR = "vitsweep_program"  # the torch.export ExportedProgram a PT2E model was made from
+
+
+def pt2e_available(device: str) -> bool:
+    """torchao's PT2E flow is importable and `device` is a CPU with oneDNN (x86 int8 lowering)."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quantizer(dynamic: bool, module_names: Sequence[str] | None):
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic)
+    quantizer = xiq.X86InductorQuantizer()
+    if module_names is None:
+        # Linear layers only: the patch-embed conv (1 of 50 weight layers, 0.3% of a ViT-S's
+        # FLOPs) stays fp32 because inductor's qconv prepack fails under a dynamic batch
+        # dimension (UnsupportedOperatorException: onednn.qconv_prepack), and a dynamic batch
+        # is what lets one compiled graph serve every batch size.
+        return quantizer.set_module_type_qconfig(nn.Linear, config)
+    for name in module_names:  # mixed: only its 8-bit layers; everything else stays as it is
+        quantizer.set_module_name_qconfig(name, config)
+    return quantizer
+
+
+def _prune_unused(gm: torch.fx.GraphModule) -> None:
+    """Drop the float weights `convert_pt2e` left behind: the graph reads their int8 copies
+    (`_frozen_param*`), so keeping them would double what the model stores and ships."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    for name in names:
+        if name in used:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = gm.get_submodule(parent_name) if parent_name else gm
+        if leaf in parent._parameters:
+            del parent._parameters[leaf]
+        elif leaf in parent._buffers:
+            del parent._buffers[leaf]
+
+
+def quantized_layers(gm: torch.fx.GraphModule) -> dict[str, int]:
+    """How many linear / conv ops read a dequantized int8 weight, by kind."""
+    counts = {"Linear": 0, "Conv": 0}
+    dq = "dequantize_per_channel"
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or len(node.args) < 2:
+            continue
+        target = str(node.target)
+        weight = node.args[1]
+        if not isinstance(weight, torch.fx.Node) or dq not in str(weight.target):
+            continue
+        if "linear" in target:
+            counts["Linear"] += 1
+        elif "conv" in target:
+            counts["Conv"] += 1
+    return counts
+
+
+def quantize_pt2e(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    dynamic: bool = False,
+    module_names: Sequence[str] | None = None,
+) -> torch.fx.GraphModule:
+    """The PT2E int8 program of `model` (eval mode, on CPU): exported on the first batch with a
+    dynamic batch dimension, calibrated on every batch (static), converted, unused floats pruned.
+
+    `module_names`: quantize only these submodules (qualified names); None: every Linear/Conv
+    X86InductorQuantizer supports. Raises whatever torch.export raises for an uncapturable model.
+    """
+    from torch.export import Dim
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batches = list(batches)
+    # Parameters as deployed, before export flattens the modules that say how many they hold
+    # as buffers (mixed's packed layers): count_params reads them back from `buffered_params`.
+    params = sum(p.numel() for p in model.parameters())
+    params += sum(int(getattr(m, "buffered_params", 0)) for m in model.modules())
+    if not batches:
+        raise ValueError("quantize_pt2e: needs at least one input batch (the export example)")
+    model.eval()
+    with torch.no_grad():
+        program = torch.export.export(model, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
+        prepared = prepare_pt2e(program.module(), _quantizer(dynamic, module_names))
+        # Observers record activation ranges (static) and, in both schemes, the per-channel
+        # weight ranges: without one forward a weight observer has seen nothing, and convert
+        # falls back to a single scale per tensor. Dynamic needs no more than that one batch.
+        for x in batches if not dynamic else batches[:1]:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+        _prune_unused(converted)
+        # Exported once more: the trial runs, and vitsweep-export saves, this very program.
+        final = torch.export.export(converted, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
+    module = program_module(final)
+    module.buffered_params = params - sum(p.numel() for p in module.parameters())
+    return module
+
+
+def load_program(file: str | Path) -> torch.fx.GraphModule:
+    """A `.pt2` PT2E program back from disk, runnable (`program_module`)."""
+    # The program's quantize/dequantize ops (quantized_decomposed::*) must be registered before
+    # torch.export.load can resolve them: importing the PT2E flow registers them.
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+
+    return program_module(torch.export.load(str(file)))
+
+
+def program_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
+    """The runnable module of a PT2E program (also of one loaded from a `.pt2` file)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    module = program.module()
+    # Exported modules refuse .eval()/.train() unless told how to map them (dropout off/on);
+    # every measurement toggles eval mode, so allow it.
+    allow_exported_model_train_eval(module)
+    # An exported module starts with training=True, and torchao's patched .eval() leaves the
+    # flag alone: then eval_mode() would "restore" training after each measurement, and
+    # torchao's train rewrite turns dropout(p=0) into dropout(p=0.5) (seen here: compiled
+    # logits off by 0.6). This module only infers: mark it eval for good.
+    module.eval()
+    for sub in module.modules():
+        sub.training = False
+    # int8 weights are buffers (`_frozen_param*`), not parameters: count_params adds them here.
+    module.buffered_params = sum(  # type: ignore[assignment]
+        b.numel() for b in module.buffers() if b.dtype == torch.int8
+    )
+    setattr(module, PROGRAM_ATTR, program)
+    return module
+
+
+def label(gm: torch.fx.GraphModule, dynamic: bool) -> str:
+    """precision_exec of a PT2E program before compilation, e.g.
+    'int8 static pt2e x86-inductor, 49 Linear + 1 Conv'."""
+    counts = quantized_layers(gm)
+    parts = [f"{counts['Linear']} Linear"] + ([f"{counts['Conv']} Conv"] if counts["Conv"] else [])
+    scheme = "dynamic" if dynamic else "static"
+    return f"int8 {scheme} pt2e {PT2E_TARGETS}, " + " + ".join(parts)
