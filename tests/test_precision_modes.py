@@ -11,9 +11,10 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitsweep.bench.precision import predictions, train
 from vitsweep.data import load
+from vitsweep.measure.accuracy import predict
 from vitsweep.measure.cost import count_params
+from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.runctx import RunContext
@@ -56,8 +57,8 @@ def splits():
 def trained(request, splits):
     """(kind, briefly trained float model, its fp32 test predictions, labels)."""
     model = _vit(request.param)
-    train(model, splits.train, epochs=12, lr=3e-3, amp=False)
-    pred, label = predictions(model, RunContext(), splits.test)
+    train_briefly(model, splits.train, epochs=12, lr=3e-3, amp=False)
+    pred, label = predict(model, RunContext(), splits.test)
     assert (pred == label).float().mean() > 0.5  # it learned something: agreement means something
     return request.param, model, pred, label
 
@@ -82,7 +83,7 @@ def test_float_modes(trained, splits, spec, label, param_dtype):
     model, ctx = apply_precision(copy.deepcopy(base), spec)
     assert ctx.precision_exec == label and not model.training
     assert model.blocks[0].mlp.fc1.weight.dtype == param_dtype
-    pred, _ = predictions(model, ctx, splits.test)
+    pred, _ = predict(model, ctx, splits.test)
     agree = float((pred == ref_pred).float().mean())
     assert agree >= (1.0 if spec.mode == "fp32" else 0.95), agree
     expected_bytes = model_bytes(base) // (2 if spec.cast == "full" else 1)
@@ -101,7 +102,7 @@ def test_int8_close_to_fp32(trained, splits, backend):
     with torch.inference_mode():
         y, y_ref = ctx.forward(model, x), base(x)
     assert float((y - y_ref).norm() / y_ref.norm()) < 0.1
-    pred, _ = predictions(model, ctx, splits.test)
+    pred, _ = predict(model, ctx, splits.test)
     agree = float((pred == ref_pred).float().mean())
     print(f"top-1 agreement with fp32: {kind} int8 {backend}: {agree:.4f}")
     assert agree >= 0.95, agree
@@ -139,7 +140,7 @@ def test_mixed_close_to_fp32_and_within_budget(trained, splits, kind_budget):
     else:
         assert len(packed) == low
     assert count_params(model) == count_params(base)  # packed and int8 weights still count
-    pred, _ = predictions(model, ctx, splits.test)
+    pred, _ = predict(model, ctx, splits.test)
     agree = float((pred == ref_pred).float().mean())
     bits = "".join(str(b) for b in plan.bits.values())
     print(

@@ -18,10 +18,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitsweep.bench.precision import predictions, train
 from vitsweep.data import load
+from vitsweep.measure.accuracy import predict
 from vitsweep.measure.cost import count_params
 from vitsweep.models import ViTShape, build_vit
+from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision import transform as T
 from vitsweep.precision.knobs import TQ_RATES
@@ -46,8 +47,8 @@ def trained(splits, one_thread) -> VisionTransformer:
     model = VisionTransformer(
         img_size=16, patch_size=4, num_classes=10, embed_dim=32, depth=2, num_heads=2
     )
-    train(model, splits.train, epochs=12, lr=3e-3, amp=False)
-    pred, label = predictions(model, RunContext(), splits.test)
+    train_briefly(model, splits.train, epochs=12, lr=3e-3, amp=False)
+    pred, label = predict(model, RunContext(), splits.test)
     assert (pred == label).float().mean() > 0.6  # it learned: its weights are not the init's
     return model
 
@@ -233,7 +234,7 @@ def test_tq_keeps_the_accuracy_of_a_trained_model(trained, splits) -> None:
     and at 2 bits ahead of the per-channel uniform quantizer (ternary at 2 bits)."""
 
     def top1(model: nn.Module, ctx: RunContext) -> float:
-        pred, label = predictions(model, ctx, splits.test)
+        pred, label = predict(model, ctx, splits.test)
         return float((pred == label).float().mean()) * 100
 
     fp32 = top1(trained, RunContext())

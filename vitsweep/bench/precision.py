@@ -14,14 +14,15 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from vitsweep.bench.common import Section, Target
 from vitsweep.data import load
+from vitsweep.measure.accuracy import predict
 from vitsweep.measure.compile import compile_model
+from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.runctx import RunContext
 from vitsweep.spec import DataSpec, MeasureSpec, PrecisionSpec
@@ -187,56 +188,13 @@ def digits_vit(seed: int = 0) -> VisionTransformer:
     )
 
 
-def train(
-    model: nn.Module,
-    data: Dataset,
-    epochs: int,
-    lr: float = 5e-4,
-    batch: int = 32,
-    seed: int = 0,
-    amp: bool | None = None,
-) -> None:
-    """AdamW + one-cycle schedule, plain cross-entropy, bf16 autocast where the CPU has it (about
-    2.5x faster here; the weights stay fp32): enough to make the accuracy mean something."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.15
-    )
-    if amp is None:  # tiny models are faster without: autocast's casts outweigh their matmuls
-        amp = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-
-
-def predictions(
-    model: nn.Module, ctx: RunContext, data: Dataset
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, label) over a dataset, run the way `ctx` says."""
-    preds, labels = [], []
-    with torch.inference_mode():
-        for x, y in DataLoader(data, batch_size=256):
-            preds.append(ctx.forward(model, x).argmax(dim=1))
-            labels.append(y)
-    return torch.cat(preds), torch.cat(labels)
-
-
 def accuracy_section(quick: bool = False) -> Section:
     """fp32 vs bf16/fp16 vs int8 vs mixed(0.25) test top-1 of a ViT trained here on digits."""
     splits = load(DataSpec())
     epochs = 2 if quick else 15
     base = digits_vit()
     start = time.perf_counter()
-    train(base, splits.train, epochs)
+    train_briefly(base, splits.train, epochs)
     train_s = time.perf_counter() - start
     variants = {
         "fp32": PrecisionSpec(mode="fp32"),
@@ -260,9 +218,9 @@ def accuracy_section(quick: bool = False) -> Section:
         # As a trial runs it: PT2E programs compiled (measure.compile=auto), the rest eager.
         sizes = (256, len(splits.test) % 256)
         runner, ctx, compile_s = compile_model(model, ctx, MeasureSpec(), (3, 32, 32), sizes)
-        predictions(runner, ctx, splits.test)  # warm-up pass; the timed pass gives images/s
+        predict(runner, ctx, splits.test)  # warm-up pass; the timed pass gives images/s
         start = time.perf_counter()
-        pred, label = predictions(runner, ctx, splits.test)
+        pred, label = predict(runner, ctx, splits.test)
         ips = len(label) / (time.perf_counter() - start)
         ref_pred = pred if ref_pred is None else ref_pred
         plan = getattr(model, "vitsweep_mixed_plan", None)

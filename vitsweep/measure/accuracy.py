@@ -20,21 +20,30 @@ CONFIDENCE = 0.95
 TEST_FLAGS_KEY = "test_correct"
 
 
-def correct_flags(
-    model: torch.nn.Module, ctx: RunContext, dataset: Dataset, batch_size: int
-) -> np.ndarray:
-    """One bool per (image, label) pair of `dataset`, in dataset order: arg-max logit == label."""
+def predict(
+    model: torch.nn.Module, ctx: RunContext, dataset: Dataset, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(arg-max class, label) for every (image, label) pair of `dataset`, in dataset order, run
+    the way `ctx` says: the one evaluation loop every accuracy comes from."""
     if batch_size < 1:
         raise ValueError(f"measure.eval_batch_size={batch_size}: must be >= 1")
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("evaluate: the dataset is empty; check data.val_size/test_size")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    parts: list[np.ndarray] = []
+    preds, labels = [], []
     with torch.inference_mode(), eval_mode(model):
         for x, y in loader:
-            pred = ctx.forward(model, x).argmax(dim=1).cpu()
-            parts.append((pred == torch.as_tensor(y)).numpy())
-    return np.concatenate(parts).astype(bool)
+            preds.append(ctx.forward(model, x).argmax(dim=1).cpu())
+            labels.append(torch.as_tensor(y))
+    return torch.cat(preds), torch.cat(labels)
+
+
+def correct_flags(
+    model: torch.nn.Module, ctx: RunContext, dataset: Dataset, batch_size: int
+) -> np.ndarray:
+    """One bool per (image, label) pair of `dataset`, in dataset order: arg-max logit == label."""
+    pred, label = predict(model, ctx, dataset, batch_size)
+    return (pred == label).numpy().astype(bool)
 
 
 def evaluate(model: torch.nn.Module, ctx: RunContext, dataset: Dataset, batch_size: int) -> float:

@@ -464,3 +464,35 @@ def train_standalone(
         path.with_suffix(".train.pt").unlink(missing_ok=True)
 
     return cached(path, produce, "model")
+
+
+def train_briefly(
+    model: nn.Module,
+    data: Dataset,
+    epochs: int,
+    lr: float = 5e-4,
+    batch: int = 32,
+    seed: int = 0,
+    amp: bool | None = None,
+) -> None:
+    """A few epochs of AdamW + one-cycle, plain cross-entropy, bf16 autocast where the CPU has it
+    (about 2.5x faster here; the weights stay fp32): enough to give benchmarks and tests a model
+    whose accuracy means something, without `fit`'s caching, resume and monitoring."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, generator=gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.15
+    )
+    if amp is None:  # tiny models are faster without: autocast's casts outweigh their matmuls
+        amp = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
