@@ -1,4 +1,5 @@
-"""Everything one launch of a study needs, as plain data, and the study's open/publish steps."""
+"""Everything one launch of a study needs, as plain data; opening the study and running it,
+handing each finished trial to a `Recorder`."""
 
 from __future__ import annotations
 
