@@ -145,22 +145,19 @@ def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(wor
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    db = workdir / "multirun" / "vitsweep.db"
+    # The first candidate's job directory appears once its params are drawn and its job has
+    # started: kill the sweep then. (Polling storage for a RUNNING trial raced fast trials.)
     killed = None
     deadline = time.time() + 120
-    while killed is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        if not db.exists():
-            continue
-        try:
-            running = load_study(workdir).get_trials(states=(TrialState.RUNNING,))
-        except (KeyError, Exception):
-            continue
-        if running and running[0].number >= 1 and len(running[0].params) == 3:
-            time.sleep(0.3)  # all params drawn: the job itself is running now
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        if list(workdir.glob("multirun/smoke/*/trial-1")):
+            time.sleep(0.3)
             os.kill(proc.pid, signal.SIGKILL)
-            killed = running[0]
+            break
     proc.wait()
+    running = load_study(workdir).get_trials(states=(TrialState.RUNNING,))
+    killed = running[0] if running and len(running[0].params) == 3 else None
     assert killed is not None, "never caught a trial mid-run"
 
     run_cli("vitsweep", *SMOKE, "hydra.sweeper.n_trials=4", cwd=workdir)
