@@ -20,8 +20,6 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from vitsweep.spec import METRIC_NAMES
-
 BASELINE = "baseline"  # True on the baseline trial (trial 0 of a new study)
 CONFIG = "config"  # the job's resolved config (no hydra node): what `vitsweep-export` rebuilds
 METRICS = "metrics"  # everything `trial.run` returned, one dict
@@ -86,7 +84,3 @@ def constraint_values(trial: FrozenTrial) -> list[float]:
 
 def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in constraint_values(trial))
-
-
-def known_metrics() -> tuple[str, ...]:
-    return METRIC_NAMES
