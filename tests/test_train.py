@@ -7,6 +7,7 @@ import itertools
 import math
 import threading
 import time
+from functools import partial
 
 import pytest
 import torch
@@ -266,3 +267,57 @@ def test_same_seed_and_threads_train_the_same_weights_bit_for_bit(splits, tmp_pa
     b = load_supernet(train_supernet(SPACE, DATA, train, splits, tmp_path / "b", patch_size=4))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_teacher_distillation_mixes_labels_and_the_teachers_soft_targets(splits, weight) -> None:
+    """DeiT-style soft distillation: each subnet's loss is (1 - w) x CE(labels) + w x CE(the
+    teacher's softmax), checked against torch's own soft-target cross-entropy."""
+    import random
+
+    from torch import nn
+    from torch.nn import functional as F
+
+    from vitsweep.models.supernet import Supernet
+    from vitsweep.models.train import sandwich_step
+
+    torch.manual_seed(0)
+    net = Supernet(SPACE, img_size=16, patch_size=4, in_chans=3, num_classes=10)
+    teacher = Supernet(SPACE, img_size=16, patch_size=4, in_chans=3, num_classes=10)
+    teach = partial(teacher, shape=teacher.largest)
+    x = torch.stack([splits.train[i][0] for i in range(8)])
+    y = torch.arange(8) % 10
+    ce = nn.CrossEntropyLoss()
+    got = sandwich_step(
+        net, x, y, random.Random(0), ce, n_random=0, distill="teacher", teacher=teach,
+        weight=weight,
+    )  # fmt: skip
+    net.zero_grad()
+    with torch.no_grad():
+        soft = F.softmax(teach(x), dim=-1)
+        want = (
+            sum(
+                (1 - weight) * F.cross_entropy(net(x, shape=s), y)
+                + weight * F.cross_entropy(net(x, shape=s), soft)
+                for s in (net.largest, net.smallest)
+            )
+            / 2
+        )
+    assert got == pytest.approx(float(want), rel=1e-5)
+
+
+def test_the_teacher_is_the_studys_baseline_model_trained_once() -> None:
+    """experiment=xray distils from its baseline: same architecture, same cache file, so the
+    baseline trial and the supernet's teacher are one model, trained once."""
+    from vitsweep import config
+    from vitsweep.models.build import model_path
+
+    sub = config.trial_spec(config.compose([]))
+    cfg = config.compose([])
+    base = config.trial_spec(
+        config.compose([f"{k}={v}" for k, v in cfg.hydra.sweeper.baseline.items()])
+    )
+    assert sub.train.distill == "teacher" and sub.train.teacher == base.arch
+    assert model_path(sub.train.teacher, sub.train, sub.data, sub.root) == model_path(
+        base.arch, base.train, base.data, base.root
+    )

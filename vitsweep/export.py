@@ -40,6 +40,8 @@ FORMAT = "vitsweep-export/1"
 MODEL_FILE = "model.pt"
 PROGRAM_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.ts"
+
+
 @dataclass(frozen=True)
 class Check:
     """One stored number against the same number measured on the reloaded export."""

@@ -69,9 +69,7 @@ def fail_reason(trial: FrozenTrial) -> str | None:
 
 def is_stale_failure(trial: FrozenTrial) -> bool:
     """Failed because its worker was lost (not because of the candidate itself)."""
-    return trial.state == TrialState.FAIL and str(fail_reason(trial) or "").startswith(
-        STALE_PREFIX
-    )
+    return trial.state == TrialState.FAIL and str(fail_reason(trial) or "").startswith(STALE_PREFIX)
 
 
 def constraint_values(trial: FrozenTrial) -> list[float]:

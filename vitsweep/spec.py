@@ -245,10 +245,15 @@ class TrainSpec:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     sandwich_random: int = 2  # supernet: random subnets per step besides largest and smallest
-    # supernet: "inplace" = BigNAS in-place distillation (the largest subnet teaches the others
-    # with its soft predictions of the same batch); "none" = every subnet learns the labels.
-    distill: Literal["none", "inplace"] = "none"
+    # supernet: "teacher" = DeiT-style soft distillation from `teacher`, a standalone ViT trained
+    # (and cached) with this recipe, usually the study's baseline: every subnet learns
+    # (1 - distill_weight) x labels + distill_weight x the teacher's soft predictions;
+    # "inplace" = BigNAS in-place distillation (the largest subnet teaches the others with its
+    # soft predictions of the same batch); "none" = every subnet learns the labels.
+    distill: Literal["none", "inplace", "teacher"] = "none"
     distill_temperature: float = 1.0
+    distill_weight: float = 0.5  # teacher: the soft targets' share of each subnet's loss
+    teacher: ArchSpec | None = None  # teacher: its architecture (kind vit)
     threads: int = 0  # torch threads while training; 0: torch's default
     seed: int = 0
     progress: bool = True
@@ -274,11 +279,25 @@ class TrainSpec:
             self.sandwich_random >= 0, "train.sandwich_random", self.sandwich_random, "must be >= 0"
         )
         require(
-            self.distill in ("none", "inplace"),
+            self.distill in ("none", "inplace", "teacher"),
             "train.distill",
             self.distill,
-            "valid: none, inplace",
+            "valid: none, inplace, teacher",
         )
+        require(
+            0 <= self.distill_weight <= 1,
+            "train.distill_weight",
+            self.distill_weight,
+            "must be in [0, 1]",
+        )
+        if self.distill == "teacher":
+            require(
+                self.teacher is not None and self.teacher.kind == "vit",
+                "train.teacher",
+                None if self.teacher is None else self.teacher.kind,
+                "train.distill=teacher needs a teacher architecture of kind vit "
+                "(e.g. train.teacher={embed_dim: 192, depth: 6, num_heads: 3})",
+            )
         require(
             self.distill_temperature > 0,
             "train.distill_temperature",

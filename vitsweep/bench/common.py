@@ -41,3 +41,16 @@ def median_over(fn: Callable[[], float], repeats: int) -> tuple[float, list[floa
     """Median of `repeats` calls of `fn` and the raw values (quote medians, keep the spread)."""
     values = [fn() for _ in range(repeats)]
     return statistics.median(values), values
+
+
+def quick_overrides(root: str) -> list[str]:
+    """`--quick` for sections that run the default study's setting: a small slice of the data,
+    one epoch, in a scratch root, so the plumbing runs without the calibration's cost."""
+    return [
+        f"paths.root={root}",
+        "data.samples_per_class=20",
+        "data.val_size=140",
+        "data.test_size=350",
+        "train.epochs=1",
+        "train.progress=false",
+    ]

@@ -12,20 +12,18 @@ import copy
 import os
 import statistics
 import time
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from vitsweep.bench.common import Section, Target
-from vitsweep.data import load
-from vitsweep.measure.accuracy import predict
+from vitsweep.bench.common import Section, Target, quick_overrides
 from vitsweep.measure.compile import compile_model
-from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.runctx import RunContext
-from vitsweep.spec import DataSpec, MeasureSpec, PrecisionSpec
+from vitsweep.spec import MeasureSpec, PrecisionSpec
 
 # name -> (precision, compiled): every row against fp32 eager, all timed in one interleaved run.
 SPEED_VARIANTS: dict[str, tuple[PrecisionSpec, bool]] = {
@@ -180,84 +178,73 @@ def pair_section(quick: bool = False, batch: int = 16) -> Section:
     return Section("Precision: the paper's pair on this CPU", rows, [], notes)
 
 
-def digits_vit(seed: int = 0) -> VisionTransformer:
-    """The small ViT of the built-in task (32 px digits, 8x8 patches of 4 px)."""
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3
-    )
+# The built-in task's baseline at each precision: (label, overrides on top of the baseline's).
+ACCURACY_VARIANTS = {
+    "fp32": ["precision=fp32"],
+    "bf16 full": ["precision=bf16", "precision.cast=full"],
+    "bf16 autocast": ["precision=bf16", "precision.cast=autocast"],
+    "int8": ["precision=int8"],
+    "mixed 0.25": ["precision=mixed", "precision.budget_ratio=0.25"],
+}
 
 
 def accuracy_section(quick: bool = False) -> Section:
-    """fp32 vs bf16/fp16 vs int8 vs mixed(0.25) test top-1 of a ViT trained here on digits."""
-    splits = load(DataSpec())
-    epochs = 2 if quick else 15
-    base = digits_vit()
-    start = time.perf_counter()
-    train_briefly(base, splits.train, epochs)
-    train_s = time.perf_counter() - start
-    variants = {
-        "fp32": PrecisionSpec(mode="fp32"),
-        "bf16 autocast": PrecisionSpec(mode="bf16", cast="autocast"),
-        "bf16 full": PrecisionSpec(mode="bf16", cast="full"),
-        "fp16 full": PrecisionSpec(mode="fp16", cast="full"),
-        "int8": PrecisionSpec(mode="int8"),
-        "mixed 0.25": PrecisionSpec(mode="mixed", budget_ratio=0.25),
-    }
-    if quick:  # the Hessian-vector products dominate (~1 s each here): a smoke-sized estimate
-        variants["mixed 0.25"] = PrecisionSpec(
-            mode="mixed", budget_ratio=0.25, calib_batches=1, hutchinson_samples=4
-        )
-    rows = []
-    ref_pred = None
-    fp32_bytes = model_bytes(base)
-    for name, spec in variants.items():
-        start = time.perf_counter()
-        model, ctx = apply_precision(copy.deepcopy(base), spec, calib=splits.train)
-        convert_s = time.perf_counter() - start
-        # As a trial runs it: PT2E programs compiled (measure.compile=auto), the rest eager.
-        sizes = (256, len(splits.test) % 256)
-        runner, ctx, compile_s = compile_model(model, ctx, MeasureSpec(), (3, 32, 32), sizes)
-        predict(runner, ctx, splits.test)  # warm-up pass; the timed pass gives images/s
-        start = time.perf_counter()
-        pred, label = predict(runner, ctx, splits.test)
-        ips = len(label) / (time.perf_counter() - start)
-        ref_pred = pred if ref_pred is None else ref_pred
-        plan = getattr(model, "vitsweep_mixed_plan", None)
-        rows.append(
-            {
-                "precision": name,
-                "executes": ctx.precision_exec,
-                "test_top1": round(float((pred == label).float().mean()) * 100, 2),
-                "agree_fp32": round(float((pred == ref_pred).float().mean()) * 100, 2),
-                "images_per_s": round(ips, 1),
-                "model_bytes": model_bytes(model),
-                "bytes_vs_fp32": round(model_bytes(model) / fp32_bytes, 4),
-                "bits": "" if plan is None else "".join(str(b) for b in plan.bits.values()),
-                "convert_s": round(convert_s, 1),
-                "compile_s": round(compile_s or 0.0, 1),
-            }
-        )
+    """Held-out test top-1 of the default study's baseline (experiment=xray, trained or found in
+    the cache `make sweep` fills) at every precision, each run exactly as a trial runs it
+    (`trial.run`: build, precision, compile per measure.compile, measure), each paired with fp32
+    on the same test images."""
+    import tempfile
+
+    from vitsweep import config, trial
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
+
+    with tempfile.TemporaryDirectory(prefix="vitsweep-bench-") as tmp:
+        common = quick_overrides(tmp) if quick else []
+        cfg = config.compose(common)
+        baseline = [f"{k}={v}" for k, v in cfg.hydra.sweeper.baseline.items() if k != "precision"]
+        rows: list[dict[str, Any]] = []
+        flags: dict[str, Any] = {}
+        for name, overrides in ACCURACY_VARIANTS.items():
+            spec = config.trial_spec(config.compose([*common, *baseline, *overrides]))
+            m = trial.run(spec).as_dict()
+            flags[name] = unpack_flags(m[TEST_FLAGS_KEY], m["test_accuracy_n"])
+            vs = paired_difference(flags[name], flags["fp32"])
+            rows.append(
+                {
+                    "precision": name,
+                    "executes": m["precision_exec"],
+                    "test top-1 % [95% CI]": f"{100 * m['test_accuracy']:.2f} "
+                    f"[{100 * m['test_accuracy_lo']:.2f}, {100 * m['test_accuracy_hi']:.2f}]",
+                    "vs fp32 (pts)": round(100 * vs.diff, 2),
+                    "paired 95% CI (pts)": f"[{100 * vs.lo:.2f}, {100 * vs.hi:.2f}]",
+                    "images_per_s": round(m["throughput"], 1),
+                    "model_bytes": m["model_bytes"],
+                    "compile_s": m["compile_s"],
+                }
+            )
     by = {r["precision"]: r for r in rows}
-    int8_loss = round(by["fp32"]["test_top1"] - by["int8"]["test_top1"], 2)
-    loss = round(by["fp32"]["test_top1"] - by["mixed 0.25"]["test_top1"], 2)
+    fp32_bytes = by["fp32"]["model_bytes"]
+    int8_loss = -by["int8"]["vs fp32 (pts)"]
+    loss = -by["mixed 0.25"]["vs fp32 (pts)"]
+    mixed_bytes = round(by["mixed 0.25"]["model_bytes"] / fp32_bytes, 4)
+    bf16_loss = -by["bf16 full"]["vs fp32 (pts)"]
     targets = [
         Target("int8 top-1 loss vs fp32, points", int8_loss, "<= 0.5", int8_loss <= 0.5),
         Target("mixed(0.25) top-1 loss vs fp32, points", loss, "<= 1", loss <= 1),
-        Target(
-            "mixed(0.25) bytes / fp32",
-            by["mixed 0.25"]["bytes_vs_fp32"],
-            "<= 0.25",
-            by["mixed 0.25"]["bytes_vs_fp32"] <= 0.25,
-        ),
+        Target("mixed(0.25) bytes / fp32", mixed_bytes, "<= 0.25", mixed_bytes <= 0.25),
+        Target("bf16 full top-1 loss vs fp32, points", bf16_loss, "<= 0.5", bf16_loss <= 0.5),
     ]
     notes = [
-        f"digits 32 px, ViT embed 192 depth 6 heads 3 patch 4, {epochs} epochs AdamW "
-        f"({train_s:.0f} s), test split of {len(splits.test)} images",
-        "bits: per block Linear in forward order (qkv, proj, fc1, fc2 per block)",
-        "images_per_s: one timed pass over the test split at batch 256 (single run, noisy)",
+        f"experiment=xray baseline ({', '.join(baseline)}), "
+        f"{len(flags['fp32'])} held-out test images; each row is `trial.run`, as "
+        "`vitsweep ... precision=<row>` runs it",
+        "vs fp32: paired on the same test images (exact McNemar 95% interval); a loss is "
+        "minus that difference",
+        "images_per_s: the trial's own throughput measurement (32 px, measure.batch_size)",
     ]
-    return Section("Precision: accuracy on the built-in task", rows, targets, notes)
+    if quick:
+        notes.append("quick: a small slice trained for 1 epoch: plumbing, not calibration")
+    return Section("Precision: accuracy on the built-in task (test split)", rows, targets, notes)
 
 
 def run(quick: bool = False) -> list[Section]:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from vitsweep.bench.common import Section, Target
+from vitsweep.bench.common import Section, Target, quick_overrides
 from vitsweep.models.spaces import middle
 from vitsweep.models.vit import ViTShape
 from vitsweep.spec import TrialSpec
@@ -64,14 +64,7 @@ def run(quick: bool = False) -> list[Section]:
     common = ["token=none", "precision=fp32"]
     with tempfile.TemporaryDirectory(prefix="vitsweep-bench-") as tmp:
         if quick:  # the plumbing on a small slice, in a scratch root: not the calibration
-            common += [
-                f"paths.root={tmp}",
-                "data.samples_per_class=20",
-                "data.val_size=140",
-                "data.test_size=350",
-                "train.epochs=1",
-                "train.progress=false",
-            ]
+            common += quick_overrides(tmp)
         from vitsweep import config
 
         cfg = config.compose(common)

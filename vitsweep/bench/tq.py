@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitsweep.bench.common import Section, Target, save_figure
-from vitsweep.bench.precision import digits_vit, predictions, train
 from vitsweep.data import load
+from vitsweep.measure.accuracy import predict
+from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision.quantizers import fake_quantize
 from vitsweep.precision.tq import coded_layers, tq_stats
@@ -48,8 +50,16 @@ class Point:
     uniform_bytes: int  # what per-channel codes + fp32 scales would store
 
 
+def digits_vit(seed: int = 0) -> VisionTransformer:
+    """The small ViT of the digits task (32 px, 8x8 patches of 4 px)."""
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=192, depth=6, num_heads=3
+    )
+
+
 def _top1(model: nn.Module, data, ctx: RunContext | None = None) -> float:
-    pred, label = predictions(model, ctx or RunContext(), data)
+    pred, label = predict(model, ctx or RunContext(), data)
     return round(float((pred == label).float().mean()) * 100, 2)
 
 
@@ -106,7 +116,7 @@ def run(quick: bool = False) -> list[Section]:
     tuned_bits = (2,) if quick else (2, 3)
     base = digits_vit()
     start = time.perf_counter()
-    train(base, splits.train, epochs)
+    train_briefly(base, splits.train, epochs)
     train_s = time.perf_counter() - start
     fp32_top1 = _top1(base, splits.test)
     fp32_bytes = model_bytes(base)
@@ -185,4 +195,3 @@ def run(quick: bool = False) -> list[Section]:
         f"plot: {path}",
     ]
     return [Section("TQ: top-1 vs bits per weight on the built-in task", rows, targets, notes)]
-

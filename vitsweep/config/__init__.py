@@ -256,7 +256,6 @@ def _check_param_key(cfg: DictConfig, key: str) -> None:
 # ------------------------------------------------------------------------------- entry points
 
 
-
 def usage() -> str:
     """`vitsweep --help`: how to call it and the options a user can pick, in vitsweep's words
     (Hydra's own help says "app is powered by Hydra" and lists the schema entries too)."""
@@ -287,5 +286,3 @@ def usage() -> str:
         "the study's keys live under hydra.sweeper.* (README: 'The sweeper').",
     ]
     return "\n".join(lines)
-
-

@@ -62,4 +62,3 @@ class VitsweepSweeper(Sweeper):
         with one_line_errors():
             ctx = self.ctx.with_cli_params(arguments)
             return run_study(ctx, self._launch, recorder(ctx))
-

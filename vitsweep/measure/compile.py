@@ -108,8 +108,10 @@ def compile_model(
         how = "reference q/dq ops in fp32" if ctx.wants_compile else "eager"
         note = f", compile failed ({type(err).__name__}: {first}): {how}"
         torch._dynamo.reset()
-        return model, dataclasses.replace(ctx, precision_exec=ctx.precision_exec + note), (
-            time.perf_counter() - start
+        return (
+            model,
+            dataclasses.replace(ctx, precision_exec=ctx.precision_exec + note),
+            (time.perf_counter() - start),
         )
     ctx = dataclasses.replace(ctx, precision_exec=f"{ctx.precision_exec}, compiled")
     return runner, ctx, compile_s

@@ -25,6 +25,7 @@ from vitsweep.spec import MeasureSpec
 
 T = TypeVar("T")
 
+
 def coefficient_of_variation(values: Sequence[float]) -> float:
     """Sample standard deviation over mean; 0 for fewer than two values."""
     if len(values) < 2:
@@ -212,9 +213,7 @@ def time_forward(
     """Timed repeats of `model` on one batch of `batch` images (inference mode, eval mode)."""
     with torch.inference_mode(), eval_mode(model):
         x = make_input(batch, sample_shape, ctx)
-        return timed_repeats(
-            forward_step(model, ctx, x), synchronizer(ctx.device), spec, batch
-        )
+        return timed_repeats(forward_step(model, ctx, x), synchronizer(ctx.device), spec, batch)
 
 
 def measure_throughput(

@@ -22,7 +22,12 @@ from vitsweep.models.checkpoint import (
 )
 from vitsweep.models.spaces import subnet_shape
 from vitsweep.models.supernet import Supernet
-from vitsweep.models.train import supernet_path, train_key, train_standalone, train_supernet
+from vitsweep.models.train import (
+    standalone_key,
+    supernet_path,
+    train_standalone,
+    train_supernet,
+)
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.spec import ArchSpec, ConfigError, DataSpec, TrainSpec
 
@@ -136,7 +141,7 @@ def model_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Pat
     arch_key = plain(arch)
     arch_key.pop("checkpoint", None)
     arch_key.pop("space", None)
-    key = cache_key(kind="model", data=data, arch=arch_key, train=train_key(train))
+    key = cache_key(kind="model", data=data, arch=arch_key, train=standalone_key(train))
     return Path(root) / "models" / f"{key}.pt"
 
 
@@ -160,8 +165,21 @@ def _supernet_for(
                 f"{got}, but data + arch give {want}"
             )
         return net
+    teacher = train.teacher
+
+    def make_teacher() -> nn.Module:  # the standalone model's own cache: trained once, shared
+        assert teacher is not None
+        return build_model(teacher, train, data, splits, root)
+
     path = train_supernet(
-        arch.space, data, train, splits, root, patch_size=arch.patch_size, img_size=arch.img_size
+        arch.space,
+        data,
+        train,
+        splits,
+        root,
+        patch_size=arch.patch_size,
+        img_size=arch.img_size,
+        teacher=make_teacher if teacher is not None else None,
     )
     return load_supernet(path)
 

@@ -279,9 +279,22 @@ def supernet_path(
 
 
 def train_key(train: TrainSpec) -> dict[str, Any]:
-    """The training fields that change the weights (not the progress bar)."""
+    """The training fields that change the supernet's weights (not the progress bar)."""
     d = plain(train)
     d.pop("progress", None)
+    return d
+
+
+# Fields only a supernet's training reads: a standalone model's key leaves them out, so the
+# baseline trial and the teacher it is for the supernet are one cached model, trained once.
+SUPERNET_ONLY = ("sandwich_random", "distill", "distill_temperature", "distill_weight", "teacher")
+
+
+def standalone_key(train: TrainSpec) -> dict[str, Any]:
+    """The training fields that change a standalone model's weights."""
+    d = train_key(train)
+    for k in SUPERNET_ONLY:
+        d.pop(k, None)
     return d
 
 
@@ -295,21 +308,35 @@ def sandwich_step(
     n_random: int,
     distill: str = "none",
     temperature: float = 1.0,
+    teacher: nn.Module | None = None,
+    weight: float = 0.5,
 ) -> float:
     """Largest, smallest and `n_random` random subnets on one batch, gradients summed.
 
     Training the extremes every step bounds the space (BigNAS/OFA's sandwich rule); the random
     ones cover the middle. Each backward runs before the next forward to keep memory at one
-    subnet's activations. `distill="inplace"` (BigNAS in-place distillation): the largest
-    subnet learns from the labels, every other one from the largest's soft predictions of the
-    same batch (detached), which transfers what the big subnet learned to the small ones.
+    subnet's activations. `distill="teacher"` (DeiT's soft distillation): every subnet learns
+    `(1 - weight)` x the labels + `weight` x the soft predictions of `teacher`, a trained
+    standalone model (on a small training set its soft targets carry what the labels do not).
+    `distill="inplace"` (BigNAS in-place distillation): the largest subnet learns from the
+    labels, every other one from the largest's soft predictions of the same batch (detached);
+    with a few hundred steps the largest teaches little for most of training.
     """
     shapes = [net.largest, net.smallest] + [spaces.sample(net.space, rng) for _ in range(n_random)]
     total = 0.0
     soft: torch.Tensor | None = None
+    if distill == "teacher":
+        assert teacher is not None
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / temperature, dim=-1)
     for i, shape in enumerate(shapes):
         logits = net(x, shape=shape)
-        if i == 0 or distill == "none":
+        if distill == "teacher":
+            assert soft is not None
+            loss = (1 - weight) * criterion(logits, y) + weight * soft_cross_entropy(
+                logits, soft, temperature
+            )
+        elif i == 0 or distill == "none":
             loss = criterion(logits, y)
             if distill != "none":
                 soft = F.softmax(logits.detach() / temperature, dim=-1)
@@ -340,10 +367,13 @@ def train_supernet(
     patch_size: int = 4,
     img_size: int | None = None,
     on_epoch: EpochHook | None = None,
+    teacher: Callable[[], nn.Module] | None = None,
 ) -> Path:
     """Train (or resume, or find cached) the supernet of `space` on `splits`; returns its file.
 
     `patch_size`/`img_size` (default: the data's size) fix the input geometry, part of the key.
+    `teacher` (train.distill=teacher) builds the trained teacher, called only when the supernet
+    is not cached; the teacher's architecture is part of the key through `train.teacher`.
     """
     img_size = splits.image_size if img_size is None else int(img_size)
     if img_size != splits.image_size:
@@ -377,6 +407,12 @@ def train_supernet(
             }
 
         config = {"key": path.stem, "what": "supernet"}
+        teacher_model = None
+        if train.distill == "teacher":
+            if teacher is None:
+                raise ConfigError("train.distill=teacher: no teacher model was given")
+            # on the device fit() trains on: the same one rule picks it
+            teacher_model = teacher().eval().to(torch.device(resolve_device("auto")))
         result = fit(
             net,
             train,
@@ -386,6 +422,8 @@ def train_supernet(
                 n_random=train.sandwich_random,
                 distill=train.distill,
                 temperature=train.distill_temperature,
+                teacher=teacher_model,
+                weight=train.distill_weight,
             ),
             eval_fn=evaluate,
             state_path=path.with_suffix(".train.pt"),
