@@ -19,7 +19,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("confirm")
     base = ("+hydra.sweeper.baseline.precision=fp32", "train.epochs=4")
     tiny = [a for a in TINY_SUPERNET if "baseline.precision" not in a and "train.epochs" not in a]
-    run_cli("vitsweep", "-m", *STUDY, *tiny, *base, "hydra.sweeper.n_trials=3", cwd=workdir)
+    # int8 members: PT2E programs that only run at their speed compiled, as their trial ran them
+    int8 = "precision=int8"  # every trial but the baseline (fp32, above)
+    run_cli("vitsweep", "-m", *STUDY, *tiny, *base, int8, "hydra.sweeper.n_trials=3", cwd=workdir)
     return workdir
 
 
@@ -41,6 +43,9 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["test_accuracy_lo"] <= r["test_accuracy"] <= r["test_accuracy_hi"]
         assert r["test_delta_lo_pts"] <= r["test_delta_pts"] <= r["test_delta_hi_pts"]
         assert r["throughput"] > 0
+        # what ran is what the trial ran (compiled where it was), not a slower stand-in
+        assert r["precision_exec"] == r["sweep_precision_exec"]
+    assert any("compiled" in r["precision_exec"] for r in rows[1:])
     retrained = [
         r
         for r in rows

@@ -56,8 +56,10 @@ def disagreements(spec_cls: type, node: dict[str, Any], prefix: str) -> list[str
             out.append(f"{prefix}{key}: in the YAML, not in {spec_cls.__name__}")
             continue
         want = _plain(_default(fields[key]))
-        if isinstance(value, dict) and isinstance(want, dict) and dataclasses.is_dataclass(
-            _default(fields[key])
+        if (
+            isinstance(value, dict)
+            and isinstance(want, dict)
+            and dataclasses.is_dataclass(_default(fields[key]))
         ):
             out += disagreements(type(_default(fields[key])), value, f"{prefix}{key}.")
         elif value != want:

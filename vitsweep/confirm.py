@@ -14,10 +14,12 @@ Pure Python like `trial.run`: no Hydra, Optuna or W&B (app.py and track/ do thos
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from vitsweep import trial
 from vitsweep.measure.accuracy import accuracy_summary, paired_difference
@@ -50,14 +52,17 @@ def _more_repeats(spec: TrialSpec, factor: int) -> TrialSpec:
 
 
 def _measure(spec: TrialSpec) -> tuple[np.ndarray, dict[str, Any]]:
-    """Test-split correctness flags and the timing of the model `spec` builds."""
+    """Test-split correctness flags and the timing of the model `spec` builds, run as the trial
+    ran it (compiled per `measure.compile` through `trial.runner`: a PT2E int8 member measured
+    uncompiled ran 3-4x slower than in its trial)."""
     from vitsweep import measure
 
     built = trial.build(spec)
-    flags = trial.correct_flags(built.model, built.ctx, built.splits.test, spec.measure)
+    run_model, ctx, _ = trial.runner(built.model, built.ctx, built.splits, spec.measure)
+    flags = trial.correct_flags(run_model, ctx, built.splits.test, spec.measure)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
-    cost = measure.measure_all(built.model, built.ctx, sample, spec.measure)
-    return flags, cost
+    cost = measure.measure_all(run_model, ctx, sample, spec.measure, cost_model=built.model)
+    return flags, {**cost, "precision_exec": ctx.precision_exec}
 
 
 def standalone(spec: TrialSpec) -> TrialSpec:
@@ -95,7 +100,10 @@ def confirm(
 
     flags: dict[int, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    for m in ordered:
+    # minutes of work (int8 members compile, retrained ones train): say where it is
+    bar = tqdm(ordered, desc="confirm", unit="trial", file=sys.stderr)
+    for m in bar:
+        bar.set_postfix(trial=m.number, retrain=m.number in retrain_numbers)
         f, cost = _measure(_more_repeats(m.spec, repeat_factor))
         flags[m.number] = f
         rec = m.recorded
@@ -115,6 +123,8 @@ def confirm(
             "throughput": cost["throughput"],
             "throughput_cv": cost.get("throughput_cv"),
             "throughput_repeats": cost.get("repeats"),
+            "sweep_precision_exec": rec.get("precision_exec"),
+            "precision_exec": cost["precision_exec"],
         }
         p = paired_difference(f, flags[base.number])
         row.update(
