@@ -144,8 +144,9 @@ def run(quick: bool = False) -> list[Section]:
         f"{space.embed_dim}, depth {space.depth}, heads {space.num_heads} x {space.head_dim}, "
         f"mlp {space.mlp_ratio}",
         f"recipe for supernet and standalone alike: {t.epochs} epochs, batch {t.batch_size}, lr "
-        f"{t.lr}, sandwich 2+{t.sandwich_random}, supernet distillation {t.distill}, "
-        f"{t.threads} threads, seed {t.seed}",
+        f"{t.lr}, {t.threads} threads, seed {t.seed}; the supernet adds sandwich "
+        f"2+{t.sandwich_random} and distillation {t.distill}, the standalone models learn "
+        "the labels alone (what a user gets without the supernet)",
         f"baseline ({', '.join(baseline)}): test top-1 {_pct(base_acc, 'test')} % "
         f"(trained or cached: {base_s:.0f} s); supernet trained or cached: {supernet_s:.0f} s",
         "intervals: 95% Wilson per accuracy; inherited - standalone: paired on the same test "
