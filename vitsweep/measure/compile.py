@@ -17,6 +17,7 @@ two compiles per trial instead of one per shape.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -65,7 +66,12 @@ def warm_up(
     from vitsweep.measure.speed import eval_mode, make_input
 
     start = time.perf_counter()
-    with torch.inference_mode(), eval_mode(runner):
+    with torch.inference_mode(), eval_mode(runner), warnings.catch_warnings():
+        # inductor's oneDNN int8 lowering (torch 2.14.1, mkldnn_lowerings.py) warns twice per
+        # compile about its own `torch.tensor(tensor)`: noise in every int8 trial's console
+        warnings.filterwarnings(
+            "ignore", message="To copy construct from a tensor", category=UserWarning
+        )
         for i, batch in enumerate(_batches(batch_sizes)):
             x = make_input(batch, sample_shape, ctx)
             if i == 0 and batch > 1:
