@@ -59,6 +59,10 @@ BAD = {
     "arch.patch_size=5": "arch.patch_size=5: must divide arch.img_size=32",
     "hydra.sweeper.max_failure_rate=2": "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
     "hydra.sweeper.params={token.r:'choice(0,'}": "hydra.sweeper.params.token.r",
+    # a nested spec's own check, under the key the user wrote (default experiment: xray)
+    "train.teacher.depth=0": "train.teacher: arch.depth=0: must be >= 1",
+    "train.teacher=null": "train.teacher=None: train.distill=teacher needs a teacher",
+    "train.distill_weight=2": "train.distill_weight=2.0: must be in [0, 1]",
 }
 
 

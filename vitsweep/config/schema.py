@@ -96,6 +96,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says what is wrong, not "expected X"
+            try:
+                return _coerce(value, options[0], key)
+            except ConfigError as e:  # a nested spec's checks name its own group's keys
+                if str(e).startswith(key):
+                    raise
+                raise ConfigError(f"{key}: {e}") from None
         for option in options:
             try:
                 return _coerce(value, option, key)
