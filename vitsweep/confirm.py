@@ -53,12 +53,10 @@ def _more_repeats(spec: TrialSpec, factor: int) -> TrialSpec:
 
 def _measure(spec: TrialSpec) -> tuple[np.ndarray, dict[str, Any]]:
     """Test-split correctness flags and the timing of the model `spec` builds, run as the trial
-    ran it (compiled per `measure.compile` through `trial.runner`: a PT2E int8 member measured
-    uncompiled ran 3-4x slower than in its trial)."""
+    ran it (`trial.ready`: compiled per `measure.compile`)."""
     from vitsweep import measure
 
-    built = trial.build(spec)
-    run_model, ctx, _ = trial.runner(built.model, built.ctx, built.splits, spec.measure)
+    built, run_model, ctx, _ = trial.ready(spec)
     flags = trial.correct_flags(run_model, ctx, built.splits.test, spec.measure)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
     cost = measure.measure_all(run_model, ctx, sample, spec.measure, cost_model=built.model)

@@ -75,6 +75,14 @@ def runner(
     return run_model, ctx, round(compile_s, 3) if compile_s is not None else 0.0
 
 
+def ready(spec: TrialSpec) -> tuple[Built, nn.Module, RunContext, float]:
+    """(built, what runs, its ctx, compile_s): the trial's model as the trial runs it. Whatever
+    measures a trial again (confirm) starts here: a PT2E program run uncompiled is 3-4x slower."""
+    built = build(spec)
+    run_model, ctx, compile_s = runner(built.model, built.ctx, built.splits, spec.measure)
+    return built, run_model, ctx, compile_s
+
+
 def accuracy(model: nn.Module, ctx: RunContext, dataset: Dataset, spec: MeasureSpec) -> float:
     """Top-1 on `dataset` at `measure.threads` (the thread count fixes the order of float sums,
     so the same model gives the same accuracy in the trial and in its export)."""
@@ -107,9 +115,8 @@ def run(spec: TrialSpec) -> Metrics:
     from vitsweep import measure, precision
 
     t0 = time.perf_counter()
-    built = build(spec)
+    built, run_model, ctx, compile_s = ready(spec)
     model, splits = built.model, built.splits
-    run_model, ctx, compile_s = runner(model, built.ctx, splits, spec.measure)
     acc = accuracy_metrics(
         correct_flags(run_model, ctx, splits.val, spec.measure),
         correct_flags(run_model, ctx, splits.test, spec.measure),
