@@ -55,15 +55,20 @@ def test_held_out_splits_are_drawn_apart_balanced_and_cached(tmp_path):
     counts = torch.bincount(splits.test.tensors[1], minlength=len(CLASSES))
     assert counts.max() - counts.min() <= 1  # balanced classes
     files = sorted(tmp_path.glob("xray-*.npy"))
-    assert len(files) == 2  # rendered once, kept on disk
+    assert len(files) == 3  # pool, val and test: rendered once, kept on disk
     # Different random streams: no held-out image repeats a training image.
     train_x, val_x = splits.train.tensors[0], splits.val.tensors[0]
     assert torch.cdist(val_x.flatten(1), train_x.flatten(1)).min() > 1.0
-    # A second load reads the files (same bytes) and a new pool size reuses them.
+    # A second load reads the files (same bytes) and a new pool size reuses val and test.
     stamp = [f.stat().st_mtime_ns for f in files]
+    assert torch.equal(load_xray(spec, tmp_path).train.tensors[0], train_x)
     again = load_xray(dataclasses.replace(spec, samples_per_class=15), tmp_path)
     assert torch.equal(again.test.tensors[0], splits.test.tensors[0])
     assert [f.stat().st_mtime_ns for f in files] == stamp
+    # The cached pool is the pool the generator draws (class-major, stream 0).
+    x, y = generate(spec)
+    assert torch.equal(train_x, torch.from_numpy(x))
+    assert torch.equal(splits.train.tensors[1], torch.from_numpy(y.astype("int64")))
     # Without a cache directory the same images are rendered in memory.
     assert torch.equal(load_xray(spec).val.tensors[0], splits.val.tensors[0])
 

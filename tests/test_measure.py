@@ -456,3 +456,35 @@ def test_measure_all_reports_every_number(tmp_path):
     assert out["peak_mem_bytes"] > 0 and "allocator" in out["peak_mem_source"]
     assert 3 <= out["repeats"] <= 5 and isinstance(out["noisy"], bool)
     assert out["throughput_cv"] >= 0 and out["latency_cv"] >= 0
+
+
+def test_measuring_a_compiled_runner_compiles_nothing_more(tmp_path):
+    """Every forward the measurement runs reuses the graphs the warm-up compiled: the peak-memory
+    forward once fed an input made outside inference mode, failed dynamo's dispatch-key guard
+    and recompiled the whole program in every int8 trial (9 s of 45)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from vitsweep.measure.compile import warm_up
+
+    model = tiny_vit().eval()
+    counter = CompileCounter()  # torch's own backend that counts the graphs dynamo compiles
+    runner = torch.compile(model, backend=counter)
+    spec = MeasureSpec(
+        batch_size=8,
+        threads=1,
+        warmup=1,
+        min_repeats=3,
+        max_repeats=5,
+        time_cap_s=1.0,
+        energy="estimate",
+        lock_path=str(tmp_path / "m.lock"),
+        repeat_s=0.01,
+    )
+    torch._dynamo.reset()
+    with thread_scope(spec.threads):  # as trial.runner does: the thread count is a guard too
+        warm_up(runner, CPU, (3, 16, 16), [spec.batch_size, 1])
+    compiled = counter.frame_count
+    assert compiled >= 2  # the timing batch (dynamic) and batch 1
+    out = measure_all(runner, CPU, (3, 16, 16), spec, cost_model=model)
+    assert out["peak_mem_bytes"] > 0 and out["throughput"] > 0
+    assert counter.frame_count == compiled

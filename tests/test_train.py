@@ -321,3 +321,26 @@ def test_the_teacher_is_the_studys_baseline_model_trained_once() -> None:
     assert model_path(sub.train.teacher, sub.train, sub.data, sub.root) == model_path(
         base.arch, base.train, base.data, base.root
     )
+
+
+def test_a_changed_renderer_retrains_instead_of_reusing_old_weights(monkeypatch) -> None:
+    """The cache keys of models trained on generated images name the renderer's version: weights
+    fitted to the old images are never served for the new ones under the same DataSpec."""
+    from vitsweep.data import xray
+    from vitsweep.models.build import model_path
+
+    spec = DataSpec(name="xray_synth", image_size=16)
+    arch = ArchSpec(kind="vit", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=1)
+
+    def paths() -> tuple:
+        return (
+            model_path(arch, TRAIN, spec, "root"),
+            supernet_path(SPACE, spec, TRAIN, "root", img_size=16, patch_size=4),
+        )
+
+    before = paths()
+    monkeypatch.setattr(xray, "GENERATOR_VERSION", xray.GENERATOR_VERSION + 1)
+    after = paths()
+    assert before[0] != after[0] and before[1] != after[1]
+    monkeypatch.setattr(xray, "GENERATOR_VERSION", xray.GENERATOR_VERSION - 1)
+    assert paths() == before  # the key is a function of the version, nothing else changed

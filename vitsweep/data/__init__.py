@@ -8,12 +8,22 @@ from pathlib import Path
 from vitsweep.data.splits import Splits
 from vitsweep.spec import ConfigError, DataSpec
 
-__all__ = ["Splits", "data_dir", "load"]
+__all__ = ["Splits", "data_dir", "generator_version", "load"]
 
 
 def data_dir(root: str | Path) -> Path:
     """Where generated datasets are cached: `<paths.root>/data`."""
     return Path(root) / "data"
+
+
+def generator_version(spec: DataSpec) -> int:
+    """Which renderer draws `spec`'s images: part of the cache key of every model trained on
+    them, so a changed renderer retrains instead of reusing weights fitted to other images."""
+    if spec.name == "xray_synth":
+        from vitsweep.data.xray import GENERATOR_VERSION
+
+        return GENERATOR_VERSION
+    return 0  # digits ships with scikit-learn; a folder is the user's own
 
 
 @lru_cache(maxsize=4)

@@ -11,6 +11,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from vitsweep.data import generator_version
 from vitsweep.data.splits import Splits
 from vitsweep.models.checkpoint import (
     CheckpointError,
@@ -137,11 +138,17 @@ def _load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def model_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path:
-    """<root>/models/<key>.pt, key = hash of data + arch + training."""
+    """<root>/models/<key>.pt, key = hash of data (and its renderer) + arch + training."""
     arch_key = plain(arch)
     arch_key.pop("checkpoint", None)
     arch_key.pop("space", None)
-    key = cache_key(kind="model", data=data, arch=arch_key, train=standalone_key(train))
+    key = cache_key(
+        kind="model",
+        data=data,
+        generator=generator_version(data),
+        arch=arch_key,
+        train=standalone_key(train),
+    )
     return Path(root) / "models" / f"{key}.pt"
 
 

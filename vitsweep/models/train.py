@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vitsweep.data import generator_version
 from vitsweep.data.splits import Splits
 from vitsweep.measure.device import resolve_device
 from vitsweep.measure.speed import thread_scope
@@ -266,10 +267,12 @@ def supernet_path(
     img_size: int,
     patch_size: int,
 ) -> Path:
-    """<root>/supernets/<key>.pt, key = hash of data + space + input geometry + training."""
+    """<root>/supernets/<key>.pt, key = hash of data (and its renderer) + space + input geometry
+    + training."""
     key = cache_key(
         kind="supernet",
         data=data,
+        generator=generator_version(data),
         space=space,
         img_size=img_size,
         patch_size=patch_size,
