@@ -18,11 +18,11 @@ one depth only, which is what makes the depth channels worth having:
   crack       fatigue cracks along the die-side interface, entering from the edge (die slice)
 
 A defect hits 2-3 neighbouring bumps near the middle of the view, as process defects (warpage,
-outgassing, paste) do. That count sets how hard the task is (calibrated 2026-12-01 on the xray
-recipe, test split): with 3-5 bumps an 83K-parameter ViT came within 2.4 points of the 2.7M
-baseline, so model size hardly mattered; with 2-3 it is 5.3 points below (88.6% vs 93.9%), once
-the training pool is large enough for the baseline to learn it (at 120 images per class a 2.7M
-ViT reached 54% on 1-2 bumps, below the small one's 77%); with one bump nothing small learns.
+outgassing, paste) do. That count sets how hard the task is (measured 2026-12-01 with the xray
+recipe, test split, 83K-parameter smallest subnet trained alone vs the 2.7M baseline): 3-5
+bumps 92.3% vs 94.6%, model size hardly mattered; 2-3 bumps (now) 89.0% vs 93.2%; 1-3 bumps
+79.7% vs 88.2%, the baseline under 90%. The baseline needs the 2,520-image pool to learn it:
+on 840 images and 1-2 bumps a 2.7M ViT reached 54%, below the small one's 77%.
 Nuisances keep it from being trivially separable: array position, rotation, pitch and bump size
 jitter per image, per-bump size/position jitter, copper dog-bone traces at the pad level,
 beam-hardening cupping (per bump and radial over the field), out-of-plane crosstalk between
