@@ -8,6 +8,7 @@ accuracy difference >= -1 point (its 95% interval says whether "within 1 point" 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -51,14 +52,19 @@ def run(quick: bool = False) -> list[Section]:
     )
     rows = [{k: r.get(k) for k in keys} for r in results["headline"]]
 
-    def wins(r: dict) -> bool:
-        ratios = [
-            r[k] if r[k] is not None else 0.0 for k in ("throughput_x", "params_x", "flops_x")
-        ]
-        delta = r["test_delta_pts"]
-        return min(ratios) >= 10 and delta is not None and delta >= -1.0
+    def ratios(r: dict) -> list[float]:
+        return [r[k] or 0.0 for k in ("throughput_x", "params_x", "flops_x")]
 
-    best = max(rows, key=lambda r: (wins(r), r["throughput_x"] or 0), default=None)
+    def delta(r: dict) -> float:
+        return r["test_delta_pts"] if r["test_delta_pts"] is not None else -math.inf
+
+    def wins(r: dict) -> bool:
+        return min(ratios(r)) >= 10 and delta(r) >= -1.0
+
+    # The member the bar is about: of those >= 10x on all three ratios, the most accurate on
+    # test; with none, the one closest to 10x on all three.
+    ten_x = [r for r in rows if min(ratios(r)) >= 10]
+    best = max(ten_x, key=delta) if ten_x else max(rows, key=lambda r: min(ratios(r)), default=None)
     targets = []
     notes = [
         f"{results['n_complete']} complete trials; the front is selected on "
@@ -71,10 +77,11 @@ def run(quick: bool = False) -> list[Section]:
     if best is not None:
         targets.append(
             Target(
-                f"best front trial {best['number']}: throughput x / params x / FLOPs x / "
-                "test Δacc pts",
-                best["throughput_x"] or 0.0,
-                ">= 10x, >= 10x, >= 10x, >= -1 pt",
+                f"trial {best['number']} ("
+                + " / ".join(f"{x:.1f}x" for x in ratios(best))
+                + " throughput / params / FLOPs): test Δacc pts",
+                round(delta(best), 2),
+                ">= -1 at >= 10x on all three ratios",
                 wins(best),
             )
         )
