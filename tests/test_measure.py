@@ -429,9 +429,9 @@ def test_timing_lock_excludes_other_holders(tmp_path):
     assert not (tmp_path / "no.lock").exists()
 
 
-def test_measure_all_reports_every_number(tmp_path):
-    model = tiny_vit().train()
-    spec = MeasureSpec(
+def short_spec(tmp_path, **overrides) -> MeasureSpec:
+    """A whole measurement in about a second: batch 8, 1 thread, 3-5 short repeats, estimate."""
+    fields = dict(
         batch_size=8,
         threads=1,
         warmup=1,
@@ -439,10 +439,15 @@ def test_measure_all_reports_every_number(tmp_path):
         max_repeats=5,
         time_cap_s=1.0,
         energy="estimate",
-        watts=30.0,
         lock_path=str(tmp_path / "m.lock"),
         repeat_s=0.01,
     )
+    return MeasureSpec(**{**fields, **overrides})
+
+
+def test_measure_all_reports_every_number(tmp_path):
+    model = tiny_vit().train()
+    spec = short_spec(tmp_path, watts=30.0)
     before = torch.get_num_threads()
     out = measure_all(model, CPU, (3, 16, 16), spec)
     assert torch.get_num_threads() == before and model.training  # state restored
@@ -469,17 +474,7 @@ def test_measuring_a_compiled_runner_compiles_nothing_more(tmp_path):
     model = tiny_vit().eval()
     counter = CompileCounter()  # torch's own backend that counts the graphs dynamo compiles
     runner = torch.compile(model, backend=counter)
-    spec = MeasureSpec(
-        batch_size=8,
-        threads=1,
-        warmup=1,
-        min_repeats=3,
-        max_repeats=5,
-        time_cap_s=1.0,
-        energy="estimate",
-        lock_path=str(tmp_path / "m.lock"),
-        repeat_s=0.01,
-    )
+    spec = short_spec(tmp_path)
     torch._dynamo.reset()
     with thread_scope(spec.threads):  # as trial.runner does: the thread count is a guard too
         warm_up(runner, CPU, (3, 16, 16), [spec.batch_size, 1])
