@@ -61,6 +61,8 @@ BAD = {
     "hydra.sweeper.params={token.r:'choice(0,'}": "hydra.sweeper.params.token.r",
     # a nested spec's own check, under the key the user wrote (default experiment: xray)
     "train.teacher.depth=0": "train.teacher: arch.depth=0: must be >= 1",
+    # the keys valid where the typo is (the teacher's ArchSpec), not those of the group
+    "train.teacher.embed_dimm=3": "train.teacher.embed_dimm: unknown key; valid: kind, timm_name",
     "train.teacher=null": "train.teacher=None: train.distill=teacher needs a teacher",
     "train.distill_weight=2": "train.distill_weight=2.0: must be in [0, 1]",
 }

@@ -344,3 +344,64 @@ def test_a_changed_renderer_retrains_instead_of_reusing_old_weights(monkeypatch)
     assert before[0] != after[0] and before[1] != after[1]
     monkeypatch.setattr(xray, "GENERATOR_VERSION", xray.GENERATOR_VERSION - 1)
     assert paths() == before  # the key is a function of the version, nothing else changed
+
+
+def test_supernet_epochs_train_the_supernet_alone_longer(splits, tmp_path) -> None:
+    """`train.supernet_epochs` sets the supernet's schedule; the teacher and every standalone
+    model keep `train.epochs`, so the baseline's cache key does not move with it."""
+    from vitsweep.models.build import model_path
+
+    short = dataclasses.replace(TRAIN, epochs=1)
+    longer = dataclasses.replace(short, supernet_epochs=2)
+    arch = ArchSpec(kind="vit", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=1)
+    key = partial(supernet_path, SPACE, DATA, root=tmp_path, img_size=16, patch_size=4)
+    assert key(train=dataclasses.replace(short, supernet_epochs=1)) == key(train=short)
+    assert key(train=longer) != key(train=short)
+    assert model_path(arch, longer, DATA, tmp_path) == model_path(arch, short, DATA, tmp_path)
+
+    path = train_supernet(SPACE, DATA, longer, splits, tmp_path, patch_size=4)
+    history = load_supernet(path).meta["history"]
+    assert [h["epoch"] for h in history] == [1, 2]  # two epochs, not train.epochs=1
+    with pytest.raises(ConfigError, match=r"train\.supernet_epochs"):
+        dataclasses.replace(short, supernet_epochs=-1)
+
+
+def test_vitsweep_train_trains_the_teacher_then_the_supernet_a_trial_uses(tmp_path) -> None:
+    """`vitsweep-train` with `train.distill=teacher` (xray's recipe) trains the teacher first
+    and writes the supernet under the key a trial looks up: a sweep afterwards trains nothing.
+    `train.teacher={...}` on the command line, over smoke's null teacher, composes too."""
+    from tests.conftest import run_cli
+    from vitsweep import config
+
+    teacher = "{kind: vit, img_size: 16, patch_size: 4, embed_dim: 16, depth: 1, num_heads: 1}"
+    args = [
+        "experiment=smoke",
+        "arch=supernet",
+        "arch.embed_dim=16",
+        "arch.depth=1",
+        "arch.num_heads=1",
+        "arch.space.embed_dim=[16,32]",
+        "arch.space.depth=[1,2]",
+        "arch.space.num_heads=[1,2]",
+        "arch.space.mlp_ratio=[1.0,2.0]",
+        "arch.space.head_dim=8",
+        "arch.head_dim=8",
+        "train.epochs=1",
+        "train.supernet_epochs=2",
+        "train.distill=teacher",
+        f"train.teacher={teacher}",
+        "train.progress=false",
+        f"paths.root={tmp_path}",
+    ]
+    out = run_cli("vitsweep-train", *args, cwd=tmp_path).stdout
+    spec = config.trial_spec(config.compose(args))
+    splits = data.load(spec.data, data.data_dir(spec.root))
+    want = supernet_path(spec.arch.space, spec.data, spec.train, spec.root, img_size=16,
+                         patch_size=4)  # fmt: skip
+    assert f"supernet: {want}" in out and want.exists()
+    assert [h["epoch"] for h in load_supernet(want).meta["history"]] == [1, 2]
+    teachers = list((tmp_path / "models").glob("*.pt"))
+    assert len(teachers) == 1  # the teacher, trained once, cached for the baseline trial too
+    assert load_supernet(want).extract(embed_dim=16, depth=1, num_heads=1, mlp_ratio=1.0)(
+        splits.val[0][0][None]
+    ).shape == (1, splits.num_classes)

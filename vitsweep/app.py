@@ -82,15 +82,7 @@ def train_main() -> None:
         spec = trial_spec(cfg)
         splits = data.load(spec.data, data.data_dir(spec.root))
         if spec.arch.kind == "supernet":
-            path = models.train_supernet(
-                spec.arch.space,
-                spec.data,
-                spec.train,
-                splits,
-                spec.root,
-                patch_size=spec.arch.patch_size,
-                img_size=spec.arch.img_size,
-            )
+            path = models.supernet_file(spec.arch, spec.train, spec.data, splits, spec.root)
             print(f"supernet: {path}")
         else:
             models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)

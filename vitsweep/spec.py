@@ -238,6 +238,10 @@ class MeasureSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     epochs: int = 10
+    # supernet: its epochs (None: `epochs`). Weight sharing splits every step between several
+    # subnets, so supernets train longer than one net (AutoFormer: 500 vs 300 epochs); the
+    # teacher and every standalone model (the baseline) keep `epochs`.
+    supernet_epochs: int | None = None
     batch_size: int = 32
     lr: float = 2e-3
     min_lr: float = 1e-5
@@ -260,6 +264,12 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         require(self.epochs >= 0, "train.epochs", self.epochs, "must be >= 0")
+        require(
+            self.supernet_epochs is None or self.supernet_epochs >= 0,
+            "train.supernet_epochs",
+            self.supernet_epochs,
+            "must be >= 0, or null for train.epochs",
+        )
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         require(self.lr > 0, "train.lr", self.lr, "must be > 0")
         require(

@@ -138,15 +138,16 @@ def run(quick: bool = False) -> list[Section]:
         ),
     ]
     t = sub.train
+    supernet_epochs = t.epochs if t.supernet_epochs is None else t.supernet_epochs
     notes = [
         f"experiment=xray: data {sub.data.name} {sub.data.image_size}px, {len(built.splits.train)}"
         f" train / {len(built.splits.val)} val / {n} test images; space embed "
         f"{space.embed_dim}, depth {space.depth}, heads {space.num_heads} x {space.head_dim}, "
         f"mlp {space.mlp_ratio}",
-        f"recipe for supernet and standalone alike: {t.epochs} epochs, batch {t.batch_size}, lr "
-        f"{t.lr}, {t.threads} threads, seed {t.seed}; the supernet adds sandwich "
-        f"2+{t.sandwich_random} and distillation {t.distill}, the standalone models learn "
-        "the labels alone (what a user gets without the supernet)",
+        f"recipe: batch {t.batch_size}, lr {t.lr}, {t.threads} threads, seed {t.seed}; "
+        f"standalone models (and the baseline) {t.epochs} epochs on the labels alone (what a "
+        f"user gets without the supernet); the supernet {supernet_epochs} epochs, each step "
+        f"shared by 2+{t.sandwich_random} subnets (sandwich), distillation {t.distill}",
         f"baseline ({', '.join(baseline)}): test top-1 {_pct(base_acc, 'test')} % "
         f"(trained or cached: {base_s:.0f} s); supernet trained or cached: {supernet_s:.0f} s",
         "intervals: 95% Wilson per accuracy; inherited - standalone: paired on the same test "

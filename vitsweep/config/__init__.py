@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,16 @@ def _valid_keys(full_key: str) -> str:
     parent = full_key.rpartition(".")[0]
     if parent in ("hydra.sweeper.objectives", "hydra.sweeper.params", "hydra.sweeper.baseline"):
         return f"; to add one: +{full_key}=<value>"
-    group = full_key.split(".")[0]
-    spec_cls = {**TRIAL_GROUPS, "tracking": TrackingSpec}.get(group)
-    if spec_cls is None or "." not in full_key:
+    group, *inner = parent.split(".")
+    spec_cls: Any = {**TRIAL_GROUPS, "tracking": TrackingSpec}.get(group)
+    for name in inner:  # down to the spec the key is missing from (train.teacher -> ArchSpec)
+        if spec_cls is None:
+            break
+        hint = typing.get_type_hints(spec_cls).get(name)
+        spec_cls = next(
+            (t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None
+        )
+    if spec_cls is None or not parent:
         return ""
     return "; valid: " + ", ".join(f.name for f in dataclasses.fields(spec_cls))
 

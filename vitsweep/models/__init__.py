@@ -1,6 +1,6 @@
 """What is searched on the architecture axis: timm ViTs, the weight-sharing supernet, training.
 
-`build_model` is what a trial calls; `train_supernet` is what `vitsweep-train` calls;
+`build_model` is what a trial calls; `supernet_file` is what `vitsweep-train` calls;
 `architecture` + `skeleton` rebuild a trial's module tree without weights (exports).
 """
 
@@ -12,6 +12,7 @@ from vitsweep.models.build import (
     build_model,
     load_supernet,
     skeleton,
+    supernet_file,
     weights_file,
 )
 from vitsweep.models.checkpoint import CheckpointError
@@ -29,6 +30,7 @@ __all__ = [
     "build_vit",
     "load_supernet",
     "skeleton",
+    "supernet_file",
     "train_supernet",
     "weights_file",
 ]

@@ -155,14 +155,8 @@ def model_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Pat
 def _supernet_for(
     arch: ArchSpec, train: TrainSpec, data: DataSpec, splits: Splits, root: str | Path
 ) -> Supernet:
-    if arch.space is None:
-        raise ConfigError("arch.space: required when arch.kind=supernet (e.g. arch=supernet)")
-    if arch.head_dim is not None and arch.head_dim != arch.space.head_dim:
-        raise ConfigError(
-            f"arch.head_dim={arch.head_dim}: the supernet fixes it to "
-            f"arch.space.head_dim={arch.space.head_dim}"
-        )
     if arch.checkpoint is not None:
+        _check_space(arch)
         net = load_supernet(arch.checkpoint)
         got = (net.img_size, net.patch_size, net.in_chans, net.num_classes)
         want = (splits.image_size, arch.patch_size, splits.in_chans, splits.num_classes)
@@ -172,13 +166,34 @@ def _supernet_for(
                 f"{got}, but data + arch give {want}"
             )
         return net
+    return load_supernet(supernet_file(arch, train, data, splits, root))
+
+
+def _check_space(arch: ArchSpec) -> None:
+    if arch.space is None:
+        raise ConfigError("arch.space: required when arch.kind=supernet (e.g. arch=supernet)")
+    if arch.head_dim is not None and arch.head_dim != arch.space.head_dim:
+        raise ConfigError(
+            f"arch.head_dim={arch.head_dim}: the supernet fixes it to "
+            f"arch.space.head_dim={arch.space.head_dim}"
+        )
+
+
+def supernet_file(
+    arch: ArchSpec, train: TrainSpec, data: DataSpec, splits: Splits, root: str | Path
+) -> Path:
+    """The trained supernet of (data, arch.space, train): cached, else trained now, after its
+    teacher (`train.teacher`, a standalone model with its own cache) when it has one. Trials
+    and `vitsweep-train` both come here, so both train the same supernet under the same key."""
+    _check_space(arch)
+    assert arch.space is not None
     teacher = train.teacher
 
     def make_teacher() -> nn.Module:  # the standalone model's own cache: trained once, shared
         assert teacher is not None
         return build_model(teacher, train, data, splits, root)
 
-    path = train_supernet(
+    return train_supernet(
         arch.space,
         data,
         train,
@@ -188,7 +203,6 @@ def _supernet_for(
         img_size=arch.img_size,
         teacher=make_teacher if teacher is not None else None,
     )
-    return load_supernet(path)
 
 
 def build_model(

@@ -8,6 +8,7 @@ model + optimizer + scheduler + epoch + RNG state, so a killed run resumes on th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -282,15 +283,26 @@ def supernet_path(
 
 
 def train_key(train: TrainSpec) -> dict[str, Any]:
-    """The training fields that change the supernet's weights (not the progress bar)."""
+    """The training fields that change the supernet's weights (not the progress bar);
+    `supernet_epochs` only where it differs from `epochs`, so that one training has one key
+    (and supernets cached before the field existed keep theirs)."""
     d = plain(train)
     d.pop("progress", None)
+    if d.get("supernet_epochs") in (None, d["epochs"]):
+        d.pop("supernet_epochs", None)
     return d
 
 
 # Fields only a supernet's training reads: a standalone model's key leaves them out, so the
 # baseline trial and the teacher it is for the supernet are one cached model, trained once.
-SUPERNET_ONLY = ("sandwich_random", "distill", "distill_temperature", "distill_weight", "teacher")
+SUPERNET_ONLY = (
+    "supernet_epochs",
+    "sandwich_random",
+    "distill",
+    "distill_temperature",
+    "distill_weight",
+    "teacher",
+)
 
 
 def standalone_key(train: TrainSpec) -> dict[str, Any]:
@@ -416,9 +428,10 @@ def train_supernet(
                 raise ConfigError("train.distill=teacher: no teacher model was given")
             # on the device fit() trains on: the same one rule picks it
             teacher_model = teacher().eval().to(torch.device(resolve_device("auto")))
+        epochs = train.epochs if train.supernet_epochs is None else train.supernet_epochs
         result = fit(
             net,
-            train,
+            dataclasses.replace(train, epochs=epochs),
             splits,
             step_fn=partial(
                 sandwich_step,
