@@ -156,3 +156,15 @@ def test_stop_when_is_judged_by_the_loops_own_rule() -> None:
     assert check.saving == pytest.approx((1 - 16 / 40 + 0) / 2)
     assert check.loss == 0.0
     assert check.worth_it == (check.saving >= 0.25)
+
+
+def test_the_bench_compiles_as_the_product_and_scores_xray_on_a_smaller_val_split() -> None:
+    """int8 is timed as a study runs it (compiled), not on PT2E's reference ops; where the data
+    draws val and test apart, 2,000 val images score a trial, and a user's override wins."""
+    xray = make_bench("xray").base
+    assert (xray.measure.compile, xray.measure.threads) == ("auto", 1)
+    assert (xray.data.val_size, xray.data.test_size) == (2000, 250)
+    mine = make_bench("xray", ["data.val_size=500", "data.test_size=100"]).base
+    assert (mine.data.val_size, mine.data.test_size) == (500, 100)
+    smoke = make_bench("smoke").base  # digits: the pool is split by fractions, nothing to size
+    assert smoke.data.val_size == 0 and smoke.measure.compile == "auto"
