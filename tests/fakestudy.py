@@ -16,14 +16,14 @@ from vitsweep.search.study import SweepContext, open_study, run_study
 from vitsweep.spec import TrackingSpec, TrialSpec
 
 NAME = "front"
-BASELINE = {"accuracy": 0.5, "throughput": 100.0, "energy": 1.0}
+BASELINE = {"accuracy": 0.5, "throughput": 100.0, "energy": 1.0, "model_bytes": 4000.0}
 # token.r -> metrics: every candidate beats the baseline; r=8 is dominated by r=2; r=0 and r=2
 # trade accuracy for throughput; r=4 widens the front.
 CANDIDATES = {
-    0: {"accuracy": 0.85, "throughput": 200.0, "energy": 0.5},
-    2: {"accuracy": 0.80, "throughput": 400.0, "energy": 0.5},
-    4: {"accuracy": 0.70, "throughput": 900.0, "energy": 0.4},
-    8: {"accuracy": 0.60, "throughput": 300.0, "energy": 0.5},
+    0: {"accuracy": 0.85, "throughput": 200.0, "energy": 0.5, "model_bytes": 1000.0},
+    2: {"accuracy": 0.80, "throughput": 400.0, "energy": 0.5, "model_bytes": 1000.0},
+    4: {"accuracy": 0.70, "throughput": 900.0, "energy": 0.4, "model_bytes": 800.0},
+    8: {"accuracy": 0.60, "throughput": 300.0, "energy": 0.5, "model_bytes": 500.0},
 }
 FIRST_LAUNCH = (8, 2, 0)  # trials 1, 2, 3 after the baseline (trial 0): front {2, 3} at the end
 

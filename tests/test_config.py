@@ -79,6 +79,14 @@ def test_malformed_override_is_one_line(override: str, capsys) -> None:
     assert BAD[override] in err, err
 
 
+def test_two_hydra_run_modes_are_one_line_not_a_traceback(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config.check(["-m", "experiment=smoke", "--cfg", "job"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith("vitsweep: error: -m --cfg: one at a")
+
+
 def test_cli_reports_bad_override_in_one_line_and_writes_nothing(workdir: Path) -> None:
     proc = run_cli("vitsweep", "-m", "experiment=smoke", "token.rr=3", cwd=workdir, check=False)
     assert proc.returncode == 2

@@ -66,6 +66,8 @@ CASES = [
     ("vitsweep", ["-m", "hydra.sweeper.sampler.name=cmaes"], "valid: tpe, nsga2, random, gp"),
     ("vitsweep", ["-m", "+hydra.sweeper.objectives.foo=maximize"], "objectives.foo: not a metric"),
     ("vitsweep", ["-m", "hydra.sweeper.objectives.energy=maximize"], "exists with directions"),
+    ("vitsweep", ["-m", "~hydra.sweeper.objectives.energy",
+                  "+hydra.sweeper.objectives.model_bytes=minimize"], "exists with objectives"),
     ("vitsweep", ["-m", "hydra.sweeper.max_failure_rate=2"], "must be in [0, 1]"),
     ("vitsweep", ["-m", "hydra.sweeper.sampler.name=grid", "hydra.sweeper.space_hook=null",
                   "token.r=interval(0,2)"], "needs choice() or range()"),

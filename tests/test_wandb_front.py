@@ -127,6 +127,14 @@ def test_summary_run_holds_the_front_tables_and_plotly_figures(tmp_path: Path) -
     headline = media("headline", "table-file")
     assert [row[headline["columns"].index("number")] for row in headline["data"]] == [2, 3]
     assert "throughput_x" in headline["columns"]
+    # how much smaller what ships is: the baseline's model_bytes over the member's, per row
+    col = {name: i for i, name in enumerate(trials["columns"])}
+    rows = {row[number_col]: row for row in trials["data"]}
+    (base,) = [row for row in trials["data"] if row[col["baseline"]]]
+    for row in headline["data"]:
+        member = rows[row[headline["columns"].index("number")]]
+        want = base[col["model_bytes"]] / member[col["model_bytes"]]
+        assert row[headline["columns"].index("bytes_x")] == pytest.approx(want)
 
     fig3d = media("pareto/3d", "plotly-file")
     (trace,) = fig3d["data"]

@@ -47,6 +47,7 @@ def run(quick: bool = False) -> list[Section]:
         "throughput_x",
         "params_x",
         "flops_x",
+        "bytes_x",
         "energy_x",
         "energy_source",
     )

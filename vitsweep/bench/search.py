@@ -81,11 +81,14 @@ REFERENCE_RUNS = (
 # reference q/dq ops at a third of the speed, a landscape where int8 is the slowest precision
 # rather than the fastest).
 BENCH_OVERRIDES = ("measure=quick", "measure.compile=auto", "tracking=none")
+# The price (2-core Xeon, 1 thread, measured 2026-12-01): an fp32 trial 1.7 s, an int8 trial
+# with ToMe 75-98 s, nearly all of it compiling (the study's own int8 trials compile in 6-19 s
+# at r=0 and 20-61 s with ToMe at 2 threads). The table's ~1,400 distinct trials are hours of
+# compiling here: run it with several `--work` processes on a machine with more cores.
 # Where the data draws val and test apart (xray), accuracy on 2,000 val images of their own and
-# a token test split (the samplers see val only): a trial costs 1-2 s (fp32, bf16) or 10-15 s
-# (int8, mostly compiling) instead of 5-40 s on 7,350 + 7,350. The models are trained once more
-# for this data config (the cache key covers it); training reads neither split, so their
-# weights are the study's.
+# a token test split (the samplers see val only): an fp32 or bf16 trial costs 1-2 s instead of
+# 5-9 s on 7,350 + 7,350. The models are trained once more for this data config (the cache key
+# covers it); training reads neither split, so their weights are the study's.
 HELD_OUT_OVERRIDES = ("data.val_size=2000", "data.test_size=250")
 
 Point = dict[str, Any]  # the overrides one trial gets (a Hydra key -> value)

@@ -223,8 +223,18 @@ def compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(config_error_line(e)) from None
 
 
+# Hydra's run modes, of which a command line may name one
+_HYDRA_MODES = ("-m", "--multirun", "-r", "--run", "-c", "--cfg", "-i", "--info")
+
+
 def check(args: list[str]) -> None:
     """Compose and convert everything a launch will use, so that mistakes fail here, in one line."""
+    modes = [a for a in args if a in _HYDRA_MODES]
+    if len(modes) > 1:  # else Hydra raises a ValueError of its own, traceback and all
+        _fail(
+            f"{' '.join(modes)}: one at a time (Hydra runs one of --run, --multirun, --cfg, "
+            "--info); to see a study's config: vitsweep <overrides> --cfg job"
+        )
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # Hydra's own flags (--help, --cfg, -cn ...): let Hydra handle them
     multirun = any(a in ("-m", "--multirun") for a in args)

@@ -92,6 +92,7 @@ def headline_row(
         "throughput_x": _ratio(trial["throughput"], base["throughput"]),
         "params_x": _ratio(base["params"], trial["params"]),
         "flops_x": _ratio(base["flops"], trial["flops"]),
+        "bytes_x": _ratio(base.get("model_bytes"), trial.get("model_bytes")),  # what ships
         "energy_x": _ratio(base["energy"], trial["energy"]),
         "energy_source": trial["energy_source"],
         "selected_on": SELECTED_ON,
