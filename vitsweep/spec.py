@@ -262,6 +262,11 @@ class TrainSpec:
     seed: int = 0
     progress: bool = True
 
+    @property
+    def supernet_schedule(self) -> int:
+        """The epochs a supernet trains: `supernet_epochs`, else `epochs`."""
+        return self.epochs if self.supernet_epochs is None else self.supernet_epochs
+
     def __post_init__(self) -> None:
         require(self.epochs >= 0, "train.epochs", self.epochs, "must be >= 0")
         require(

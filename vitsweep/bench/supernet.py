@@ -138,7 +138,6 @@ def run(quick: bool = False) -> list[Section]:
         ),
     ]
     t = sub.train
-    supernet_epochs = t.epochs if t.supernet_epochs is None else t.supernet_epochs
     notes = [
         f"experiment=xray: data {sub.data.name} {sub.data.image_size}px, {len(built.splits.train)}"
         f" train / {len(built.splits.val)} val / {n} test images; space embed "
@@ -146,7 +145,7 @@ def run(quick: bool = False) -> list[Section]:
         f"mlp {space.mlp_ratio}",
         f"recipe: batch {t.batch_size}, lr {t.lr}, {t.threads} threads, seed {t.seed}; "
         f"standalone models (and the baseline) {t.epochs} epochs on the labels alone (what a "
-        f"user gets without the supernet); the supernet {supernet_epochs} epochs, each step "
+        f"user gets without the supernet); the supernet {t.supernet_schedule} epochs, each step "
         f"shared by 2+{t.sandwich_random} subnets (sandwich), distillation {t.distill}",
         f"baseline ({', '.join(baseline)}): test top-1 {_pct(base_acc, 'test')} % "
         f"(trained or cached: {base_s:.0f} s); supernet trained or cached: {supernet_s:.0f} s",

@@ -4,9 +4,10 @@
 batch 1 (latency); and ours vs the published patch's algorithm at r=13 in fp32 (both eager).
 
 int8 goes through the flow the product uses (torch.export -> prepare_pt2e -> calibrate ->
-convert_pt2e -> inductor with freezing), so ToMe must trace through it; bf16 runs eager here
-because an inductor compile takes minutes per graph on 2 shared cores (the product may compile
-it; ToMe traces, see tests/test_tome.py). A ratio "x same precision" compares like with like.
+convert_pt2e -> inductor with freezing), so ToMe must trace through it; bf16 runs eager here,
+as a study runs it by default (`measure.compile=auto` compiles PT2E int8 only; compiled bf16,
+about 10 s to compile here, is in the precision table, and ToMe traces: tests/test_tome.py).
+A ratio "x same precision" compares like with like.
 Variants are timed round-robin (the order rotating each round), so a neighbour's load drift hits
 all of them alike; each figure is the median over rounds, ratios come from those medians.
 """
@@ -76,7 +77,7 @@ def _build(precision: str, name: str, r: int, calib: list[torch.Tensor]) -> Runn
     model = _float_model(name, r)
     if precision == "fp32":
         return model
-    if precision == "bf16":  # eager: compiling costs minutes per graph on 2 shared cores
+    if precision == "bf16":  # eager, as a study runs it under measure.compile=auto
         return model.to(torch.bfloat16)
     return _int8(model, calib)
 

@@ -428,10 +428,9 @@ def train_supernet(
                 raise ConfigError("train.distill=teacher: no teacher model was given")
             # on the device fit() trains on: the same one rule picks it
             teacher_model = teacher().eval().to(torch.device(resolve_device("auto")))
-        epochs = train.epochs if train.supernet_epochs is None else train.supernet_epochs
         result = fit(
             net,
-            dataclasses.replace(train, epochs=epochs),
+            dataclasses.replace(train, epochs=train.supernet_schedule),
             splits,
             step_fn=partial(
                 sandwich_step,
