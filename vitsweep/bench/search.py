@@ -134,11 +134,12 @@ def make_bench(experiment: str = "xray", overrides: Sequence[str] = ()) -> Bench
     """The study of `experiment` (its params and space hook), to be benchmarked."""
     from vitsweep import config  # composing with Hydra is the doorway's job
 
-    base = (f"experiment={experiment}", *BENCH_OVERRIDES)
-    if config.compose([*base, *overrides]).data.val_size > 0:
+    base: tuple[str, ...] = (f"experiment={experiment}", *BENCH_OVERRIDES)
+    cfg = config.compose([*base, *overrides])
+    if cfg.data.val_size > 0:
         base = (*base, *HELD_OUT_OVERRIDES)  # the user's overrides still have the last word
+        cfg = config.compose([*base, *overrides])
     composed = (*base, *overrides)
-    cfg = config.compose(list(composed))
     sweeper = config.sweeper_spec(cfg.hydra.sweeper)
     space = parse_space(sweeper.params, sweeper.space_hook)
     for name, dist in space.distributions.items():

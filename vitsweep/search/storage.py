@@ -10,6 +10,7 @@ import json
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +205,25 @@ def _lost_schema_race(e: Exception) -> bool:
 
 
 def create_or_load(
-    storage: BaseStorage, name: str, directions: list[str], sampler
+    storage: BaseStorage,
+    name: str,
+    directions: list[str],
+    sampler,
+    metric_names: list[str] | None = None,
 ) -> tuple[optuna.Study, bool]:
     """(study, created): only the process that really created the study learns `created`,
-    so that exactly one worker enqueues the baseline even when many start together."""
+    so that exactly one worker enqueues the baseline even when many start together.
+    `metric_names` are stored on a new study and must match an existing one's: with the same
+    directions but other metrics (energy -> model_bytes) a resumed study would file the new
+    metric's values beside the old one's under one objective."""
     try:
         study = optuna.create_study(
             storage=storage, study_name=name, directions=directions, sampler=sampler
         )
+        if metric_names is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names)
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler)
@@ -220,5 +232,10 @@ def create_or_load(
             raise ConfigError(
                 f"hydra.sweeper.objectives: study {name!r} exists with directions {have}, "
                 f"not {directions}; use a new hydra.sweeper.study_name"
+            ) from None
+        if metric_names is not None and study.metric_names not in (None, metric_names):
+            raise ConfigError(
+                f"hydra.sweeper.objectives: study {name!r} exists with objectives "
+                f"{study.metric_names}, not {metric_names}; use a new hydra.sweeper.study_name"
             ) from None
         return study, False

@@ -23,7 +23,7 @@ from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import create_or_load, open_storage
-from vitsweep.spec import ConfigError, TrackingSpec, TrialSpec
+from vitsweep.spec import TrackingSpec, TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -93,20 +93,13 @@ def open_study(ctx: SweepContext) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study, created = create_or_load(
-            storage, spec.study_name, list(spec.objectives.values()), sampler
-        )
-    names = list(spec.objectives)
-    if not created and study.metric_names not in (None, names):
-        # same directions, other metrics (energy -> model_bytes): resuming would file the new
-        # metric's values beside the old one's under one objective
-        raise ConfigError(
-            f"hydra.sweeper.objectives: study {spec.study_name!r} exists with objectives "
-            f"{study.metric_names}, not {names}; use a new hydra.sweeper.study_name"
+            storage,
+            spec.study_name,
+            list(spec.objectives.values()),
+            sampler,
+            metric_names=list(spec.objectives),
         )
     if created:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(names)
         study.set_user_attr(record.STUDY_STORAGE, mask_url(ctx.storage_url))
         if spec.enqueue_baseline:
             study.enqueue_trial({}, user_attrs={record.BASELINE: True})
