@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from vitsweep.errors import mask_url
@@ -26,7 +28,7 @@ def test_nan_and_raising_trials_fail_with_reasons_and_the_study_finishes(tmp_pat
         n_trials=5,
         max_failure_rate=0.6,
         enqueue_baseline=False,
-        params={"x": "choice(1,2,3,4,5,6)"},
+        params={"x": "interval(1.0, 6.0)"},  # no two trials alike: every one is launched
     )
     storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
     study, created = create_or_load(
@@ -69,3 +71,63 @@ def test_storage_url_password_is_masked() -> None:
     url = "postgresql://vit:s3cr3t-pw@127.0.0.1:5433/study"
     assert mask_url(url) == "postgresql://vit:***@127.0.0.1:5433/study"
     assert "s3cr3t" not in mask_url(f"cannot reach {url} now")
+
+
+def test_a_configuration_that_already_ran_is_told_again_not_launched(tmp_path: Path) -> None:
+    """Trials of depth 1 that differ only in layer 2's params are one configuration (the
+    fixed-length encoding samples every layer): the second is never launched, gets its twin's
+    values, points at it, and stays off the front."""
+    from vitsweep import record
+    from vitsweep.search.space import SearchSpace, conditional
+    from vitsweep.spec import ArchSpec, SpaceSpec
+    from vitsweep.track.pareto import study_table
+    from vitsweep.track.report import write_report
+
+    space = SpaceSpec(embed_dim=(16,), depth=(1, 2), mlp_ratio=(1.0,), num_heads=(1, 2),
+                      head_dim=8)  # fmt: skip
+    base = TrialSpec(arch=ArchSpec(kind="supernet", embed_dim=16, depth=2, head_dim=8, space=space))
+    spec = SweeperSpec(study_name="s", n_trials=14, enqueue_baseline=False)
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    objectives = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
+    study, _ = create_or_load(
+        storage, "s", list(objectives.values()), optuna.samplers.RandomSampler(seed=3)
+    )
+    launched: list[list[str]] = []
+
+    def launch(batch: list[list[str]]) -> list[Outcome]:
+        launched.extend(batch)
+        # A measurement that differs run to run: a twin must copy it, not get a new one.
+        return [Outcome(metrics=_metrics(1 + len(launched) / 10), config={"o": o}) for o in batch]
+
+    loop = StudyLoop(spec, study, SearchSpace({}, {}, conditional), base, launch, prefix=("p=1",))
+    loop.run()
+    trials = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) == 14
+    configs = [o[:-1] for o in launched]
+    assert len(configs) == len({tuple(c) for c in configs}) == 6  # 2 of depth 1 + 4 of depth 2
+    twins = {t.number: t for t in trials}
+    dupes = [t for t in trials if record.duplicate_of(t) is not None]
+    assert len(dupes) == 14 - 6 and sorted(loop.ran) == [
+        t.number for t in trials if record.duplicate_of(t) is None
+    ]
+    for t in dupes:
+        twin = twins[record.duplicate_of(t)]
+        assert record.duplicate_of(twin) is None and twin.number < t.number
+        assert t.user_attrs[record.OVERRIDES] == twin.user_attrs[record.OVERRIDES]
+        assert t.user_attrs[record.OVERRIDES][0] == "p=1"
+        assert t.values == twin.values and record.metrics(t) == record.metrics(twin)
+        assert t.user_attrs[record.CONFIG] == twin.user_attrs[record.CONFIG]
+        if t.params["arch.depth"] == 1:  # the sampler's params may differ, past the depth only
+            assert t.params["arch.num_heads.0"] == twin.params["arch.num_heads.0"]
+        else:
+            assert t.params == twin.params
+    assert any(t.params != twins[record.duplicate_of(t)].params for t in dupes)
+    table = study_table(study, objectives)
+    assert table.pareto and not set(table.pareto) & {t.number for t in dupes}
+    out = write_report(table, tmp_path / "report", "s", {})
+    results = yaml.safe_load((out / "results.yaml").read_text())
+    assert results["n_duplicates"] == len(dupes)
+    with open(out / "trials.csv") as f:
+        rows = {int(r["number"]): r for r in csv.DictReader(f)}
+    assert all(rows[t.number]["duplicate_of"] == str(record.duplicate_of(t)) for t in dupes)
+    assert all(rows[t.number]["duplicate_of"] == "" for t in trials if t not in dupes)

@@ -26,6 +26,8 @@ METRICS = "metrics"  # everything `trial.run` returned, one dict
 FAIL_REASON = "fail_reason"  # why a trial is FAIL ("stale: ..." for a lost worker)
 SKIP_REASON = "skip_reason"  # why a claimed trial was given back PRUNED
 RETRY_OF = "vitsweep:retry_of"  # a re-queued stale trial points at the trial it repeats
+OVERRIDES = "overrides"  # the override lines a sampled trial was launched with (its identity)
+DUPLICATE_OF = "duplicate_of"  # a trial whose overrides a COMPLETE trial already ran: not run again
 LEGACY_CONSTRAINTS = "constraints"  # pre-Optuna-5-API constraint list (user attribute)
 STALE_PREFIX = "stale"
 
@@ -35,7 +37,17 @@ STUDY_STOPPED = "stopped"  # why stop_when ended the study
 
 # User attributes that are bookkeeping, never metrics (studies that stored metrics flat).
 BOOKKEEPING = frozenset(
-    {BASELINE, CONFIG, METRICS, FAIL_REASON, SKIP_REASON, RETRY_OF, LEGACY_CONSTRAINTS}
+    {
+        BASELINE,
+        CONFIG,
+        METRICS,
+        FAIL_REASON,
+        SKIP_REASON,
+        RETRY_OF,
+        OVERRIDES,
+        DUPLICATE_OF,
+        LEGACY_CONSTRAINTS,
+    }
 )
 
 
@@ -65,6 +77,12 @@ def is_baseline(trial: FrozenTrial) -> bool:
 def fail_reason(trial: FrozenTrial) -> str | None:
     reason = trial.user_attrs.get(FAIL_REASON)
     return None if reason is None else str(reason)
+
+
+def duplicate_of(trial: FrozenTrial) -> int | None:
+    """The trial whose measurement this one repeats (same configuration), or None."""
+    n = trial.user_attrs.get(DUPLICATE_OF)
+    return None if n is None else int(n)
 
 
 def is_stale_failure(trial: FrozenTrial) -> bool:

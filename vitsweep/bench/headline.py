@@ -68,7 +68,9 @@ def run(quick: bool = False) -> list[Section]:
     best = max(ten_x, key=delta) if ten_x else max(rows, key=lambda r: min(ratios(r)), default=None)
     targets = []
     notes = [
-        f"{results['n_complete']} complete trials; the front is selected on "
+        f"{results['n_complete']} complete trials ({results.get('n_duplicates', 0)} of them "
+        "repeats of an earlier configuration, told its values, not run again); the front is "
+        f"selected on "
         f"{results.get('selected_on', 'val')}, the deltas are on the held-out "
         f"{results.get('reported_on', 'test')} split, paired with the baseline on the same "
         "images (exact McNemar 95% interval); accuracy_delta_pts: the val delta that selected it",

@@ -55,6 +55,7 @@ def _row(t: FrozenTrial, front: set[int]) -> dict[str, Any]:
     row["feasible"] = record.is_feasible(t) if t.state == TrialState.COMPLETE else None
     row["is_pareto"] = t.number in front
     row["fail_reason"] = record.fail_reason(t)
+    row["duplicate_of"] = record.duplicate_of(t)
     return row
 
 
@@ -130,9 +131,16 @@ def headline_row(
 
 def front_trials(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The feasible, non-dominated COMPLETE trials (Optuna's own dominance). Feasibility reads
-    both Optuna 5 constraints and the user attribute of studies written before them, which is
-    why this does not simply return `study.best_trials` (equal for new studies)."""
-    feasible = [t for t in trials if t.state == TrialState.COMPLETE and record.is_feasible(t)]
+    both Optuna 5 constraints and the user attribute of studies written before them, and a
+    trial that repeats another's configuration (`duplicate_of`) stands beside its twin, not on
+    the front twice; which is why this does not simply return `study.best_trials`."""
+    feasible = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and record.is_feasible(t)
+        and record.duplicate_of(t) is None
+    ]
     return _get_pareto_front_trials_by_trials(feasible, study.directions)
 
 

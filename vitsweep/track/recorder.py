@@ -66,6 +66,8 @@ class StudyRecorder:
         logged_metrics = dict(outcome.metrics or {})
         if record.fail_reason(trial) is not None:
             logged_metrics[record.FAIL_REASON] = record.fail_reason(trial)
+        if record.duplicate_of(trial) is not None:
+            logged_metrics[record.DUPLICATE_OF] = record.duplicate_of(trial)
         with wandb_lock(self.study_dir):
             # The front as of now, read under the lock: a trial told by another worker meanwhile
             # is either in it (and this trial is tagged against it) or will retag this one.

@@ -13,7 +13,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
 from vitsweep.track.pareto import StudyTable
-from vitsweep.track.wandb_log import BASELINE, DOMINATED, INFEASIBLE, PARETO, RunIds, WandbTracker
+from vitsweep.track.wandb_log import (
+    BASELINE,
+    DOMINATED,
+    DUPLICATE,
+    INFEASIBLE,
+    PARETO,
+    RunIds,
+    WandbTracker,
+)
 
 HYPERVOLUME_ATTR = "hypervolume"
 WANDB_PARETO_ATTR = "wandb_pareto"  # trial numbers whose W&B run carries the tag `pareto`
@@ -36,14 +44,17 @@ def wandb_run_ids(study: optuna.Study) -> RunIds | None:
 
 
 def front_tag(trial: FrozenTrial, table: StudyTable) -> str | None:
-    """Exactly one of pareto/dominated/infeasible for a complete trial: W&B cannot empty a
-    resumed run's tags, so a trial leaving the front must swap `pareto` for another tag."""
+    """Exactly one of pareto/dominated/infeasible/duplicate for a complete trial: W&B cannot
+    empty a resumed run's tags, so a trial leaving the front must swap `pareto` for another tag.
+    A duplicate (its twin holds its place on the front) keeps its tag for good."""
     if trial.state != TrialState.COMPLETE:
         return None
     if trial.number in table.pareto:
         return PARETO
     if not record.is_feasible(trial):
         return INFEASIBLE
+    if record.duplicate_of(trial) is not None:
+        return DUPLICATE
     return DOMINATED
 
 

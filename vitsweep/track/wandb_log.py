@@ -32,6 +32,7 @@ from vitsweep.track.pareto import StudyTable, notes
 log = logging.getLogger("vitsweep.track")
 
 PARETO, DOMINATED, INFEASIBLE, BASELINE = "pareto", "dominated", "infeasible", "baseline"
+DUPLICATE = "duplicate"  # repeats an earlier trial's configuration (never on the front)
 
 
 def _settings():
