@@ -23,6 +23,23 @@ def _study() -> tuple[str, Path]:
     return str(cfg.name), Path(str(cfg.paths.root))
 
 
+def _confirmed(report: Path, results: dict) -> dict[int, float]:
+    """Each front member's throughput ratio from `confirmed.yaml`, when that file was made from
+    this very study (its sweep throughputs are the front's); else nothing."""
+    path = report / "confirmed.yaml"
+    if not path.exists():
+        return {}
+    rows = yaml.safe_load(path.read_text()).get("confirmed") or []
+    swept = {p["number"]: p.get("throughput") for p in results.get("pareto", [])}
+    by_number = {r["number"]: r for r in rows}
+    members = [n for n in swept if n != results.get("baseline")]
+    if not members or any(
+        n not in by_number or by_number[n].get("sweep_throughput") != swept[n] for n in members
+    ):
+        return {}
+    return {n: by_number[n]["throughput_x"] for n in members}
+
+
 def run(quick: bool = False) -> list[Section]:
     name, root = _study()
     path = root / name / "report" / "results.yaml"
@@ -52,9 +69,15 @@ def run(quick: bool = False) -> list[Section]:
         "energy_source",
     )
     rows = [{k: r.get(k) for k in keys} for r in results["headline"]]
+    confirmed = _confirmed(path.parent, results)
+    for r in rows:
+        r["confirmed_throughput_x"] = confirmed.get(r["number"])
 
     def ratios(r: dict) -> list[float]:
-        return [r[k] or 0.0 for k in ("throughput_x", "params_x", "flops_x")]
+        # Throughput counts as >= 10x only if the confirmation pass (more repeats, another
+        # moment) agrees with the sweep's single measurement: the lower of the two.
+        thr = [x for x in (r["throughput_x"], r["confirmed_throughput_x"]) if x is not None]
+        return [min(thr, default=0.0), r["params_x"] or 0.0, r["flops_x"] or 0.0]
 
     def delta(r: dict) -> float:
         return r["test_delta_pts"] if r["test_delta_pts"] is not None else -math.inf
@@ -95,6 +118,11 @@ def run(quick: bool = False) -> list[Section]:
                 f"trial {best['number']}: test Δacc {best['test_delta_pts']:+.2f} pts, 95% "
                 f"interval [{lo:+.2f}, {best['test_delta_hi_pts']:+.2f}]: {claim}"
             )
+    if confirmed:
+        notes.append(
+            "confirmed_throughput_x: `vitsweep-confirm` on this study (3x the repeats, measured "
+            "again later); the target takes the lower of it and the sweep's throughput_x"
+        )
     return [
         Section(
             title=f"Headline: Pareto front of the `{name}` study vs its baseline (trial "
