@@ -63,6 +63,19 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert lo <= r["inherited_minus_standalone_pts"] <= hi
     assert (out.parent / "confirmed.csv").exists()
 
+    # The README's headline sets each member's confirmed throughput beside the sweep's, and
+    # never joins a confirmation made from another study (other sweep throughputs).
+    from vitsweep.bench.headline import confirmed_ratios
+
+    results = yaml.safe_load((out.parent / "results.yaml").read_text())
+    joined = confirmed_ratios(out.parent, results)
+    members = {p["number"] for p in results["pareto"]} - {results["baseline"]}
+    assert set(joined) == members
+    assert all(joined[r["number"]] == r["throughput_x"] for r in rows if r["number"] in members)
+    for p in results["pareto"]:
+        p["throughput"] *= 1.5
+    assert confirmed_ratios(out.parent, results) == {}
+
 
 def test_confirm_takes_whole_numbers_only(workdir: Path) -> None:
     proc = run_cli("vitsweep-confirm", *STUDY, "retrain=two", cwd=workdir, check=False)

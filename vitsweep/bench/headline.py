@@ -23,7 +23,7 @@ def _study() -> tuple[str, Path]:
     return str(cfg.name), Path(str(cfg.paths.root))
 
 
-def _confirmed(report: Path, results: dict) -> dict[int, float]:
+def confirmed_ratios(report: Path, results: dict) -> dict[int, float]:
     """Each front member's throughput ratio from `confirmed.yaml`, when that file was made from
     this very study (its sweep throughputs are the front's); else nothing."""
     path = report / "confirmed.yaml"
@@ -69,7 +69,7 @@ def run(quick: bool = False) -> list[Section]:
         "energy_source",
     )
     rows = [{k: r.get(k) for k in keys} for r in results["headline"]]
-    confirmed = _confirmed(path.parent, results)
+    confirmed = confirmed_ratios(path.parent, results)
     for r in rows:
         r["confirmed_throughput_x"] = confirmed.get(r["number"])
 
@@ -93,8 +93,7 @@ def run(quick: bool = False) -> list[Section]:
     notes = [
         f"{results['n_complete']} complete trials ({results.get('n_duplicates', 0)} of them "
         "repeats of an earlier configuration, told its values, not run again); the front is "
-        f"selected on "
-        f"{results.get('selected_on', 'val')}, the deltas are on the held-out "
+        f"selected on {results.get('selected_on', 'val')}, the deltas are on the held-out "
         f"{results.get('reported_on', 'test')} split, paired with the baseline on the same "
         "images (exact McNemar 95% interval); accuracy_delta_pts: the val delta that selected it",
         f"energy is {', '.join(sorted({str(r['energy_source']) for r in rows}))}",
