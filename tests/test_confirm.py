@@ -40,6 +40,7 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
     )
     front = {t.number for t in study.best_trials}
     assert rows[0]["baseline"] and rows[0]["test_delta_pts"] == 0.0
+    assert rows[0]["baseline_throughput_beside"] == rows[0]["throughput"]
     assert {r["number"] for r in rows[1:]} <= front
     for r in rows:
         # Same machine, same threads, same stored config: the same test images right and wrong.
@@ -48,6 +49,8 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["test_accuracy_lo"] <= r["test_accuracy"] <= r["test_accuracy_hi"]
         assert r["test_delta_lo_pts"] <= r["test_delta_pts"] <= r["test_delta_hi_pts"]
         assert r["throughput"] > 0
+        # the ratio is to the baseline timed beside the member, not minutes earlier
+        assert r["throughput_x"] == pytest.approx(r["throughput"] / r["baseline_throughput_beside"])
         # what ran is what the trial ran (compiled where it was), not a slower stand-in
         assert r["precision_exec"] == r["sweep_precision_exec"]
     assert rows[1:] and all(r["precision_exec"].endswith(", compiled") for r in rows[1:])
@@ -65,7 +68,7 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
 
     # The README's headline sets each member's confirmed throughput beside the sweep's, and
     # never joins a confirmation made from another study (other sweep throughputs).
-    from vitsweep.bench.headline import confirmed_ratios
+    from vitsweep.track.report import confirmed_ratios
 
     results = yaml.safe_load((out.parent / "results.yaml").read_text())
     joined = confirmed_ratios(out.parent, results)

@@ -4,9 +4,10 @@ The sweep picks its front on the validation split from one throughput measuremen
 `confirm` rebuilds each front member (and the baseline) from its stored config and measures,
 on the held-out test split, its accuracy with a 95% Wilson interval and its paired difference
 to the baseline (exact McNemar), and its throughput with `repeat_factor` times the repeats and
-time. With `retrain=K` the K front architectures best on validation are also trained standalone
-from scratch with the same recipe, token merging and precision, and their test accuracy is set
-beside the inherited one (paired on the same images): what weight sharing bought.
+time, as a ratio to the baseline timed again just before and after it. With `retrain=K` the K
+front architectures best on validation are also trained standalone from scratch with the same
+recipe, token merging and precision, and their test accuracy is set beside the inherited one
+(paired on the same images): what weight sharing bought.
 
 Pure Python like `trial.run`: no Hydra, Optuna or W&B (app.py and track/ do those).
 """
@@ -19,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from torch import nn
 from tqdm.auto import tqdm
 
 from vitsweep import trial
 from vitsweep.measure.accuracy import accuracy_summary, paired_difference
+from vitsweep.runctx import RunContext
 from vitsweep.spec import ArchSpec, TrialSpec
 
 
@@ -51,16 +54,38 @@ def _more_repeats(spec: TrialSpec, factor: int) -> TrialSpec:
     return dataclasses.replace(spec, measure=longer)
 
 
-def _measure(spec: TrialSpec) -> tuple[np.ndarray, dict[str, Any]]:
-    """Test-split correctness flags and the timing of the model `spec` builds, run as the trial
-    ran it (`trial.ready`: compiled per `measure.compile`)."""
-    from vitsweep import measure
+@dataclass
+class _Ready:
+    """A member's model as the trial runs it, kept to be timed (again)."""
 
+    model: nn.Module
+    ctx: RunContext
+    sample: tuple[int, int, int]
+    spec: TrialSpec
+    cost_model: nn.Module
+
+    def measure_all(self) -> dict[str, Any]:
+        from vitsweep import measure
+
+        cost = measure.measure_all(
+            self.model, self.ctx, self.sample, self.spec.measure, cost_model=self.cost_model
+        )
+        return {**cost, "precision_exec": self.ctx.precision_exec}
+
+    def throughput(self) -> float:
+        from vitsweep.measure.speed import measure_throughput
+
+        stats, _ = measure_throughput(self.model, self.ctx, self.sample, self.spec.measure)
+        return stats.rate
+
+
+def _ready(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:
+    """Test-split correctness flags and the model `spec` builds, run as the trial ran it
+    (`trial.ready`: compiled per `measure.compile`)."""
     built, run_model, ctx, _ = trial.ready(spec)
     flags = trial.correct_flags(run_model, ctx, built.splits.test, spec.measure)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
-    cost = measure.measure_all(run_model, ctx, sample, spec.measure, cost_model=built.model)
-    return flags, {**cost, "precision_exec": ctx.precision_exec}
+    return flags, _Ready(run_model, ctx, sample, spec, built.model)
 
 
 def standalone(spec: TrialSpec) -> TrialSpec:
@@ -100,9 +125,21 @@ def confirm(
     rows: list[dict[str, Any]] = []
     # minutes of work (int8 members compile, retrained ones train): say where it is
     bar = tqdm(ordered, desc="confirm", unit="trial", file=sys.stderr)
+    base_ready: _Ready | None = None
     for m in bar:
         bar.set_postfix(trial=m.number, retrain=m.number in retrain_numbers)
-        f, cost = _measure(_more_repeats(m.spec, repeat_factor))
+        f, ready = _ready(_more_repeats(m.spec, repeat_factor))
+        if base_ready is None:  # the baseline comes first
+            base_ready = ready
+            cost = ready.measure_all()
+            beside = cost["throughput"]
+        else:
+            # The baseline is timed again just before and after the member, and the ratio is
+            # taken against those: on a shared 2-core VM a whole process ran 20-35% slower or
+            # faster than another minutes apart, while back-to-back timings agreed within about 5%.
+            before = base_ready.throughput()
+            cost = ready.measure_all()
+            beside = 0.5 * (before + base_ready.throughput())
         flags[m.number] = f
         rec = m.recorded
         acc = accuracy_summary(f, "test_accuracy")
@@ -129,10 +166,11 @@ def confirm(
             test_delta_pts=_pts(p.diff),
             test_delta_lo_pts=_pts(p.lo),
             test_delta_hi_pts=_pts(p.hi),
-            throughput_x=cost["throughput"] / rows[0]["throughput"] if rows else 1.0,
+            baseline_throughput_beside=beside,
+            throughput_x=cost["throughput"] / beside,
         )
         if m.number in retrain_numbers:
-            alone, _ = _measure(standalone(m.spec))
+            alone, _ = _ready(standalone(m.spec))
             s = accuracy_summary(alone, "standalone_test_accuracy")
             gain = paired_difference(f, alone)
             row.update(

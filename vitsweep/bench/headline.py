@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from vitsweep.bench.common import Section, Target
+from vitsweep.track.report import confirmed_ratios
 
 
 def _study() -> tuple[str, Path]:
@@ -21,23 +22,6 @@ def _study() -> tuple[str, Path]:
 
     cfg = config.compose([])
     return str(cfg.name), Path(str(cfg.paths.root))
-
-
-def confirmed_ratios(report: Path, results: dict) -> dict[int, float]:
-    """Each front member's throughput ratio from `confirmed.yaml`, when that file was made from
-    this very study (its sweep throughputs are the front's); else nothing."""
-    path = report / "confirmed.yaml"
-    if not path.exists():
-        return {}
-    rows = yaml.safe_load(path.read_text()).get("confirmed") or []
-    swept = {p["number"]: p.get("throughput") for p in results.get("pareto", [])}
-    by_number = {r["number"]: r for r in rows}
-    members = [n for n in swept if n != results.get("baseline")]
-    if not members or any(
-        n not in by_number or by_number[n].get("sweep_throughput") != swept[n] for n in members
-    ):
-        return {}
-    return {n: by_number[n]["throughput_x"] for n in members}
 
 
 def run(quick: bool = False) -> list[Section]:

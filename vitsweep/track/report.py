@@ -113,10 +113,29 @@ def write_confirmed(rows: list[dict[str, Any]], out_dir: Path) -> Path:
         "notes": [
             "Front members rebuilt from their stored configs and measured again: test accuracy "
             "with a 95% Wilson interval, paired with the baseline on the same test images (exact "
-            "McNemar 95% interval), throughput with more repeats; standalone_*: the same shape "
+            "McNemar 95% interval), throughput with more repeats, its ratio (throughput_x) "
+            "against the baseline timed again just before and after it "
+            "(baseline_throughput_beside); standalone_*: the same shape "
             "trained from scratch with the same recipe (retrain=K)."
         ],
         "confirmed": rows,
     }
     write_text(out_dir / "confirmed.yaml", yaml.safe_dump(doc, sort_keys=False))
     return out_dir / "confirmed.yaml"
+
+
+def confirmed_ratios(report: Path, results: dict[str, Any]) -> dict[int, float]:
+    """Each front member's throughput ratio from `confirmed.yaml`, when that file was made from
+    this very study (its sweep throughputs are the front's); else nothing."""
+    path = report / "confirmed.yaml"
+    if not path.exists():
+        return {}
+    rows = yaml.safe_load(path.read_text()).get("confirmed") or []
+    swept = {p["number"]: p.get("throughput") for p in results.get("pareto", [])}
+    by_number = {r["number"]: r for r in rows}
+    members = [n for n in swept if n != results.get("baseline")]
+    if not members or any(
+        n not in by_number or by_number[n].get("sweep_throughput") != swept[n] for n in members
+    ):
+        return {}
+    return {n: by_number[n]["throughput_x"] for n in members}
