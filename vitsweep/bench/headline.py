@@ -103,8 +103,9 @@ def run(quick: bool = False) -> list[Section]:
             )
     if confirmed:
         notes.append(
-            "confirmed_throughput_x: `vitsweep-confirm` on this study (3x the repeats, measured "
-            "again later); the target takes the lower of it and the sweep's throughput_x"
+            "confirmed_throughput_x: `vitsweep-confirm` on this study (3x the repeats, against the "
+            "baseline timed beside each member); the target takes the lower of it and the sweep's "
+            "throughput_x"
         )
     return [
         Section(
