@@ -129,6 +129,7 @@ class StudyLoop:
             return
         launched: list[optuna.Trial] = []
         overrides = []
+        ran_before = self._ran_before()
         for t in batch:
             if t.user_attrs.get(record.BASELINE):
                 chosen = dict(self.spec.baseline)
@@ -139,7 +140,7 @@ class StudyLoop:
             twin = None
             if not t.user_attrs.get(record.BASELINE):
                 t.set_user_attr(record.OVERRIDES, effective)
-                twin = self._ran_before(effective)
+                twin = ran_before.get(tuple(effective))
             if twin is not None:
                 self._tell_duplicate(t, twin)
                 continue
@@ -161,32 +162,31 @@ class StudyLoop:
             self.ran.append(t.number)
             self.on_trial(frozen, outcome)
 
-    def _ran_before(self, effective: list[str]) -> FrozenTrial | None:
-        """The COMPLETE trial launched with exactly these overrides, if any.
+    def _ran_before(self) -> dict[tuple[str, ...], FrozenTrial]:
+        """The COMPLETE trials that ran, by the overrides they were launched with.
 
         Why: the fixed-length encoding (`space.conditional`) samples per-layer params up to the
         deepest depth, so two trials that differ only past a shallow trial's depth are one
         configuration. Samplers count them as new points (7 of 39 trials of a default sweep;
         GP with a fourth objective proposed one configuration 5 times running, 45 s each).
         """
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get(record.OVERRIDES) == effective:
-                return t
-        return None
+        return {
+            tuple(t.user_attrs[record.OVERRIDES]): t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if record.OVERRIDES in t.user_attrs and record.duplicate_of(t) is None
+        }
 
     def _tell_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> None:
         """Tell the measured configuration's values again, without running it: the sampler
         learns that the params it changed do not matter, and the trial costs no time. It counts
         toward `n_trials` (a sampler that keeps proposing it cannot stall the study) but is never
         on the front beside its twin."""
-        original = record.duplicate_of(twin)
-        original = twin.number if original is None else original
-        trial.set_user_attr(record.DUPLICATE_OF, original)
+        trial.set_user_attr(record.DUPLICATE_OF, twin.number)
         outcome = Outcome(metrics=record.metrics(twin), config=twin.user_attrs.get(record.CONFIG))
         log.info(
             "trial %d is trial %d's configuration: its values are told, nothing runs",
             trial.number,
-            original,
+            twin.number,
         )
         frozen = self._tell(trial, outcome)
         self.on_trial(frozen, outcome)
