@@ -27,7 +27,8 @@ from vitsweep.tome import (
     schedule_of,
     token_counts,
 )
-from vitsweep.tome.patch import _attention
+from vitsweep.tome.merge import size_bias
+from vitsweep.tome.patch import KEY_ALIGN, _aligned_keys, _attention
 from vitsweep.tome.reference import apply_reference_tome
 
 IMG, PATCH, DIM = 48, 8, 64  # 36 patches: enough to merge a few per block, fast on 2 cores
@@ -294,6 +295,31 @@ def test_proportional_attention_equals_attending_to_copies() -> None:
             got, metric = _attention(attn, x, bias)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert metric.shape == (2, 5, attn.head_dim)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bf16_attention_pads_keys_without_changing_the_result(with_bias: bool) -> None:
+    """bf16 keys are padded to a multiple of KEY_ALIGN for the CPU kernel's fast path; the padded
+    keys are masked out, so the output is that of the real keys (float64 oracle, bf16 tolerance).
+    An unmasked pad would hand 11 of 16 attention slots to zero keys and fail this."""
+    torch.manual_seed(5)
+    attn = Attention(DIM, 4, qkv_bias=True).eval().to(torch.bfloat16)
+    x = torch.randn(2, 5, DIM).to(torch.bfloat16)
+    size = torch.tensor([1.0, 3, 1, 2, 4]).view(1, 5, 1).expand(2, 5, 1)
+    bias = size_bias(size, torch.bfloat16) if with_bias else None
+    with torch.no_grad():
+        got, _ = _attention(attn, x, bias)
+        b, n, _ = x.shape
+        q, k, v = (
+            attn.qkv(x).double().reshape(b, n, 3, 4, DIM // 4).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        logits = q @ k.transpose(-1, -2) * attn.scale
+        if bias is not None:
+            logits = logits + bias.double()
+        want = attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, DIM).bfloat16())
+        padded_k = _aligned_keys(k.bfloat16(), v.bfloat16(), bias)[0]
+    assert padded_k.shape[-2] == KEY_ALIGN
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_same_result_as_published_algorithm_without_prefix(images: torch.Tensor) -> None:

@@ -1,12 +1,14 @@
 """ToMe speed on this CPU, per precision: DeiT-Ti and DeiT-S (timm, random weights), 224 px,
-2 threads, stock (r=0) vs ToMe r=13, in fp32 (eager), bf16 (weights cast, eager) and int8
-(torchao PT2E static, X86InductorQuantizer, then torch.compile), at batch 16 (throughput) and
-batch 1 (latency); and ours vs the published patch's algorithm at r=13 in fp32 (both eager).
+2 threads, stock (r=0) vs ToMe r=13, in fp32 (eager), bf16 (weights cast; eager, and compiled
+with inductor freezing, the fastest bf16 path here) and int8 (torchao PT2E static,
+X86InductorQuantizer, then torch.compile), at batch 16 (throughput) and batch 1 (latency, eager
+precisions); and ours vs the published patch's algorithm at r=13 in fp32 (both eager).
 
 int8 goes through the flow the product uses (torch.export -> prepare_pt2e -> calibrate ->
 convert_pt2e -> inductor with freezing), so ToMe must trace through it; bf16 runs eager here,
-as a study runs it by default (`measure.compile=auto` compiles PT2E int8 only; compiled bf16,
-about 10 s to compile here, is in the precision table, and ToMe traces: tests/test_tome.py).
+as a study runs it by default (`measure.compile=auto` compiles PT2E int8 only), and compiled
+(`measure.compile=always`: prepacked oneDNN weights, fused element-wise work; ToMe traces:
+tests/test_tome.py).
 A ratio "x same precision" compares like with like.
 Variants are timed round-robin (the order rotating each round), so a neighbour's load drift hits
 all of them alike; each figure is the median over rounds, ratios come from those medians.
@@ -25,13 +27,14 @@ import torch
 
 from vitsweep.bench.common import Section, Target
 from vitsweep.tome import apply_tome, token_counts
+from vitsweep.tome.patch import KEY_ALIGN
 from vitsweep.tome.reference import apply_reference_tome
 
 MODELS = {"DeiT-Ti": "deit_tiny_patch16_224", "DeiT-S": "deit_small_patch16_224"}
 BATCH = 16
 R = 13
 THREADS = 2
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "bf16 compiled", "int8")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -79,11 +82,13 @@ def _build(precision: str, name: str, r: int, calib: list[torch.Tensor]) -> Runn
         return model
     if precision == "bf16":  # eager, as a study runs it under measure.compile=auto
         return model.to(torch.bfloat16)
+    if precision == "bf16 compiled":
+        return _compiled(model.to(torch.bfloat16))
     return _int8(model, calib)
 
 
 def _dtype(precision: str) -> torch.dtype:
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+    return torch.bfloat16 if precision.startswith("bf16") else torch.float32
 
 
 def _timed(runner: Runner, x: torch.Tensor) -> float:
@@ -132,10 +137,10 @@ def run(quick: bool = False) -> list[Section]:
                 start = time.perf_counter()
                 runner = _build(precision, name, r, calib)
                 built = time.perf_counter() - start
-                # int8 batch 1 would need a graph of its own: each compile takes minutes on
-                # 2 shared cores, so batch 1 is timed for the eager precisions only
+                # a compiled batch 1 would need a graph of its own: each compile takes a
+                # minute on 2 shared cores, so batch 1 is timed for the eager precisions only
                 for batch, x in ((BATCH, x16), (1, x1)):
-                    if batch == 1 and precision == "int8":
+                    if batch == 1 and precision in ("int8", "bf16 compiled"):
                         continue
                     k = f"{label} {precision} r={r} b={batch}"
                     runners[k], keys[k] = (
@@ -205,13 +210,14 @@ def run(quick: bool = False) -> list[Section]:
         return want / med[key("DeiT-S", precision, R, batch)]
 
     fp32_vs_stock = ratio("fp32")
-    bf16, int8 = ratio("bf16"), ratio("int8")
+    bf16, bf16c, int8 = ratio("bf16"), ratio("bf16 compiled"), ratio("int8")
     vs_ref = ratio("fp32", base="reference")
     targets = [
         Target(
             "DeiT-S fp32 r=13 / stock fp32", round(fp32_vs_stock, 3), ">= 1.7", fp32_vs_stock >= 1.7
         ),
-        Target("DeiT-S bf16 r=13 / bf16 r=0", round(bf16, 3), ">= 1.5", bf16 >= 1.5),
+        Target("DeiT-S bf16 r=13 / bf16 r=0 (eager)", round(bf16, 3), ">= 1.5", bf16 >= 1.5),
+        Target("DeiT-S bf16 r=13 / bf16 r=0 (compiled)", round(bf16c, 3), ">= 1.5", bf16c >= 1.5),
         Target("DeiT-S int8 r=13 / int8 r=0", round(int8, 3), ">= 1.5", int8 >= 1.5),
         Target(
             f"DeiT-S fp32 r=13 ours / reference r={R}", round(vs_ref, 3), ">= 1.0", vs_ref >= 1.0
@@ -221,10 +227,13 @@ def run(quick: bool = False) -> list[Section]:
         f"timm deit_tiny/small_patch16_224, random weights, 224 px, batch {BATCH} (throughput) "
         f"and 1 (latency), CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"timm {timm.__version__}",
-        "fp32: eager; bf16: weights cast, eager; int8: torchao PT2E "
+        "fp32: eager; bf16: weights cast, eager; bf16 compiled: the same, torch.compile "
+        "(inductor, freezing); int8: torchao PT2E "
         "static (X86InductorQuantizer on every Linear, 2 calibration batches, batch dim "
         "dynamic), convert_pt2e, torch.compile (inductor, freezing); "
         "reference: the published patch's algorithm, fp32 eager",
+        f"ToMe's merging blocks pad bf16 keys to a multiple of {KEY_ALIGN} (masked out) for the "
+        "CPU flash-attention kernel's fast path; stock blocks run as timm runs them",
         f"median of {rounds} (batch {BATCH}) / {3 * rounds} (batch 1) round-robin rounds after "
         f"{warmup} warm-up forward(s) per variant (the first compiles)",
         f"DeiT-S r=13 ours vs reference, fp32: relative max diff {ref_diff:.1e}; "

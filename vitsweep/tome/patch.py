@@ -32,6 +32,28 @@ class TomeSchedule:
     prop_attn: bool  # add log(size) to the attention logits
 
 
+# CPU flash attention runs bf16 keys through its fast (AMX/brgemm) path only when the key count
+# is a multiple of this; otherwise it takes 2-3x as long (measured with 2 threads at batch 16:
+# 93 keys 1.53 ms, 96 keys 0.56 ms; 197 keys 2.44 ms, 208 keys 1.89 ms). Merged token counts are
+# arbitrary, so merging blocks pad their keys to the next multiple, masked out with -inf.
+KEY_ALIGN = 16
+
+
+def _aligned_keys(
+    k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys, values and bias padded to a multiple of `KEY_ALIGN` keys where that is faster
+    (bf16 on CPU); the padded keys get -inf, so every output is that of the unpadded keys."""
+    n = k.shape[-2]
+    pad = -n % KEY_ALIGN
+    if pad == 0 or k.dtype != torch.bfloat16 or k.device.type != "cpu":
+        return k, v, bias
+    if bias is None:
+        bias = k.new_zeros(k.shape[0], 1, 1, n)
+    bias = F.pad(bias, (0, pad), value=float("-inf"))
+    return F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad)), bias
+
+
 def _attention(
     attn: Attention, x: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +67,9 @@ def _attention(
     if attn.fused_attn:
         if bias is not None:
             bias = bias.to(q.dtype)
+        k_pad, v_pad, bias = _aligned_keys(k, v, bias)
         dropout_p = attn.attn_drop.p if attn.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(q, k_pad, v_pad, attn_mask=bias, dropout_p=dropout_p)
     else:  # the module was built with fused attention off: follow it
         scores = (q * attn.scale) @ k.transpose(-2, -1)
         if bias is not None:
