@@ -180,4 +180,10 @@ def confirm(
                 inherited_minus_standalone_hi_pts=_pts(gain.hi),
             )
         rows.append(row)
+        tqdm.write(
+            f"trial {m.number}: test {acc['test_accuracy']:.4f} "
+            f"({row['test_delta_pts']:+.2f} pts vs baseline), {cost['throughput']:.0f} img/s = "
+            f"{row['throughput_x']:.2f}x the baseline beside it",
+            file=sys.stderr,
+        )
     return rows
