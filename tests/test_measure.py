@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 import warnings
 
@@ -88,7 +89,7 @@ def test_steady_repeats_stop_at_min_repeats_with_the_right_median():
 
 
 def test_unsteady_repeats_run_to_max_repeats_and_are_flagged_noisy():
-    # calibration takes one sleep, so the timed repeats alternate 5 ms / 40 ms from a known phase
+    # calibration takes one sleep per call depth (3), so the repeats still alternate 5 / 40 ms
     spec = MeasureSpec(
         warmup=0, min_repeats=3, max_repeats=8, max_cv=0.05, time_cap_s=60, repeat_s=0
     )
@@ -115,6 +116,33 @@ def test_repeats_are_lengthened_for_fast_steps():
     stats = timed_repeats(sleeper([0.001]), lambda: None, spec, 4)
     assert stats.iters >= 5 and stats.items_per_repeat == 4 * stats.iters
     assert min(stats.times_s) >= 0.001 * stats.iters
+
+
+def test_repeats_run_at_the_call_depth_where_the_step_was_fastest():
+    """CPython 3.11 taxes a loop whose calls cross a frame-stack chunk boundary; the repeats run
+    at the calibrated depth where one step was fastest, and every repeat at that same depth.
+    Here the step is 20 ms at the two shallower offsets and instant at the deepest."""
+    from vitsweep.measure.speed import DEPTH_OFFSETS
+
+    def depth() -> int:
+        f, n = sys._getframe(), 0
+        while f is not None:
+            f, n = f.f_back, n + 1
+        return n
+
+    seen: list[int] = []
+
+    def step() -> None:
+        seen.append(depth())
+        if seen[-1] < seen[0] + DEPTH_OFFSETS[-1]:  # the first call is the warm-up, at the top
+            time.sleep(0.02)
+
+    spec = MeasureSpec(warmup=1, min_repeats=3, max_repeats=3, time_cap_s=10, repeat_s=0)
+    stats = timed_repeats(step, lambda: None, spec, 1)
+    calibration, repeats = seen[1:4], seen[4:]
+    assert len(set(calibration)) == len(DEPTH_OFFSETS) == 3
+    assert len(repeats) == 3 and set(repeats) == {max(calibration)}
+    assert stats.median_step_s < 0.01  # timed where the step is fast, not where it sleeps
 
 
 def test_bad_repeat_settings_name_the_key():
