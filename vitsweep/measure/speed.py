@@ -143,7 +143,7 @@ def timed_repeats(
     # calibrates how many steps make a repeat long enough to time reliably, without letting the
     # minimum repeats alone overrun the time cap. The step must sit at the same depth in both:
     # `partial`, not a lambda, and a loop, not a generator (each would add a Python frame).
-    tried = []
+    tried: list[tuple[float, int]] = []
     for d in DEPTH_OFFSETS:
         tried.append((deeper(d, partial(_timed, step, sync, 1)), d))
     one, depth = min(tried)
