@@ -26,6 +26,8 @@ import timm
 import torch
 
 from vitsweep.bench.common import Section, Target
+from vitsweep.measure.cost import count_flops
+from vitsweep.runctx import RunContext
 from vitsweep.tome import apply_tome, token_counts
 from vitsweep.tome.patch import KEY_ALIGN
 from vitsweep.tome.reference import apply_reference_tome
@@ -180,6 +182,12 @@ def run(quick: bool = False) -> list[Section]:
         warm.update(w)
 
     med = {k: statistics.median(v) for k, v in seconds.items()}
+    # the speed-up a run proportional to FLOPs would reach: the ceiling each ratio is read against
+    flops = {
+        (label, r): count_flops(_float_model(name, r), RunContext(), (3, 224, 224))
+        for label, name in MODELS.items()
+        for r in (0, R)
+    }
 
     def key(label: str, precision: str, r: int, batch: int) -> str:
         return next(k for k, v in keys.items() if v == (label, precision, r, batch))
@@ -201,6 +209,7 @@ def run(quick: bool = False) -> list[Section]:
                 "spread_ms": f"{1e3 * min(seconds[k]):.0f}-{1e3 * max(seconds[k]):.0f}",
                 "x_same_precision_r0": round(same / med[k], 3),
                 "x_fp32_stock": round(fp32 / med[k], 3),
+                "x_flops": round(flops[label, 0] / flops[label, r], 3),
                 "build_plus_warmup_s": round(build_s[k] + warm[k], 1),
             }
         )
@@ -236,6 +245,10 @@ def run(quick: bool = False) -> list[Section]:
         "CPU flash-attention kernel's fast path; stock blocks run as timm runs them",
         f"median of {rounds} (batch {BATCH}) / {3 * rounds} (batch 1) round-robin rounds after "
         f"{warmup} warm-up forward(s) per variant (the first compiles)",
+        "x_flops: the model's FLOPs at r=0 over this variant's (fp32 count): what a run that "
+        "scaled with FLOPs would reach, so DeiT-S's fp32 target of 1.7x sits at that ceiling; "
+        "below it, the per-FLOP speed of the smaller matmuls (oneDNN at fewer rows) and "
+        "ToMe's own matching and merging make the difference",
         f"DeiT-S r=13 ours vs reference, fp32: relative max diff {ref_diff:.1e}; "
         f"r=0 vs stock: max abs diff {r0_diff:.1e}",
         f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
