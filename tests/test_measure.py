@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -390,6 +391,28 @@ def test_a_vit_reports_a_real_peak_that_grows_with_the_batch():
     large, _ = peak_memory_bytes(model, CPU, torch.zeros(16, 3, 16, 16))
     # 17 tokens x 32 dims x 4 bytes per image is the smallest activation a block holds.
     assert small >= 2 * 17 * 32 * 4 and large > 4 * small
+
+
+KINETO_PREFIXES = {"USDT", "STAGE", "ERROR", "WARNING", "INFO"}  # kineto's stderr line heads
+
+
+def test_measuring_peak_memory_prints_nothing_of_the_profilers_own():
+    """A sweep measures peak memory in every trial: kineto's start/stop and no-GPU lines must
+    not reach the user's terminal. A fresh process, since kineto reads its level once."""
+    code = (
+        "import torch\n"
+        "from vitsweep.measure import peak_memory_bytes\n"
+        "from vitsweep.runctx import RunContext\n"
+        "peak, _ = peak_memory_bytes(torch.nn.Linear(8, 8), RunContext(), torch.zeros(4, 8))\n"
+        "print(peak > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    kineto = [ln for ln in done.stderr.splitlines() if ln.split(":", 1)[0] in KINETO_PREFIXES]
+    assert kineto == []
 
 
 # --- accuracy --------------------------------------------------------------------------------

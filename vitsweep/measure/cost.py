@@ -107,7 +107,10 @@ def _cpu_forward_peak(
 ) -> tuple[float, str]:
     from torch.profiler import ProfilerActivity, profile
 
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # kineto prints start/stop lines otherwise
+    # kineto prints its stage, start/stop ("USDT", level 5 since torch 2.14) and, on a machine
+    # without a GPU, a "gpuGetDeviceCount failed" error (level 4) to stderr on every profile:
+    # the level past them all keeps trial output to what the user asked for
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     ctx.forward(model, x)  # lazy initialisation (packing, caches) is not the forward's memory
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
