@@ -98,8 +98,10 @@ def run(quick: bool = False) -> list[Section]:
         if best["test_delta_pts"] is not None and lo is not None:
             if lo > 0:
                 claim = "more accurate than the baseline (the interval is above 0)"
+            elif lo >= -1.0:
+                claim = "within 1 point"
             else:
-                claim = "within 1 point" if lo >= -1.0 else "not shown to be within 1 point"
+                claim = "not shown to be within 1 point"
             notes.append(
                 f"trial {best['number']}: test Δacc {best['test_delta_pts']:+.2f} pts, 95% "
                 f"interval [{lo:+.2f}, {best['test_delta_hi_pts']:+.2f}]: {claim}"
