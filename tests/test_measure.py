@@ -415,6 +415,43 @@ def test_measuring_peak_memory_prints_nothing_of_the_profilers_own():
     assert kineto == []
 
 
+FAULTS_PER_FORWARD = """
+import resource, sys, timm, torch
+from vitsweep.measure.speed import steady_host_allocator
+torch.set_num_threads(1)
+if sys.argv[1] == "steady":
+    assert steady_host_allocator()
+model = timm.create_model("vit_tiny_patch16_224").eval()
+x = torch.randn(8, 3, 224, 224)
+with torch.inference_mode():
+    model(x), model(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        model(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+"""
+
+
+def _faults_per_forward(mode: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_PER_FORWARD, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_steady_allocator_reuses_pages_that_glibc_would_fault_in_every_forward():
+    """Timed forwards must not pay the kernel for fresh pages: with glibc's defaults a ViT
+    forward at batch 8 faults thousands in each time (the control: the check can fail), after
+    `steady_host_allocator` (measure_all calls it) none. Counts, not seconds: no CPU in it."""
+    default, steady = _faults_per_forward("default"), _faults_per_forward("steady")
+    assert default > 1000, f"the control faulted only {default} pages per forward"
+    assert steady < 50, f"{steady} page faults per forward with a steady allocator"
+
+
 # --- accuracy --------------------------------------------------------------------------------
 
 

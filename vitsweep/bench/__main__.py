@@ -84,6 +84,10 @@ def main() -> None:
     if unknown:
         valid = ", ".join((*SECTIONS, *SAVED_ONLY))
         raise SystemExit(f"vitsweep.bench: error: --only {unknown[0]}: valid: {valid}")
+    # every section's own timing loop runs on the allocator the product measures with
+    from vitsweep.measure.speed import steady_host_allocator
+
+    steady_host_allocator()
     out_dir = Path("multirun") / "bench" / ("quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:

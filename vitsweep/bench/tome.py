@@ -27,9 +27,12 @@ import torch
 
 from vitsweep.bench.common import Section, Target
 from vitsweep.measure.cost import count_flops
+from vitsweep.measure.speed import steady_host_allocator
 from vitsweep.runctx import RunContext
-from vitsweep.tome import apply_tome, token_counts
-from vitsweep.tome.patch import KEY_ALIGN
+from vitsweep.tome import apply_tome, remove_tome, token_counts
+
+# the attention ToMe's merging blocks run (padded bf16 keys), for the pruned ceiling
+from vitsweep.tome.patch import KEY_ALIGN, _attention
 from vitsweep.tome.reference import apply_reference_tome
 
 MODELS = {"DeiT-Ti": "deit_tiny_patch16_224", "DeiT-S": "deit_small_patch16_224"}
@@ -78,8 +81,34 @@ def _int8(model: torch.nn.Module, calib: list[torch.Tensor]) -> Runner:
     return _compiled(converted)
 
 
-def _build(precision: str, name: str, r: int, calib: list[torch.Tensor]) -> Runner:
+class _Pruned(torch.nn.Module):
+    """ToMe's token counts without ToMe: each block keeps the first tokens between attention and
+    MLP, as many as the ToMe model keeps, with no matching, merging or size bias, and attention
+    run as ToMe's blocks run it (bf16 keys padded). The fastest any merging at these shapes could
+    be: the ceiling a ToMe speed-up is read against, beside the FLOPs one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        counts = token_counts(model)
+        self.keep = tuple(counts)
+        self.model = remove_tome(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for blk, n in zip(m.blocks, self.keep, strict=True):
+            x = x + blk.ls1(_attention(blk.attn, blk.norm1(x), None)[0])
+            x = x[:, :n]
+            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return m.forward_head(m.norm(x))
+
+
+def _build(
+    precision: str, name: str, r: int, calib: list[torch.Tensor], pruned: bool = False
+) -> Runner:
     model = _float_model(name, r)
+    if pruned:
+        model = _Pruned(model)
     if precision == "fp32":
         return model
     if precision == "bf16":  # eager, as a study runs it under measure.compile=auto
@@ -123,6 +152,7 @@ def _round_robin(
 def run(quick: bool = False) -> list[Section]:
     rounds, warmup = (3, 2) if quick else (7, 2)
     torch.set_num_threads(THREADS)
+    steady = steady_host_allocator()
     g = torch.Generator().manual_seed(1)
     x16 = torch.randn(BATCH, 3, 224, 224, generator=g)
     x1 = x16[:1].clone()
@@ -155,6 +185,17 @@ def run(quick: bool = False) -> list[Section]:
                         ),
                     )
                     build_s[k] = built
+            if label == "DeiT-S":  # the pruned ceiling, at batch 16
+                start = time.perf_counter()
+                k = f"{label} {precision} pruned r={R} b={BATCH}"
+                runners[k] = (
+                    _build(precision, name, R, calib, pruned=True),
+                    x16.to(_dtype(precision)),
+                )
+                keys[k], build_s[k] = (
+                    (label, f"{precision} pruned", R, BATCH),
+                    time.perf_counter() - start,
+                )
     ref = apply_reference_tome(_float_model(MODELS["DeiT-S"], 0), R)
     for batch, x in ((BATCH, x16), (1, x1)):
         k = f"DeiT-S reference r={R} b={batch}"
@@ -194,6 +235,9 @@ def run(quick: bool = False) -> list[Section]:
 
     rows = []
     for k, (label, precision, r, batch) in keys.items():
+        if precision.endswith(" pruned"):  # read as a column of its ToMe row
+            continue
+        pruned = f"{label} {precision} pruned r={r} b={batch}"
         same = med[key(label, "fp32" if precision == "reference" else precision, 0, batch)]
         fp32 = med[key(label, "fp32", 0, batch)]
         n = 197 if r == 0 else token_counts(_float_model(MODELS[label], r))[-1]
@@ -210,6 +254,7 @@ def run(quick: bool = False) -> list[Section]:
                 "x_same_precision_r0": round(same / med[k], 3),
                 "x_fp32_stock": round(fp32 / med[k], 3),
                 "x_flops": round(flops[label, 0] / flops[label, r], 3),
+                "x_pruned": round(same / med[pruned], 3) if pruned in med else None,
                 "build_plus_warmup_s": round(build_s[k] + warm[k], 1),
             }
         )
@@ -249,6 +294,14 @@ def run(quick: bool = False) -> list[Section]:
         "scaled with FLOPs would reach, so DeiT-S's fp32 target of 1.7x sits at that ceiling; "
         "below it, the per-FLOP speed of the smaller matmuls (oneDNN at fewer rows) and "
         "ToMe's own matching and merging make the difference",
+        "x_pruned (DeiT-S, batch 16): the same model keeping as many tokens per block as ToMe "
+        "does, by position, with no matching, merging or size bias: the fastest any merging at "
+        "these token counts could run with these kernels; ToMe's own cost is the gap to it",
+        "host allocator: "
+        + ("steady (glibc mallopt: freed pages stay mapped)" if steady else "the C library's")
+        + "; under glibc's defaults stock's larger activations fault fresh pages in on every "
+        "forward (DeiT-S bf16: 26,800 per forward, about +20%), so ratios read higher than a "
+        "steady server sees them",
         f"DeiT-S r=13 ours vs reference, fp32: relative max diff {ref_diff:.1e}; "
         f"r=0 vs stock: max abs diff {r0_diff:.1e}",
         f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "

@@ -2,7 +2,8 @@
 
 Order matters: peak memory is taken first (before warm-up has grown the allocator's caches),
 FLOPs outside the lock (they time nothing), then throughput, latency and energy inside the
-machine-wide timing lock, with the thread count fixed for all of them.
+machine-wide timing lock, with the thread count fixed for all of them and the host allocator
+steady (`steady_host_allocator`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vitsweep.measure.speed import (
     make_input,
     measure_latency,
     measure_throughput,
+    steady_host_allocator,
     thread_scope,
     with_oom_retry,
 )
@@ -47,6 +49,7 @@ def measure_all(
     `spec.energy`; the estimate needs no extra window (assumed watts / measured throughput).
     """
     sample_shape = tuple(sample_shape)  # type: ignore[assignment]
+    steady_host_allocator()
     meter = select_meter(spec.energy, ctx.device, spec.watts)
     try:
         with thread_scope(spec.threads) as threads:
