@@ -90,8 +90,7 @@ class _Pruned(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        counts = token_counts(model)
-        self.keep = tuple(counts)
+        self.keep = tuple(token_counts(model))
         self.model = remove_tome(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +111,8 @@ def _build(
         model = _Pruned(model)
     if precision == "int8":
         return _int8(model, calib)
-    model = model.to(_dtype(precision))  # eager, as a study runs it under measure.compile=auto
+    model = model.to(_dtype(precision))
+    # eager, as a study runs it under measure.compile=auto, or as measure.compile=always does
     return _compiled(model) if precision.endswith(" compiled") else model
 
 
