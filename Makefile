@@ -3,29 +3,50 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+PIP    := $(BIN)/python -m pip --quiet --disable-pip-version-check
 ARGS   ?=
 N      ?= 4
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install sweep test bench bench-search report dashboard workers clean
+.PHONY: help install lock test-latest sysdeps sweep test bench bench-search report dashboard workers clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The venv installs exactly what requirements.lock pins, each file checked against its hash; pip
+# is the venv's own (it takes torch from this machine's disk where uv and poetry download ~3 GB).
+# setuptools comes from the lock too, so the editable install builds without fetching anything.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install vitsweep with its dev tools
+install: $(STAMP)  ## create .venv from requirements.lock and install vitsweep (editable)
+
+lock: $(STAMP)  ## re-resolve requirements.lock to the newest versions pyproject.toml allows
+	$(BIN)/pip-compile --upgrade --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	  --no-emit-index-url --no-emit-find-links --quiet -o $(LOCK) pyproject.toml
+
+test-latest: sysdeps  ## the suite on the newest releases pyproject.toml allows (throwaway venv)
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && $(PYTHON) -m venv "$$d" && \
+	 "$$d/bin/python" -m pip install --quiet -e '.[dev]' && \
+	 mkdir -p multirun && "$$d/bin/python" -m pip freeze --exclude-editable > multirun/latest-versions.txt && \
+	 echo "test-latest: versions in multirun/latest-versions.txt (diff against $(LOCK))" && \
+	 "$$d/bin/ruff" check vitsweep tests hydra_plugins && "$$d/bin/python" -m pytest -q $(ARGS)
 
 sweep: $(STAMP)  ## run (or resume) the default study, then write its report; ARGS=overrides
 	$(BIN)/vitsweep -m $(ARGS)
 	$(BIN)/vitsweep-report $(ARGS)
 
-test: $(STAMP)  ## the whole test suite (slow tests included)
+test: $(STAMP) sysdeps  ## the whole test suite (slow tests included)
+	$(BIN)/ruff check vitsweep tests hydra_plugins
+	$(BIN)/python -m pytest -q $(ARGS)
+
+sysdeps:
 	@# The scale-out tests start a throwaway PostgreSQL cluster: install the server if missing.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	 if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
@@ -36,8 +57,6 @@ test: $(STAMP)  ## the whole test suite (slow tests included)
 	 if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	 else echo "make test: no Chromium; as root: apt-get install -y chromium"; fi
-	$(BIN)/ruff check vitsweep tests hydra_plugins
-	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, README table
 	$(BIN)/python -m vitsweep.bench $(ARGS)

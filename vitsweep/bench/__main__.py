@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +20,8 @@ SECTIONS = ("sweeper", "supernet", "tome", "precision", "tq", "measure", "scaleo
 SAVED_ONLY = ("search",)
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+# The first paragraph's headline sentence, rewritten with the table so the two cannot disagree.
+SUMMARY_START, SUMMARY_END = "<!-- headline:start -->", "<!-- headline:end -->"
 
 
 def _cell(v: object) -> str:
@@ -48,19 +49,29 @@ def markdown(sections: list[Section]) -> str:
 
 
 def machine() -> str:
+    from vitsweep.measure.host import describe
+
     return (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{describe()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
     )
 
 
-def update_readme(text: str) -> None:
-    doc = README.read_text()
-    if START not in doc or END not in doc:
-        return
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+def _between(doc: str, start: str, end: str, text: str) -> str:
+    if start not in doc or end not in doc:
+        return doc
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}{text}{end}{tail}"
+
+
+def update_readme(sections: list[Section], readme: Path = README) -> None:
+    """The results table and, from the same sections, the first paragraph's sentence."""
+    doc = _between(readme.read_text(), START, END, f"\n{markdown(sections)}\n")
+    summary = next((s.summary for s in sections if s.summary), "")
+    if summary:
+        doc = _between(doc, SUMMARY_START, SUMMARY_END, summary)
+    readme.write_text(doc)
 
 
 def load(path: Path) -> list[Section]:
@@ -109,7 +120,7 @@ def regenerate_readme(out_dir: Path) -> None:
     ones, the saved-only sections included when their JSON exists."""
     names = (*SECTIONS, *SAVED_ONLY)
     saved = [out_dir / f"{n}.json" for n in names if (out_dir / f"{n}.json").exists()]
-    update_readme(markdown([s for p in saved for s in load(p)]))
+    update_readme([s for p in saved for s in load(p)])
     print(f"README results table regenerated from {len(saved)} sections ({README})")
 
 

@@ -24,6 +24,7 @@ class Section:
     rows: list[dict[str, Any]]  # the table: one dict per row, same keys
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # machine, settings, caveats
+    summary: str = ""  # one sentence for the README's first paragraph (the headline section's)
 
 
 def save_figure(fig: Any, path: Path) -> Path:

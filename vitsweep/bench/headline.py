@@ -26,7 +26,11 @@ def _study() -> tuple[str, Path]:
 
 def run(quick: bool = False) -> list[Section]:
     name, root = _study()
-    path = root / name / "report" / "results.yaml"
+    return sections(root / name / "report" / "results.yaml", name)
+
+
+def sections(path: Path, name: str) -> list[Section]:
+    """The headline section of the study whose results.yaml is at `path`."""
     if not path.exists():
         return [
             Section(
@@ -74,6 +78,7 @@ def run(quick: bool = False) -> list[Section]:
     ten_x = [r for r in rows if min(ratios(r)) >= 10]
     best = max(ten_x, key=delta) if ten_x else max(rows, key=lambda r: min(ratios(r)), default=None)
     targets = []
+    summary = ""
     notes = [
         f"{results['n_complete']} complete trials ({results.get('n_duplicates', 0)} of them "
         "repeats of an earlier configuration, told its values, not run again); the front is "
@@ -106,6 +111,12 @@ def run(quick: bool = False) -> list[Section]:
                 f"trial {best['number']}: test Δacc {best['test_delta_pts']:+.2f} pts, 95% "
                 f"interval [{lo:+.2f}, {best['test_delta_hi_pts']:+.2f}]: {claim}"
             )
+            thr, params, _ = ratios(best)
+            summary = (
+                f"{thr:.1f}x throughput, {params:.1f}x fewer params, "
+                f"{best['test_delta_pts']:+.2f} points [{lo:+.2f}, "
+                f"{best['test_delta_hi_pts']:+.2f}] on held-out images"
+            )
     if confirmed:
         notes.append(
             "confirmed_throughput_x: `vitsweep-confirm` on this study (3x the repeats, against the "
@@ -119,5 +130,6 @@ def run(quick: bool = False) -> list[Section]:
             rows=rows,
             targets=targets,
             notes=notes,
+            summary=summary,
         )
     ]

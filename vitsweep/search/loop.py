@@ -19,7 +19,7 @@ from vitsweep.errors import Fatal
 from vitsweep.record import Outcome
 from vitsweep.search.heartbeat import beating, recover_stale
 from vitsweep.search.space import SearchSpace, format_override
-from vitsweep.search.spec import Constraint, SweeperSpec
+from vitsweep.search.spec import SweeperSpec
 from vitsweep.spec import TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
@@ -57,7 +57,7 @@ class StudyLoop:
         self.launch, self.on_trial = launch, on_trial
         self.prefix = list(prefix)  # overrides every trial gets (the command line's)
         self.objectives = list(spec.objectives)
-        self.constraints = [Constraint.parse(c) for c in spec.constraints]
+        self.constraints = spec.parsed_constraints
         self.ran: list[int] = []
 
     def run(self) -> list[int]:

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
 from vitsweep.search.space import SearchSpace
-from vitsweep.search.spec import SamplerSpec
+from vitsweep.search.spec import Constraint, SamplerSpec
 from vitsweep.spec import ConfigError
 
 
@@ -42,25 +42,43 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     return grid
 
 
-def _with_legacy_constraints(trial: FrozenTrial) -> FrozenTrial:
-    """A trial of a study written before constraints went through `Trial.set_constraint` kept
-    them as a user attribute, which Optuna cannot see (and which a finished trial can no longer
-    move into its system attributes): show the sampler a copy carrying them in the system
-    attribute format Optuna still reads, so old and new trials count alike."""
-    legacy = trial.user_attrs.get(record.LEGACY_CONSTRAINTS)
-    if legacy is None or trial.constraints:
+_CONSTRAINTS = "constraints"  # Optuna's system attribute: a list (old) or "constraints:<name>"
+
+
+def _shown(trial: FrozenTrial, constraints: Sequence[Constraint]) -> FrozenTrial:
+    """The trial as the sampler is shown it.
+
+    - The baseline runs a config outside the search space and has no params: it is shown as a
+      FAIL trial, which every sampler leaves out of its model. It stays in the list, because
+      Optuna 5.1's GA samplers index the study's trials by number (NSGA-II saw none of its
+      parents when the baseline was removed from the list).
+    - Constraints are the study's current ones, recomputed from the metrics each trial
+      recorded. Studies of earlier versions kept them as a user attribute (Optuna cannot see it),
+      later trials carry them through `set_constraint`, and a constraint may have been added
+      since: Optuna 5.1's GP refuses trials whose constraint names differ. The metrics are the
+      one record every trial of every era has.
+    """
+    baseline = record.is_baseline(trial)
+    stored = {k: v for k, v in trial.system_attrs.items() if k.startswith(_CONSTRAINTS)}
+    if not baseline and not stored and not constraints:
         return trial
     shown = copy.copy(trial)
-    shown.system_attrs = {**trial.system_attrs, record.LEGACY_CONSTRAINTS: list(legacy)}
+    if baseline:
+        shown.state, shown.values = TrialState.FAIL, None
+    attrs = {k: v for k, v in trial.system_attrs.items() if k not in stored}
+    if trial.state == TrialState.COMPLETE and not baseline:
+        metrics = record.metrics(trial)
+        attrs |= {f"{_CONSTRAINTS}:{c.key}": c.violation(metrics) for c in constraints}
+    shown.system_attrs = attrs
     return shown
 
 
-class _WithoutBaseline:
-    """The study as a model-based sampler sees it: the baseline trial left out, legacy
-    constraints visible, all else real."""
+class _SamplerView:
+    """The study as a model-based sampler sees it (`_shown` for each trial), all else real."""
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Study, constraints: Sequence[Constraint]) -> None:
         self._study = study
+        self._constraints = constraints
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -71,8 +89,9 @@ class _WithoutBaseline:
         states: Container[TrialState] | None = None,
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [_with_legacy_constraints(t) for t in trials if not record.is_baseline(t)]
+        trials = self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache)
+        shown = [_shown(t, self._constraints) for t in trials]
+        return shown if states is None else [t for t in shown if t.state in states]
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -85,7 +104,8 @@ class _WithoutBaseline:
 
 
 class BaselineBlind(optuna.samplers.BaseSampler):
-    """`inner`, with the study's baseline trial hidden from it.
+    """`inner`, shown the study through `_shown`: the baseline as a FAIL trial, constraints
+    as the study's current ones.
 
     The baseline (trial 0) runs a config outside the search space, so it has no params.
     Optuna's GP and NSGA-II samplers model only the params that every complete trial shares:
@@ -96,18 +116,24 @@ class BaselineBlind(optuna.samplers.BaseSampler):
     80 trials). The baseline stays in the study for the report, hypervolume and W&B.
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+    def __init__(
+        self, inner: optuna.samplers.BaseSampler, constraints: Sequence[Constraint] = ()
+    ) -> None:
         self.inner = inner
+        self.constraints = tuple(constraints)
+
+    def _view(self, study: Study) -> Study:
+        return _SamplerView(study, self.constraints)  # type: ignore[return-value]
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(_WithoutBaseline(study), trial)  # type: ignore[arg-type]
+        return self.inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self.inner.sample_relative(_WithoutBaseline(study), trial, search_space)  # type: ignore[arg-type]
+        return self.inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(
         self,
@@ -117,14 +143,14 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self.inner.sample_independent(
-            _WithoutBaseline(study),  # type: ignore[arg-type]
+            self._view(study),
             trial,
             param_name,
             param_distribution,
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(_WithoutBaseline(study), trial)  # type: ignore[arg-type]
+        self.inner.before_trial(self._view(study), trial)
 
     def after_trial(
         self,
@@ -133,7 +159,7 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        self.inner.after_trial(_WithoutBaseline(study), trial, state, values)  # type: ignore[arg-type]
+        self.inner.after_trial(self._view(study), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
@@ -148,10 +174,12 @@ class _Grid(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: SamplerSpec, space: SearchSpace, constraints: Sequence[Constraint] = ()
+) -> optuna.samplers.BaseSampler:
     sampler = _make_sampler(spec, space)
     if spec.name in ("tpe", "nsga2", "gp"):
-        return BaselineBlind(sampler)
+        return BaselineBlind(sampler, constraints)
     return sampler
 
 

@@ -130,5 +130,8 @@ class SweeperSpec:
             )
         if self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: must be >= 1")
-        for text in self.constraints:
-            Constraint.parse(text)  # a malformed one fails at launch, before any trial
+        self.parsed_constraints  # noqa: B018  (a malformed one fails at launch, before any trial)
+
+    @property
+    def parsed_constraints(self) -> list[Constraint]:
+        return [Constraint.parse(text) for text in self.constraints]

@@ -89,7 +89,7 @@ def open_study(ctx: SweepContext) -> optuna.Study:
     """Create or resume the study; a new study gets the baseline as its first trial."""
     spec = ctx.sweeper
     storage = open_storage(ctx.storage_url)
-    sampler = make_sampler(spec.sampler, ctx.space)
+    sampler = make_sampler(spec.sampler, ctx.space, spec.parsed_constraints)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study, created = create_or_load(
