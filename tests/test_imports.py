@@ -25,10 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "trial": ROOMS | BASE,
     "export": ROOMS | BASE | {"trial", "config"},
     "confirm": ROOMS | BASE | {"trial"},
+    "isolated": BASE | {"trial"},
     "search": ROOMS | BASE | {"trial"},
     "track": ROOMS | BASE,
     "config": ROOMS | BASE | {"trial", "search", "track", "export"},
-    "app": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
+    "app": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
     "bench": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
 }
 

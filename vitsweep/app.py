@@ -39,14 +39,14 @@ from vitsweep.spec import ConfigError
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _task(cfg: DictConfig) -> dict[str, Any]:
-    from vitsweep import trial
+    from vitsweep import isolated, trial
 
     # In a sweep, whatever a trial raises is its fail_reason (the sweeper records it and goes
     # on); alone, it is the command's one-line error.
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     with nullcontext() if in_sweep else one_line_errors():
         spec = trial_spec(cfg)
-        metrics = trial.run(spec).as_dict()
+        metrics = (isolated.run(spec) if spec.measure.isolate else trial.run(spec)).as_dict()
     label = f"trial {spec.trial_number}" if spec.trial_number is not None else "result"
     from vitsweep.measure.accuracy import TEST_FLAGS_KEY
 
@@ -75,17 +75,15 @@ def main() -> None:
 
 def train_main() -> None:
     """`vitsweep-train [overrides]`: train (or resume) the model the composed arch needs; cached."""
-    from vitsweep import data, models
+    from vitsweep import trial
 
     with one_line_errors():
         cfg = compose(sys.argv[1:])
         spec = trial_spec(cfg)
-        splits = data.load(spec.data, data.data_dir(spec.root))
+        path = trial.train(spec)
         if spec.arch.kind == "supernet":
-            path = models.supernet_file(spec.arch, spec.train, spec.data, splits, spec.root)
             print(f"supernet: {path}")
         else:
-            models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
             print(f"model for arch.kind={spec.arch.kind} is trained and cached under {spec.root}")
 
 

@@ -218,6 +218,9 @@ class MeasureSpec:
     # needs it (PT2E int8), always, never. Compile time is reported apart as `compile_s`.
     compile: Literal["auto", "always", "never"] = "auto"
     lock_path: str | None = None
+    # run each trial in a fresh process (after training what it needs in another), so the
+    # sweep's own state (training, compiled graphs, W&B) never reaches the clock
+    isolate: bool = True
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "min_repeats"):

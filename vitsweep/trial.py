@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,6 +56,28 @@ def build(spec: TrialSpec) -> Built:
             model, spec.precision, device=device, calib=splits.train
         )
     return Built(model, ctx, splits, build_s)
+
+
+def needs_training(spec: TrialSpec) -> bool:
+    """Whether `build(spec)` would train a model first (none of its weights are cached yet)."""
+    from vitsweep import models
+
+    if spec.arch.checkpoint is not None:
+        return False
+    path = models.weights_file(spec.arch, spec.train, spec.data, spec.root)
+    return path is not None and not path.exists()
+
+
+def train(spec: TrialSpec) -> Path | None:
+    """Train (or find cached) the float model `spec` needs: the supernet and its teacher, or the
+    standalone model. The cached weights' file, None when nothing is trained."""
+    from vitsweep import data, models
+
+    splits = data.load(spec.data, data.data_dir(spec.root))
+    if spec.arch.kind == "supernet":
+        return models.supernet_file(spec.arch, spec.train, spec.data, splits, spec.root)
+    models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
+    return models.weights_file(spec.arch, spec.train, spec.data, spec.root)
 
 
 def runner(

@@ -1,0 +1,59 @@
+"""Trials in a clean process (`vitsweep.isolated`): real child processes of a real forkserver;
+what the child computes, raises or suffers comes back to the sweep as it would in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from vitsweep import isolated, trial
+from vitsweep.config import compose, trial_spec
+from vitsweep.spec import ConfigError, TrialSpec
+
+
+def _pid(spec: TrialSpec) -> int:
+    return os.getpid()
+
+
+def _raises(spec: TrialSpec) -> None:
+    raise ConfigError(f"precision.mode={spec.seed}: made up for the test")
+
+
+def _dies(spec: TrialSpec) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_function_runs_in_another_process_each_time() -> None:
+    first = isolated.in_child(_pid, TrialSpec())
+    second = isolated.in_child(_pid, TrialSpec())
+    assert os.getpid() not in (first, second) and first != second
+
+
+def test_an_error_in_the_child_is_raised_here_as_it_was() -> None:
+    with pytest.raises(ConfigError) as err:
+        isolated.in_child(_raises, dataclasses.replace(TrialSpec(), seed=7))
+    assert str(err.value) == "precision.mode=7: made up for the test"  # the fail_reason
+    assert any("in the trial's process" in n and "_raises" in n for n in err.value.__notes__)
+
+
+def test_a_child_that_dies_fails_the_trial_with_the_signal() -> None:
+    with pytest.raises(isolated.TrialProcessDied, match="killed by SIGKILL"):
+        isolated.in_child(_dies, TrialSpec())
+
+
+def test_an_isolated_trial_trains_first_then_measures_what_an_in_process_one_does(
+    tmp_path: Path,
+) -> None:
+    spec = trial_spec(compose(["experiment=smoke", f"paths.root={tmp_path}"]))
+    assert trial.needs_training(spec)
+    alone = isolated.run(spec)
+    assert not trial.needs_training(spec)  # the training child cached what the trial needed
+    here = trial.run(spec)
+    # Same weights, same images, same thread count: the same per-image results.
+    assert alone.accuracy == here.accuracy and alone.test_accuracy == here.test_accuracy
+    assert alone.params == here.params and alone.flops == here.flops
+    assert alone.throughput > 0 and alone.extra["build_s"] < 60  # loaded, not trained
