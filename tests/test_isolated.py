@@ -56,4 +56,4 @@ def test_an_isolated_trial_trains_first_then_measures_what_an_in_process_one_doe
     # Same weights, same images, same thread count: the same per-image results.
     assert alone.accuracy == here.accuracy and alone.test_accuracy == here.test_accuracy
     assert alone.params == here.params and alone.flops == here.flops
-    assert alone.throughput > 0 and alone.extra["build_s"] < 60  # loaded, not trained
+    assert alone.throughput > 0

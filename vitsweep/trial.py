@@ -62,8 +62,6 @@ def needs_training(spec: TrialSpec) -> bool:
     """Whether `build(spec)` would train a model first (none of its weights are cached yet)."""
     from vitsweep import models
 
-    if spec.arch.checkpoint is not None:
-        return False
     path = models.weights_file(spec.arch, spec.train, spec.data, spec.root)
     return path is not None and not path.exists()
 
