@@ -48,7 +48,9 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["inside_sweep_interval"] is True
         assert r["test_accuracy_lo"] <= r["test_accuracy"] <= r["test_accuracy_hi"]
         assert r["test_delta_lo_pts"] <= r["test_delta_pts"] <= r["test_delta_hi_pts"]
-        assert r["throughput"] > 0
+        assert r["throughput"] > 0 and r["throughput_raw"] > 0
+        # timed beside the host probe, in the units of the reference the sweep's trials used
+        assert r["host_speed"] > 0
         # the ratio is to the baseline timed beside the member, not minutes earlier
         assert r["throughput_x"] == pytest.approx(r["throughput"] / r["baseline_throughput_beside"])
         # what ran is what the trial ran (compiled where it was), not a slower stand-in

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     **{r: ROOMS | BASE for r in ROOMS},
     "trial": ROOMS | BASE,
     "export": ROOMS | BASE | {"trial", "config"},
-    "confirm": ROOMS | BASE | {"trial"},
+    "confirm": ROOMS | BASE | {"trial", "isolated"},
     "isolated": BASE | {"trial"},
     "search": ROOMS | BASE | {"trial"},
     "track": ROOMS | BASE,

@@ -15,7 +15,9 @@ from vitsweep.search.loop import Outcome, StudyLoop
 from vitsweep.search.space import parse_space
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import create_or_load, open_storage
-from vitsweep.spec import TrialSpec
+from vitsweep.spec import ArchSpec, SpaceSpec, TrialSpec
+
+OBJECTIVES = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
 
 
 def _metrics(x: float) -> dict:
@@ -73,24 +75,22 @@ def test_storage_url_password_is_masked() -> None:
     assert "s3cr3t" not in mask_url(f"cannot reach {url} now")
 
 
-def test_a_configuration_that_already_ran_is_told_again_not_launched(tmp_path: Path) -> None:
-    """Trials of depth 1 that differ only in layer 2's params are one configuration (the
-    fixed-length encoding samples every layer): the second is never launched, gets its twin's
-    values, points at it, and stays off the front."""
-    from vitsweep import record
-    from vitsweep.search.space import SearchSpace, conditional
-    from vitsweep.spec import ArchSpec, SpaceSpec
-    from vitsweep.track.pareto import study_table
-    from vitsweep.track.report import write_report
+# Depth 1 or 2, 1 or 2 heads a layer: 2 configurations of depth 1 and 4 of depth 2.
+TWO_LAYERS = SpaceSpec(embed_dim=(16,), depth=(1, 2), mlp_ratio=(1.0,), num_heads=(1, 2),
+                       head_dim=8)  # fmt: skip
 
-    space = SpaceSpec(embed_dim=(16,), depth=(1, 2), mlp_ratio=(1.0,), num_heads=(1, 2),
-                      head_dim=8)  # fmt: skip
-    base = TrialSpec(arch=ArchSpec(kind="supernet", embed_dim=16, depth=2, head_dim=8, space=space))
-    spec = SweeperSpec(study_name="s", n_trials=14, enqueue_baseline=False)
+
+def _two_layer_loop(
+    tmp_path: Path, spec: SweeperSpec
+) -> tuple[optuna.Study, StudyLoop, list[list[str]]]:
+    from vitsweep.search.space import SearchSpace, conditional
+
+    base = TrialSpec(
+        arch=ArchSpec(kind="supernet", embed_dim=16, depth=2, head_dim=8, space=TWO_LAYERS)
+    )
     storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    objectives = {"accuracy": "maximize", "throughput": "maximize", "energy": "minimize"}
     study, _ = create_or_load(
-        storage, "s", list(objectives.values()), optuna.samplers.RandomSampler(seed=3)
+        storage, "s", list(OBJECTIVES.values()), optuna.samplers.RandomSampler(seed=3)
     )
     launched: list[list[str]] = []
 
@@ -100,16 +100,34 @@ def test_a_configuration_that_already_ran_is_told_again_not_launched(tmp_path: P
         return [Outcome(metrics=_metrics(1 + len(launched) / 10), config={"o": o}) for o in batch]
 
     loop = StudyLoop(spec, study, SearchSpace({}, {}, conditional), base, launch, prefix=("p=1",))
+    return study, loop, launched
+
+
+def test_a_configuration_that_already_ran_is_told_again_not_launched_nor_counted(
+    tmp_path: Path,
+) -> None:
+    """Trials of depth 1 that differ only in layer 2's params are one configuration (the
+    fixed-length encoding samples every layer): the second is never launched, gets its twin's
+    values, points at it, stays off the front, and costs none of the budget: a budget of 6
+    buys all 6 configurations the space holds."""
+    from vitsweep import record
+    from vitsweep.track.pareto import study_table
+    from vitsweep.track.report import write_report
+
+    spec = SweeperSpec(study_name="s", n_trials=6, max_repeats=100, enqueue_baseline=False)
+    study, loop, launched = _two_layer_loop(tmp_path, spec)
     loop.run()
     trials = study.get_trials()
-    assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) == 14
+    assert all(t.state == TrialState.COMPLETE for t in trials)
     configs = [o[:-1] for o in launched]
     assert len(configs) == len({tuple(c) for c in configs}) == 6  # 2 of depth 1 + 4 of depth 2
     twins = {t.number: t for t in trials}
     dupes = [t for t in trials if record.duplicate_of(t) is not None]
-    assert len(dupes) == 14 - 6 and sorted(loop.ran) == [
-        t.number for t in trials if record.duplicate_of(t) is None
-    ]
+    assert (
+        dupes
+        and len(trials) == 6 + len(dupes)
+        and sorted(loop.ran) == [t.number for t in trials if record.duplicate_of(t) is None]
+    )
     for t in dupes:
         twin = twins[record.duplicate_of(t)]
         assert record.duplicate_of(twin) is None and twin.number < t.number
@@ -122,12 +140,28 @@ def test_a_configuration_that_already_ran_is_told_again_not_launched(tmp_path: P
         else:
             assert t.params == twin.params
     assert any(t.params != twins[record.duplicate_of(t)].params for t in dupes)
-    table = study_table(study, objectives)
+    table = study_table(study, OBJECTIVES)
     assert table.pareto and not set(table.pareto) & {t.number for t in dupes}
     out = write_report(table, tmp_path / "report", "s", {})
     results = yaml.safe_load((out / "results.yaml").read_text())
-    assert results["n_duplicates"] == len(dupes)
+    assert results["n_duplicates"] == len(dupes) and results["n_candidates"] == 6
     with open(out / "trials.csv") as f:
         rows = {int(r["number"]): r for r in csv.DictReader(f)}
     assert all(rows[t.number]["duplicate_of"] == str(record.duplicate_of(t)) for t in dupes)
     assert all(rows[t.number]["duplicate_of"] == "" for t in trials if t not in dupes)
+
+
+def test_a_sampler_that_proposes_only_repeats_ends_the_study(tmp_path: Path) -> None:
+    """A budget larger than the space: once all 6 configurations ran, every proposal repeats
+    one, and `max_repeats` of them in a row end the study with the reason stored."""
+    from vitsweep import record
+    from vitsweep.search.loop import repeats_in_a_row
+
+    spec = SweeperSpec(study_name="s", n_trials=10, max_repeats=4, enqueue_baseline=False)
+    study, loop, launched = _two_layer_loop(tmp_path, spec)
+    loop.run()
+    trials = study.get_trials()
+    assert len(launched) == 6  # every configuration of the space, once
+    assert repeats_in_a_row(trials) == 4
+    assert record.duplicate_of(trials[-5]) is None  # the four repeats came after a new one
+    assert "max_repeats=4" in study.user_attrs[record.STUDY_STOPPED]

@@ -129,13 +129,14 @@ def files_holding(root: Path, secret: str) -> list[Path]:
 
 
 def check_study(study: optuna.Study, budget: int, killed: list[int]) -> list[FrozenTrial]:
-    """Exactly `budget` COMPLETE trials, unique numbers, one baseline, every kill recovered."""
+    """Exactly `budget` measured candidates (COMPLETE, not a repeat told its twin's values),
+    unique numbers, one baseline, every kill recovered."""
     trials = study.get_trials()
     table = "\n".join(f"{t.number} {t.state.name} {t.params} {t.user_attrs}" for t in trials)
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(trials))), table  # unique, no gaps
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == budget, table
+    assert len([t for t in complete if record.duplicate_of(t) is None]) == budget, table
     left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert not left, f"trials left RUNNING/WAITING: {left}"
     # One baseline. Not always number 0: a worker that loads the study between its creation and
@@ -199,7 +200,7 @@ def test_racing_workers_never_overshoot_the_budget(
         "postgresql": lambda: request.getfixturevalue("pg_url"),
     }[kind]()
     spec = SweeperSpec(
-        study_name="race", n_trials=16, enqueue_baseline=False, params={"x": "choice(1,2,3)"}
+        study_name="race", n_trials=16, enqueue_baseline=False, params={"x": "interval(1, 3)"}
     )
     directions = ["maximize", "maximize", "minimize"]
     create_or_load(open_storage(url), "race", directions, optuna.samplers.RandomSampler(seed=0))
@@ -343,8 +344,9 @@ def test_parallel_launcher_runs_n_jobs_trials_at_once(tmp_path: Path) -> None:
     study = optuna.load_study(
         study_name="smoke", storage=open_storage(f"sqlite:///{tmp_path / 'multirun/vitsweep.db'}")
     )
-    complete = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert sorted(complete) == [0, 1, 2, 3]
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert len([t for t in trials if record.duplicate_of(t) is None]) == 4
     # Batches of two: both trials of a batch are started before either is told.
     order = re.findall(r"\] trial (\d+) (\(\d+/\d+ complete\)|COMPLETE)", w.text())
     kinds = ["start" if what.startswith("(") else "told" for _, what in order]
@@ -370,8 +372,9 @@ def test_slurm_launcher_config_composes_for_the_study() -> None:
 
 
 def complete_rows(report_dir: Path) -> int:
+    """The report's measured candidates: COMPLETE rows that repeat no other."""
     with (report_dir / "trials.csv").open() as f:
-        return sum(r["state"] == "COMPLETE" for r in csv.DictReader(f))
+        return sum(r["state"] == "COMPLETE" and not r["duplicate_of"] for r in csv.DictReader(f))
 
 
 @pytest.mark.slow
@@ -419,7 +422,8 @@ def test_chaos_kill_and_restart_seven_times(pg_url: str, tmp_path: Path) -> None
         assert t.user_attrs["fail_reason"].startswith("stale")
         assert sum(u.user_attrs.get(record.RETRY_OF) == t.number for u in trials) == 1
     assert "mid-trial" not in phases or stale, "a mid-trial kill must leave a trial to recover"
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == budget
+    measured = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len([t for t in measured if record.duplicate_of(t) is None]) == budget
 
     for workdir, storage_env in ((chaos_dir, env), (ref_dir, worker_env())):
         subprocess.run(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import BIN, cli_env, run_cli
 from vitsweep import record
@@ -41,24 +41,33 @@ def brute_force_front(points: list[tuple[float, ...]], signs: list[float]) -> se
     return front
 
 
+def measured(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """What the budget counts: COMPLETE trials that are not a repeat of a measured config."""
+    return [
+        t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs
+    ]
+
+
 @pytest.mark.slow
 def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -> None:
     run_cli("vitsweep", *SMOKE, "hydra.sweeper.n_trials=4", cwd=workdir)
-    assert len(load_study(workdir).get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert len(measured(load_study(workdir).get_trials())) == 4
 
-    # Same command, bigger budget: resumes, runs only the 2 missing trials.
+    # Same command, bigger budget: resumes, runs only the 2 missing candidates.
     proc = run_cli("vitsweep", *SMOKE, "hydra.sweeper.n_trials=6", cwd=workdir)
     assert "resumed" in proc.stderr + proc.stdout
+    assert "bought 6 distinct candidates" in proc.stderr + proc.stdout
     study = load_study(workdir)
     trials = study.get_trials()
-    assert [t.number for t in trials] == list(range(6))
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert len(measured(trials)) == 6  # repeats of a measured config are told, not counted
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[0].user_attrs["baseline"] is True and trials[0].params == {}
     assert all(not t.user_attrs.get("baseline") for t in trials[1:])
 
     # W&B offline files, read back from disk: one run per trial, named by the Optuna number.
     runs = [r for r in read_runs(workdir / "multirun" / "smoke" / "wandb") if r.job_type == "trial"]
-    assert sorted(r.name for r in runs) == [f"trial-{i}" for i in range(6)]
+    assert sorted(r.name for r in runs) == sorted(f"trial-{i}" for i in range(len(trials)))
     # Optuna's front, less the trials that repeat a configuration (told their twin's values,
     # not run): the twin stands for both.
     twins = {t.number: t.user_attrs.get("duplicate_of") for t in trials}
@@ -81,7 +90,7 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
     assert len(summaries) == 1  # one summary run per study, reopened by each launch
     assert summaries[0].summary["n_pareto"] == len(front)
     hv = [h["hypervolume"] for h in summaries[0].history if "hypervolume" in h]
-    assert len(hv) == 6 and hv[-1] == pytest.approx(study.user_attrs["hypervolume"])
+    assert len(hv) == len(trials) and hv[-1] == pytest.approx(study.user_attrs["hypervolume"])
 
     # pareto.csv is exactly the non-dominated set of the trials' values.
     report = workdir / "multirun" / "smoke" / "report"
@@ -95,7 +104,7 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
     }
     with (report / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["number"]) for r in rows] == list(range(6))
+    assert [int(r["number"]) for r in rows] == list(range(len(trials)))
     assert {"state", "param:arch.depth", "accuracy", "flops", "model_bytes"} <= set(rows[0])
     assert (report / "pareto.png").stat().st_size > 10_000
     assert (report / "results.yaml").exists()
@@ -115,7 +124,7 @@ def test_a_raising_trial_is_failed_with_its_reason_and_the_sweep_goes_on(workdir
     )
     trials = load_study(workdir).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert len(measured(trials)) == 4
     assert failed, "seeded sampler should have tried batch_size=0"
     for t in failed:
         assert t.params["measure.batch_size"] == 0
@@ -170,7 +179,7 @@ def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(wor
     trials = load_study(workdir).get_trials()
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(numbers)))  # unique, no gaps
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert len(measured(trials)) == 4
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     dead = trials[killed.number]
     assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("stale")

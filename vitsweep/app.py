@@ -106,10 +106,17 @@ def _load_study(ctx: Any) -> Any:
 
 def report_main() -> None:
     """`vitsweep-report [overrides]`: rebuild the study's report from its storage, any time."""
+    import yaml
+
     with one_line_errors():
         cfg = compose(sys.argv[1:])
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
         out = recorder(ctx).publish(_load_study(ctx))
+        results = yaml.safe_load((Path(out) / "results.yaml").read_text())
+        print(
+            f"{results['n_candidates']} distinct candidates measured for a budget of "
+            f"{ctx.sweeper.n_trials}; {results['n_duplicates']} repeats told, not run"
+        )
         print(f"report: {out}")
 
 

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from vitsweep import trial
+from vitsweep import isolated, trial
 from vitsweep.measure.accuracy import accuracy_summary, paired_difference
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ArchSpec, TrialSpec
+from vitsweep.trial import Built
+
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,29 +68,75 @@ class _Ready:
     sample: tuple[int, int, int]
     spec: TrialSpec
     cost_model: nn.Module
+    reference: float | None  # the machine's host-speed reference, as the trial had it
 
     def measure_all(self) -> dict[str, Any]:
         from vitsweep import measure
 
+        m = self.spec.measure
         cost = measure.measure_all(
-            self.model, self.ctx, self.sample, self.spec.measure, cost_model=self.cost_model
+            self.model, self.ctx, self.sample, m, self.cost_model, self.reference
         )
         return {**cost, "precision_exec": self.ctx.precision_exec}
 
     def throughput(self) -> float:
-        from vitsweep.measure.speed import measure_throughput
+        from vitsweep.measure.drift import Probe
+        from vitsweep.measure.speed import measure_throughput, thread_scope
 
-        stats, _ = measure_throughput(self.model, self.ctx, self.sample, self.spec.measure)
+        m = self.spec.measure
+        with thread_scope(m.threads):
+            scale = m.host_probe == "scale"
+            probe = None if self.reference is None else Probe(self.reference, scale)
+            stats, _ = measure_throughput(self.model, self.ctx, self.sample, m, probe)
         return stats.rate
 
 
-def _ready(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:
-    """Test-split correctness flags and the model `spec` builds, run as the trial ran it
-    (`trial.ready`: compiled per `measure.compile`)."""
+def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
+    """The model `spec` builds, run as the trial ran it (`trial.ready`: compiled per
+    `measure.compile`)."""
+    from vitsweep.measure import host_reference
+
     built, run_model, ctx, _ = trial.ready(spec)
-    flags = trial.correct_flags(run_model, ctx, built.splits.test, spec.measure)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
-    return flags, _Ready(run_model, ctx, sample, spec, built.model)
+    reference = host_reference(spec.root, spec.measure, ctx.device)
+    return built, _Ready(run_model, ctx, sample, spec, built.model, reference)
+
+
+def _flagged(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:
+    """Test-split correctness flags of the model `spec` builds, and that model."""
+    built, ready = _ready(spec)
+    return trial.correct_flags(ready.model, ready.ctx, built.splits.test, spec.measure), ready
+
+
+def _test_flags(spec: TrialSpec) -> np.ndarray:
+    return _flagged(spec)[0]
+
+
+def _measured(job: tuple[TrialSpec, TrialSpec | None]) -> tuple[np.ndarray, dict[str, Any], float]:
+    """(test flags, costs, the baseline's throughput beside it) of one member, in one process.
+
+    The baseline is timed again just before and after the member, and the ratio is taken
+    against those: on a shared 2-core VM a whole process ran 20-35% slower or faster than
+    another minutes apart, while back-to-back timings agreed within about 5%. The baseline's
+    own job (no baseline beside) reads its throughput once.
+    """
+    spec, baseline = job
+    flags, ready = _flagged(spec)
+    if baseline is None:
+        cost = ready.measure_all()
+        return flags, cost, cost["throughput"]
+    _, beside = _ready(baseline)
+    before = beside.throughput()
+    cost = ready.measure_all()
+    return flags, cost, 0.5 * (before + beside.throughput())
+
+
+def _call(fn: Callable[[A], T], arg: A, isolate: bool) -> T:
+    """`fn(arg)` in a clean child process when `measure.isolate`, else here. Why: the sweep
+    times each trial in a fresh process, so the confirmation must too, or a difference between
+    the two could be the process (one that has built and compiled every member before), not
+    the candidate. What is left between them is the host's drift (`measure.drift`)."""
+    return isolated.in_child(fn, arg) if isolate else fn(arg)
 
 
 def standalone(spec: TrialSpec) -> TrialSpec:
@@ -123,23 +174,17 @@ def confirm(
 
     flags: dict[int, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
+    isolate = base.spec.measure.isolate
+    if isolate:  # every float model any member needs, trained before anything is timed
+        more = [standalone(m.spec) for m in best]
+        isolated.trained(*(_more_repeats(m.spec, repeat_factor) for m in ordered), *more)
+    base_spec = _more_repeats(base.spec, repeat_factor)
     # minutes of work (int8 members compile, retrained ones train): say where it is
     bar = tqdm(ordered, desc="confirm", unit="trial", file=sys.stderr)
-    base_ready: _Ready | None = None
     for m in bar:
         bar.set_postfix(trial=m.number, retrain=m.number in retrain_numbers)
-        f, ready = _ready(_more_repeats(m.spec, repeat_factor))
-        if base_ready is None:  # the baseline comes first
-            base_ready = ready
-            cost = ready.measure_all()
-            beside = cost["throughput"]
-        else:
-            # The baseline is timed again just before and after the member, and the ratio is
-            # taken against those: on a shared 2-core VM a whole process ran 20-35% slower or
-            # faster than another minutes apart, while back-to-back timings agreed within about 5%.
-            before = base_ready.throughput()
-            cost = ready.measure_all()
-            beside = 0.5 * (before + base_ready.throughput())
+        spec = _more_repeats(m.spec, repeat_factor)
+        f, cost, beside = _call(_measured, (spec, None if m.baseline else base_spec), isolate)
         flags[m.number] = f
         rec = m.recorded
         acc = accuracy_summary(f, "test_accuracy")
@@ -158,6 +203,8 @@ def confirm(
             "throughput": cost["throughput"],
             "throughput_cv": cost.get("throughput_cv"),
             "throughput_repeats": cost.get("repeats"),
+            "throughput_raw": cost.get("throughput_raw"),
+            "host_speed": cost.get("host_speed"),
             "sweep_precision_exec": rec.get("precision_exec"),
             "precision_exec": cost["precision_exec"],
         }
@@ -170,7 +217,7 @@ def confirm(
             throughput_x=cost["throughput"] / beside,
         )
         if m.number in retrain_numbers:
-            alone, _ = _ready(standalone(m.spec))
+            alone = _call(_test_flags, standalone(m.spec), isolate)
             s = accuracy_summary(alone, "standalone_test_accuracy")
             gain = paired_difference(f, alone)
             row.update(

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from vitsweep.spec import Metrics, TrialSpec
 
+A = TypeVar("A")
 T = TypeVar("T")
 PRELOAD = [
     "__main__",
@@ -60,9 +61,9 @@ def _sendable(err: BaseException) -> BaseException:
         return RuntimeError(f"{type(err).__name__}: {err}")
 
 
-def _child(conn: Connection, fn: Callable[[TrialSpec], Any], spec: TrialSpec) -> None:
+def _child(conn: Connection, fn: Callable[[Any], Any], arg: Any) -> None:
     try:
-        msg: tuple[str, Any, str] = ("ok", fn(spec), "")
+        msg: tuple[str, Any, str] = ("ok", fn(arg), "")
     except BaseException as err:  # everything goes back to the parent, KeyboardInterrupt too
         msg = ("error", _sendable(err), traceback.format_exc())
     conn.send(msg)
@@ -78,11 +79,12 @@ def _died(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def in_child(fn: Callable[[TrialSpec], T], spec: TrialSpec) -> T:
-    """`fn(spec)` in a fresh child of the forkserver; its exception is raised here."""
+def in_child(fn: Callable[[A], T], arg: A) -> T:
+    """`fn(arg)` in a fresh child of the forkserver; its exception is raised here. `fn` is a
+    module-level function and `arg` pickles (a TrialSpec, a tuple of them)."""
     ctx = _context()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, fn, spec), name="vitsweep-trial")
+    proc = ctx.Process(target=_child, args=(send, fn, arg), name="vitsweep-trial")
     proc.start()
     send.close()
     try:
@@ -108,10 +110,19 @@ def in_child(fn: Callable[[TrialSpec], T], spec: TrialSpec) -> T:
     return value
 
 
+def trained(*specs: TrialSpec) -> None:
+    """Train, each in a child of its own, the float models `specs` need and the cache lacks, so
+    that no later child pays for training inside what it times."""
+    from vitsweep import trial
+
+    for spec in specs:
+        if trial.needs_training(spec):
+            in_child(trial.train, spec)
+
+
 def run(spec: TrialSpec) -> Metrics:
     """`trial.run(spec)` in a clean process, after whatever it must train (in another)."""
     from vitsweep import trial
 
-    if trial.needs_training(spec):
-        in_child(trial.train, spec)
+    trained(spec)
     return in_child(trial.run, spec)

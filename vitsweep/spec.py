@@ -221,6 +221,10 @@ class MeasureSpec:
     # run each trial in a fresh process (after training what it needs in another), so the
     # sweep's own state (training, compiled graphs, W&B) never reaches the clock
     isolate: bool = True
+    # a fixed GEMM timed after every repeat (`vitsweep.measure.drift`): `record` keeps the
+    # host's speed beside each timing (`host_speed`), `scale` also scales every repeat to this
+    # machine's reference speed, `off` times nothing more
+    host_probe: Literal["off", "record", "scale"] = "record"
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "min_repeats"):

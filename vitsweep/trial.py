@@ -143,7 +143,10 @@ def run(spec: TrialSpec) -> Metrics:
         correct_flags(run_model, ctx, splits.test, spec.measure),
     )
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
-    cost = measure.measure_all(run_model, ctx, sample_shape, spec.measure, cost_model=model)
+    reference = measure.host_reference(spec.root, spec.measure, ctx.device)
+    cost = measure.measure_all(
+        run_model, ctx, sample_shape, spec.measure, cost_model=model, reference=reference
+    )
     core = {k: cost.pop(k) for k in METRIC_NAMES if k in cost}
     return Metrics(
         accuracy=acc.pop("accuracy"),

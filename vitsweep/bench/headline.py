@@ -80,8 +80,9 @@ def sections(path: Path, name: str) -> list[Section]:
     targets = []
     summary = ""
     notes = [
-        f"{results['n_complete']} complete trials ({results.get('n_duplicates', 0)} of them "
-        "repeats of an earlier configuration, told its values, not run again); the front is "
+        f"{results['n_complete']} complete trials: {results.get('n_candidates', '?')} distinct "
+        f"candidates measured, {results.get('n_duplicates', 0)} repeats of an earlier "
+        "configuration told its values (not run, not counted toward the budget); the front is "
         f"selected on {results.get('selected_on', 'val')}, the deltas are on the held-out "
         f"{results.get('reported_on', 'test')} split, paired with the baseline on the same "
         "images (exact McNemar 95% interval); accuracy_delta_pts: the val delta that selected it",

@@ -6,6 +6,7 @@ from vitsweep.measure.accuracy import correct_flags, evaluate
 from vitsweep.measure.compile import compile_model, should_compile
 from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
 from vitsweep.measure.device import resolve_device
+from vitsweep.measure.drift import host_reference
 from vitsweep.measure.energy import (
     EnergyReading,
     EstimateMeter,
@@ -42,6 +43,7 @@ __all__ = [
     "count_params",
     "counter_delta",
     "evaluate",
+    "host_reference",
     "measure_all",
     "measure_energy",
     "measure_latency",

@@ -14,6 +14,7 @@ import torch
 
 from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
 from vitsweep.measure.device import device_name, is_cuda, synchronizer
+from vitsweep.measure.drift import Probe
 from vitsweep.measure.energy import (
     EstimateMeter,
     measure_energy,
@@ -40,6 +41,7 @@ def measure_all(
     sample_shape: tuple[int, int, int],
     spec: MeasureSpec,
     cost_model: torch.nn.Module | None = None,
+    reference: float | None = None,
 ) -> dict[str, Any]:
     """Throughput, latency, energy, params, FLOPs and peak memory of `model` run through `ctx`.
 
@@ -47,6 +49,10 @@ def measure_all(
     parameters and FLOPs are counted when `model` is its compiled runner (FlopCounterMode sees
     no aten ops inside a compiled graph); default `model`. Energy per image uses the meter chosen by
     `spec.energy`; the estimate needs no extra window (assumed watts / measured throughput).
+    `reference`: the machine's reference GEMM rate (`drift.host_reference`); given, the host
+    probe is timed after every repeat and `host_speed` says how fast the host ran (with
+    `measure.host_probe=scale` every repeat is also scaled to the reference; `throughput_raw`
+    is what the clock read).
     """
     sample_shape = tuple(sample_shape)  # type: ignore[assignment]
     steady_host_allocator()
@@ -62,8 +68,10 @@ def measure_all(
                 ctx.device,
             )
             with timing_lock(spec) as lock_wait_s:
-                tput, batch = measure_throughput(model, ctx, sample_shape, spec)
-                lat = measure_latency(model, ctx, sample_shape, spec)
+                scale = spec.host_probe == "scale"
+                probe = None if reference is None else Probe(reference, scale)
+                tput, batch = measure_throughput(model, ctx, sample_shape, spec, probe)
+                lat = measure_latency(model, ctx, sample_shape, spec, probe)
                 if isinstance(meter, EstimateMeter):
                     energy = meter.watts / tput.rate
                     window_s = 0.0
@@ -94,6 +102,8 @@ def measure_all(
         "peak_mem_bytes": peak_mem,
         "peak_mem_source": peak_mem_source,
         "throughput_cv": tput.cv,
+        "throughput_raw": tput.raw_rate,
+        "host_speed": tput.host_speed,
         "latency_cv": lat.cv,
         "repeats": tput.repeats,
         "latency_repeats": lat.repeats,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -38,26 +38,56 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class RepeatStats:
-    """Timings of one timed section: every repeat kept, so the spread can be reported."""
+    """Timings of one timed section: every repeat kept, so the spread can be reported.
+
+    With a host probe (`measure.host_probe`, `vitsweep.measure.drift`) the host's GEMM rate
+    after each repeat is kept; when `scaled`, each repeat's rate is scaled by the reference
+    GEMM rate over it: the reading at reference host speed."""
 
     times_s: tuple[float, ...]  # wall seconds per repeat
     items_per_repeat: int  # images processed per repeat (batch x iters)
     iters: int  # steps per repeat
     max_cv: float
+    probe_rates: tuple[float, ...] = ()  # the host GEMM's rate after each repeat
+    reference: float | None = None  # the machine's reference GEMM rate
+    scaled: bool = True  # rates scaled to the reference (else the probe is only recorded)
 
     @property
     def repeats(self) -> int:
         return len(self.times_s)
 
     @property
-    def rates(self) -> list[float]:
-        """Images per second of each repeat."""
+    def _scale(self) -> list[float]:
+        """Per repeat: reference host speed over the host speed beside it (1.0 unprobed)."""
+        if self.reference is None or not self.probe_rates or not self.scaled:
+            return [1.0] * self.repeats
+        return [self.reference / p for p in self.probe_rates]
+
+    @property
+    def raw_rates(self) -> list[float]:
+        """Images per second of each repeat, as the clock read them."""
         return [self.items_per_repeat / t for t in self.times_s]
+
+    @property
+    def rates(self) -> list[float]:
+        """Images per second of each repeat, at reference host speed when scaled."""
+        return [r * s for r, s in zip(self.raw_rates, self._scale, strict=True)]
 
     @property
     def rate(self) -> float:
         """Median images per second."""
         return statistics.median(self.rates)
+
+    @property
+    def raw_rate(self) -> float:
+        return statistics.median(self.raw_rates)
+
+    @property
+    def host_speed(self) -> float | None:
+        """The probe's median rate over the reference; None unprobed."""
+        if self.reference is None or not self.probe_rates:
+            return None
+        return statistics.median(self.probe_rates) / self.reference
 
     @property
     def best_rate(self) -> float:
@@ -68,7 +98,8 @@ class RepeatStats:
     @property
     def median_step_s(self) -> float:
         """Median seconds of one step (one forward of one batch)."""
-        return statistics.median(self.times_s) / self.iters
+        scaled = [t / s for t, s in zip(self.times_s, self._scale, strict=True)]
+        return statistics.median(scaled) / self.iters
 
     @property
     def cv(self) -> float:
@@ -77,6 +108,13 @@ class RepeatStats:
     @property
     def noisy(self) -> bool:
         return self.cv >= self.max_cv
+
+
+class HostProbe(Protocol):
+    reference: float
+    scale: bool
+
+    def rate(self) -> float: ...
 
 
 def _validate(spec: MeasureSpec) -> None:
@@ -129,8 +167,10 @@ def timed_repeats(
     sync: Callable[[], None],
     spec: MeasureSpec,
     items_per_step: int,
+    probe: HostProbe | None = None,
 ) -> RepeatStats:
-    """Warm up, calibrate steps per repeat, then time repeats until the CV settles or time is up.
+    """Warm up, calibrate steps per repeat, then time repeats until the CV settles or time is up;
+    with a `probe`, the host's speed is timed after every repeat (`vitsweep.measure.drift`).
 
     A repeat shorter than `spec.repeat_s` is dominated by timer and scheduler jitter on a busy
     CPU, so repeats of small models run several steps each (measured here: 10 measurements of
@@ -152,19 +192,32 @@ def timed_repeats(
     iters = max(1, math.ceil(target / one)) if target > 0 else 1
 
     times: list[float] = []
+    probes: list[float] = []
+    reference = probe.reference if probe is not None else None
+    scaled = probe is not None and probe.scale
     started = time.perf_counter()
     while True:
         times.append(deeper(depth, partial(_timed, step, sync, iters)))
+        if probe is not None:
+            probes.append(probe.rate())
+        stats = RepeatStats(
+            tuple(times),
+            items_per_step * iters,
+            iters,
+            spec.max_cv,
+            tuple(probes),
+            reference,
+            scaled,
+        )
         n = len(times)
         if n >= spec.max_repeats:
             break
         if n >= spec.min_repeats:
-            rates = [items_per_step * iters / t for t in times]
-            if coefficient_of_variation(rates) < spec.max_cv:
+            if stats.cv < spec.max_cv:
                 break
             if time.perf_counter() - started >= spec.time_cap_s:
                 break
-    return RepeatStats(tuple(times), items_per_step * iters, iters, spec.max_cv)
+    return stats
 
 
 # glibc's mallopt parameters (malloc.h); the mmap threshold's ceiling is 32 MiB on 64-bit
@@ -268,11 +321,13 @@ def time_forward(
     sample_shape: tuple[int, ...],
     batch: int,
     spec: MeasureSpec,
+    probe: HostProbe | None = None,
 ) -> RepeatStats:
     """Timed repeats of `model` on one batch of `batch` images (inference mode, eval mode)."""
     with torch.inference_mode(), eval_mode(model):
         x = make_input(batch, sample_shape, ctx)
-        return timed_repeats(forward_step(model, ctx, x), synchronizer(ctx.device), spec, batch)
+        step = forward_step(model, ctx, x)
+        return timed_repeats(step, synchronizer(ctx.device), spec, batch, probe)
 
 
 def measure_throughput(
@@ -280,10 +335,11 @@ def measure_throughput(
     ctx: RunContext,
     sample_shape: tuple[int, ...],
     spec: MeasureSpec,
+    probe: HostProbe | None = None,
 ) -> tuple[RepeatStats, int]:
     """Images/s at `spec.batch_size` (halved on OOM). Returns (stats, batch used)."""
     return with_oom_retry(
-        lambda b: time_forward(model, ctx, sample_shape, b, spec),
+        lambda b: time_forward(model, ctx, sample_shape, b, spec, probe),
         spec.batch_size,
         ctx.device,
     )
@@ -294,6 +350,7 @@ def measure_latency(
     ctx: RunContext,
     sample_shape: tuple[int, ...],
     spec: MeasureSpec,
+    probe: HostProbe | None = None,
 ) -> RepeatStats:
     """Batch-1 timings; latency_ms = 1000 x `median_step_s`."""
-    return time_forward(model, ctx, sample_shape, 1, spec)
+    return time_forward(model, ctx, sample_shape, 1, spec, probe)

@@ -42,6 +42,24 @@ def counted_failures(trials: list[FrozenTrial]) -> int:
     )
 
 
+def candidates(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials that measured a configuration of their own: what the budget buys.
+    A repeat (`duplicate_of`) is told its twin's values and costs neither budget nor time."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and record.duplicate_of(t) is None]
+
+
+def repeats_in_a_row(trials: list[FrozenTrial]) -> int:
+    """How many of the newest finished proposals repeated an earlier configuration."""
+    n = 0
+    for t in sorted(trials, key=lambda t: t.number, reverse=True):
+        if t.state != TrialState.COMPLETE:
+            continue
+        if record.duplicate_of(t) is None:
+            break
+        n += 1
+    return n
+
+
 class StudyLoop:
     def __init__(
         self,
@@ -61,14 +79,15 @@ class StudyLoop:
         self.ran: list[int] = []
 
     def run(self) -> list[int]:
-        """Run trials until the study holds `n_trials` COMPLETE ones; return numbers run here."""
+        """Run trials until the study holds `n_trials` distinct measured candidates (repeats of
+        a finished configuration are told, not counted); return the numbers run here."""
         spec = self.spec
         while True:
             stale = recover_stale(self.study, spec.grace_period, spec.on_stale == "retry")
             if stale:
                 log.warning("recovered stale trials %s (%s)", stale, spec.on_stale)
             trials = self.study.get_trials(deepcopy=False)
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
+            complete = len(candidates(trials))
             running = sum(t.state == TrialState.RUNNING for t in trials)
             failures = counted_failures(trials)
             if failures > failure_budget(spec):
@@ -80,7 +99,7 @@ class StudyLoop:
                 return self.ran
             if spec.stop_when.enabled and self._plateaued():
                 return self.ran
-            if self._exhausted():
+            if self._exhausted() or self._converged(trials):
                 return self.ran
             free = spec.n_trials - complete - running
             if free <= 0:
@@ -94,16 +113,31 @@ class StudyLoop:
         is_exhausted = getattr(self.study.sampler, "is_exhausted", None)
         if is_exhausted is None or not is_exhausted(self.study):
             return False
-        reason = "every point of the grid (hydra.sweeper.params) has run"
+        return self._stop("every point of the grid (hydra.sweeper.params) has run")
+
+    def _stop(self, reason: str) -> bool:
+        """Store why the study ends (the study attribute `stopped`), say it, and end it."""
         self.study.set_user_attr(record.STUDY_STOPPED, reason)
         log.warning("stopping: %s", reason)
         return True
+
+    def _converged(self, trials: list[FrozenTrial]) -> bool:
+        """A sampler that proposes only configurations already measured has nothing new to
+        offer: `max_repeats` in a row end the study (repeats cost no budget, so without this
+        cap a converged sampler would loop for ever)."""
+        n = repeats_in_a_row(trials)
+        if n < self.spec.max_repeats:
+            return False
+        return self._stop(
+            f"the sampler proposed {n} configurations in a row that had already run "
+            f"(hydra.sweeper.max_repeats={self.spec.max_repeats}): it has converged"
+        )
 
     def _plateaued(self) -> bool:
         from vitsweep.hypervolume import history, plateaued
 
         stop = self.spec.stop_when
-        done = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        done = candidates(self.study.get_trials(deepcopy=False))  # a repeat adds no point
         base = next((t for t in done if record.is_baseline(t)), None)
         if base is None:
             return False
@@ -115,13 +149,10 @@ class StudyLoop:
         )
         if not plateaued(hv, stop.patience, stop.min_improvement):
             return False
-        reason = (
+        return self._stop(
             f"hypervolume {hv[-1]:.4g} improved < {stop.min_improvement:.2%} over the last "
-            f"{stop.patience} complete trials"
+            f"{stop.patience} measured candidates"
         )
-        self.study.set_user_attr(record.STUDY_STOPPED, reason)
-        log.warning("stopping early: %s", reason)
-        return True
 
     def _run_batch(self, size: int, complete: int) -> None:
         batch = self._within_budget([self.study.ask() for _ in range(size)])
@@ -178,9 +209,9 @@ class StudyLoop:
 
     def _tell_duplicate(self, trial: optuna.Trial, twin: FrozenTrial) -> None:
         """Tell the measured configuration's values again, without running it: the sampler
-        learns that the params it changed do not matter, and the trial costs no time. It counts
-        toward `n_trials` (a sampler that keeps proposing it cannot stall the study) but is never
-        on the front beside its twin."""
+        learns that the params it changed do not matter. It costs no time and no budget
+        (`hydra.sweeper.max_repeats` in a row stop a sampler that proposes nothing else), and
+        is never on the front beside its twin."""
         trial.set_user_attr(record.DUPLICATE_OF, twin.number)
         outcome = Outcome(metrics=record.metrics(twin), config=twin.user_attrs.get(record.CONFIG))
         log.info(
@@ -198,12 +229,9 @@ class StudyLoop:
         remain. Storages hand out trial numbers atomically, so every worker agrees that the
         lowest-numbered COMPLETE/RUNNING trials own the budget: a claim ranked beyond it yields.
         """
-        live = sorted(
-            t.number
-            for t in self.study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
-            )
-        )
+        trials = self.study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        live = sorted(t.number for t in candidates(trials) + running)
         kept = []
         for t in asked:
             if t.number in live and live.index(t.number) >= self.spec.n_trials:

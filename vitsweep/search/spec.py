@@ -89,7 +89,8 @@ class StopSpec:
 class SweeperSpec:
     study_name: str = "vitsweep"
     storage: str | None = None  # any Optuna URL; None: sqlite:///<paths.root>/vitsweep.db
-    n_trials: int = 20  # the study's total budget of COMPLETE trials, across launches and workers
+    n_trials: int = 20  # the study's budget of measured candidates, across launches and workers
+    max_repeats: int = 20  # proposals in a row that repeat a measured config: the study ends
     objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     params: dict[str, str] = field(default_factory=dict)  # Hydra sweep grammar per key
@@ -128,6 +129,8 @@ class SweeperSpec:
                 f"hydra.sweeper.grace_period={self.grace_period}: must exceed "
                 f"heartbeat_interval={self.heartbeat_interval} (both >= 1 s)"
             )
+        if self.max_repeats < 1:
+            raise ConfigError(f"hydra.sweeper.max_repeats={self.max_repeats}: must be >= 1")
         if self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: must be >= 1")
         self.parsed_constraints  # noqa: B018  (a malformed one fails at launch, before any trial)

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 
 from vitsweep import record
 from vitsweep.errors import mask_url
-from vitsweep.search.loop import Outcome, StudyLoop
+from vitsweep.search.loop import Outcome, StudyLoop, candidates
 from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
@@ -147,7 +147,17 @@ def run_study(
         prefix=ctx.cli_overrides,
     )
     try:
-        return loop.run()
+        ran = loop.run()
+        trials = study.get_trials(deepcopy=False)
+        repeats = sum(record.duplicate_of(t) is not None for t in trials)
+        log.info(
+            "the budget of %d bought %d distinct candidates; %d proposals repeated a measured "
+            "configuration and cost nothing",
+            ctx.sweeper.n_trials,
+            len(candidates(trials)),
+            repeats,
+        )
+        return ran
     finally:
         report = recorder.publish(study)
         log.info("report: %s", Path(report).resolve())

@@ -85,7 +85,12 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "baseline": table.baseline,
         **({"baseline_note": table.baseline_note} if table.baseline_note else {}),
         "n_infeasible": sum(r["feasible"] is False for r in table.rows),
-        # COMPLETE trials that repeated an earlier one's configuration: told, not run
+        # what the budget bought: COMPLETE trials that measured a configuration of their own
+        "n_candidates": sum(
+            r["state"] == "COMPLETE" and r["duplicate_of"] is None for r in table.rows
+        ),
+        # COMPLETE trials that repeated an earlier one's configuration: told, not run, not
+        # counted toward the budget
         "n_duplicates": sum(r["duplicate_of"] is not None for r in table.rows),
         "pareto": [
             {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS)}
