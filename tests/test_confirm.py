@@ -1,4 +1,5 @@
-"""`vitsweep-confirm`: the front measured again on the test split, and retrained standalone."""
+"""`vitsweep-confirm`: the front measured again on the test split, retrained standalone and
+fine-tuned alone from the inherited weights."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workdir: Path) -> None:
-    proc = run_cli("vitsweep-confirm", *STUDY, "retrain=1", "repeats=1", cwd=workdir, timeout=600)
+    proc = run_cli(
+        "vitsweep-confirm", *STUDY, "retrain=1", "finetune=1", "repeats=1", cwd=workdir,
+        timeout=600,
+    )  # fmt: skip
     out = workdir / "multirun" / "smoke" / "report" / "confirmed.yaml"
     assert f"confirmed: {out}" in proc.stdout
     rows = yaml.safe_load(out.read_text())["confirmed"]
@@ -68,6 +72,13 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
     for r in retrained:
         lo, hi = r["inherited_minus_standalone_lo_pts"], r["inherited_minus_standalone_hi_pts"]
         assert lo <= r["inherited_minus_standalone_pts"] <= hi
+    # finetune=1: the same member trained alone from its inherited weights, paired likewise
+    tuned = [r for r in rows if r.get("finetuned_test_accuracy") is not None]
+    assert [r["number"] for r in tuned] == [r["number"] for r in retrained]
+    for r in tuned:
+        lo, hi = r["inherited_minus_finetuned_lo_pts"], r["inherited_minus_finetuned_hi_pts"]
+        assert lo <= r["inherited_minus_finetuned_pts"] <= hi
+        assert r["finetuned_test_accuracy_lo"] <= r["finetuned_test_accuracy"]
     assert (out.parent / "confirmed.csv").exists()
 
     # The README's headline sets each member's confirmed throughput beside the sweep's, and

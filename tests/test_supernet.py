@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -110,12 +112,18 @@ def test_extracted_subnet_is_independent_and_exactly_sized(net) -> None:
 
 
 def test_vit_tiny_dims_have_the_parameters_of_timm_vit_tiny() -> None:
-    net = Supernet(
-        space_of("autoformer_tiny"), img_size=224, patch_size=16, in_chans=3, num_classes=1000
+    autoformer = space_of("autoformer_tiny")
+    timm_blocks = dataclasses.replace(
+        autoformer, rel_pos=0, global_pool="token", norm_eps=1e-6, change_qkv=False
     )
+    net = Supernet(timm_blocks, img_size=224, patch_size=16, in_chans=3, num_classes=1000)
     sub = net.extract(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0)
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     assert n_params(sub) == n_params(ref) == 5_717_416
+    # AutoFormer's blocks add two [2 * 14 + 2, 64] tables (rows, columns) for keys and values
+    af = Supernet(autoformer, img_size=224, patch_size=16, in_chans=3, num_classes=1000)
+    af_sub = af.extract(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0)
+    assert n_params(af_sub) - n_params(ref) == 12 * 4 * 30 * 64
     sub.load_state_dict(ref.state_dict(), strict=True)  # same names and shapes, layer for layer
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

@@ -220,9 +220,10 @@ def export_main() -> None:
     print(f"export: {result.path}")
 
 
-def _confirm_args(args: list[str]) -> tuple[int, int, list[str]]:
-    """(retrain=K, repeats=F, the rest): the confirm pass's own keys come off first."""
-    values = {"retrain": 0, "repeats": 3}
+def _confirm_args(args: list[str]) -> tuple[int, int, int, list[str]]:
+    """(retrain=K, finetune=K, repeats=F, the rest): the confirm pass's own keys come off
+    first."""
+    values = {"retrain": 0, "finetune": 0, "repeats": 3}
     rest = []
     for a in args:
         key, _, value = a.partition("=")
@@ -234,14 +235,15 @@ def _confirm_args(args: list[str]) -> tuple[int, int, list[str]]:
             rest.append(a)
     if values["repeats"] < 1:
         raise ConfigError(f"repeats={values['repeats']}: must be >= 1")
-    return values["retrain"], values["repeats"], rest
+    return values["retrain"], values["finetune"], values["repeats"], rest
 
 
 def confirm_main() -> None:
-    """`vitsweep-confirm [overrides] [retrain=K] [repeats=F]`: measure the study's front again
-    on the test split (throughput with F times the repeats, default 3), and with retrain=K train
-    the K front architectures best on validation standalone from scratch beside their inherited
-    accuracy; writes report/confirmed.csv and confirmed.yaml, and a `confirmed` W&B table."""
+    """`vitsweep-confirm [overrides] [retrain=K] [finetune=K] [repeats=F]`: measure the study's
+    front again on the test split (throughput with F times the repeats, default 3); retrain=K
+    trains the K front architectures best on validation standalone from scratch, finetune=K
+    from their inherited weights, beside their inherited accuracy; writes
+    report/confirmed.csv and confirmed.yaml, and a `confirmed` W&B table."""
     from optuna.trial import TrialState
 
     from vitsweep.confirm import Member, confirm
@@ -249,7 +251,7 @@ def confirm_main() -> None:
     from vitsweep.track.report import write_confirmed
 
     with one_line_errors():
-        retrain, repeats, rest = _confirm_args(sys.argv[1:])
+        retrain, finetune, repeats, rest = _confirm_args(sys.argv[1:])
         cfg = compose(rest)
         ctx = sweep_context(cfg, cfg.hydra.sweeper)
         study = _load_study(ctx)
@@ -268,7 +270,7 @@ def confirm_main() -> None:
             spec = trial_spec(OmegaConf.create(_trial_config(ctx, t)))
             spec = dataclasses.replace(spec, root=str(ctx.root))
             members.append(Member(number, spec, record.metrics(t), number == table.baseline))
-        rows = confirm(members, retrain=retrain, repeat_factor=repeats)
+        rows = confirm(members, retrain=retrain, repeat_factor=repeats, finetune=finetune)
         out = write_confirmed(rows, ctx.study_dir / "report")
         tracker = recorder(ctx).tracker
         if tracker is not None:
@@ -278,7 +280,7 @@ def confirm_main() -> None:
             tracker.log_confirmed(rows, ids.summary if ids is not None else None)
     keys = ["number", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi"]
     keys += ["test_delta_pts", "test_delta_lo_pts", "test_delta_hi_pts", "throughput_x"]
-    keys += ["inside_sweep_interval", "standalone_test_accuracy"]
+    keys += ["inside_sweep_interval", "standalone_test_accuracy", "finetuned_test_accuracy"]
     for r in rows:
         print("  ".join(f"{k}={_fmt(r.get(k))}" for k in keys if k in r))
     print(f"confirmed: {out}")

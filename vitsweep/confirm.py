@@ -7,7 +7,8 @@ to the baseline (exact McNemar), and its throughput with `repeat_factor` times t
 time, as a ratio to the baseline timed again just before and after it. With `retrain=K` the K
 front architectures best on validation are also trained standalone from scratch with the same
 recipe, token merging and precision, and their test accuracy is set beside the inherited one
-(paired on the same images): what weight sharing bought.
+(paired on the same images): what weight sharing bought. With `finetune=K` the K best are
+also trained alone from their inherited weights, as AutoFormer fine-tunes its chosen subnets.
 
 Pure Python like `trial.run`: no Hydra, Optuna or W&B (app.py and track/ do those).
 """
@@ -155,12 +156,18 @@ def standalone(spec: TrialSpec) -> TrialSpec:
     return dataclasses.replace(spec, arch=arch)
 
 
+def finetuned(spec: TrialSpec) -> TrialSpec:
+    """The same subnet trained alone from its inherited weights (same recipe, ToMe, precision)."""
+    return dataclasses.replace(spec, arch=dataclasses.replace(spec.arch, finetune=True))
+
+
 def confirm(
-    members: list[Member], retrain: int = 0, repeat_factor: int = 3
+    members: list[Member], retrain: int = 0, repeat_factor: int = 3, finetune: int = 0
 ) -> list[dict[str, Any]]:
     """One row per member (baseline first): confirmed test accuracy and throughput beside the
-    sweep's, paired test difference to the baseline, and for the `retrain` front members best
-    on validation (supernet subnets only) the standalone-trained accuracy beside the inherited.
+    sweep's, paired test difference to the baseline, and for the `retrain` (`finetune`) front
+    members best on validation (supernet subnets only) the accuracy of the same architecture
+    trained alone from scratch (from its inherited weights) beside the inherited one.
     """
     if repeat_factor < 1:
         raise ValueError(f"repeats={repeat_factor}: must be >= 1")
@@ -169,20 +176,31 @@ def confirm(
         raise ValueError("confirm: the study has no complete baseline trial to compare with")
     ordered = [base] + [m for m in members if not m.baseline]
     supernet = [m for m in ordered if m.spec.arch.kind == "supernet" and not m.baseline]
-    best = sorted(supernet, key=lambda m: -float(m.recorded.get("accuracy") or 0.0))[:retrain]
-    retrain_numbers = {m.number for m in best}
+    best = sorted(supernet, key=lambda m: -float(m.recorded.get("accuracy") or 0.0))
+    retrain_numbers = {m.number for m in best[:retrain]}
+    finetune_numbers = {m.number for m in best[:finetune]}
+    variants = {
+        "standalone": (standalone, retrain_numbers),
+        "finetuned": (finetuned, finetune_numbers),
+    }
 
     flags: dict[int, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     isolate = base.spec.measure.isolate
     if isolate:  # every float model any member needs, trained before anything is timed
-        more = [standalone(m.spec) for m in best]
+        more = [
+            make(m.spec) for make, which in variants.values() for m in best if m.number in which
+        ]
         isolated.trained(*(_more_repeats(m.spec, repeat_factor) for m in ordered), *more)
     base_spec = _more_repeats(base.spec, repeat_factor)
     # minutes of work (int8 members compile, retrained ones train): say where it is
     bar = tqdm(ordered, desc="confirm", unit="trial", file=sys.stderr)
     for m in bar:
-        bar.set_postfix(trial=m.number, retrain=m.number in retrain_numbers)
+        bar.set_postfix(
+            trial=m.number,
+            retrain=m.number in retrain_numbers,
+            finetune=m.number in finetune_numbers,
+        )
         spec = _more_repeats(m.spec, repeat_factor)
         f, cost, beside = _call(_measured, (spec, None if m.baseline else base_spec), isolate)
         flags[m.number] = f
@@ -216,15 +234,18 @@ def confirm(
             baseline_throughput_beside=beside,
             throughput_x=cost["throughput"] / beside,
         )
-        if m.number in retrain_numbers:
-            alone = _call(_test_flags, standalone(m.spec), isolate)
-            s = accuracy_summary(alone, "standalone_test_accuracy")
+        for name, (make, which) in variants.items():
+            if m.number not in which:
+                continue
+            alone = _call(_test_flags, make(m.spec), isolate)
             gain = paired_difference(f, alone)
             row.update(
-                s,
-                inherited_minus_standalone_pts=_pts(gain.diff),
-                inherited_minus_standalone_lo_pts=_pts(gain.lo),
-                inherited_minus_standalone_hi_pts=_pts(gain.hi),
+                accuracy_summary(alone, f"{name}_test_accuracy"),
+                **{
+                    f"inherited_minus_{name}_pts": _pts(gain.diff),
+                    f"inherited_minus_{name}_lo_pts": _pts(gain.lo),
+                    f"inherited_minus_{name}_hi_pts": _pts(gain.hi),
+                },
             )
         rows.append(row)
         tqdm.write(

@@ -83,6 +83,25 @@ class SpaceSpec:
     mlp_ratio: tuple[float, ...] = (3.5, 4.0)
     num_heads: tuple[int, ...] = (3, 4)
     head_dim: int = 64
+    # Options of the block, not searched; the defaults are timm's ViT. AutoFormer's published
+    # supernets need rel_pos=14, global_pool=avg, norm_eps=1e-5 (conf/arch/autoformer_*.yaml).
+    rel_pos: int = 0  # > 0: 2-D relative position embeddings on keys/values, clipped there
+    global_pool: Literal["token", "avg"] = "token"
+    norm_eps: float = 1e-6
+    # AutoFormer's `qkv_super` (its --change_qkv): a subnet of h heads takes the leading
+    # 3 * h * head_dim entries of the qkv bias as one run, where its weight rows (and ours) take
+    # each of q, k, v's leading heads; only the bias slice differs, so only it is an option.
+    change_qkv: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.rel_pos >= 0, "arch.space.rel_pos", self.rel_pos, "must be >= 0 (0: off)")
+        require(
+            self.global_pool in ("token", "avg"),
+            "arch.space.global_pool",
+            self.global_pool,
+            "valid: token, avg",
+        )
+        require(0 < self.norm_eps < 1, "arch.space.norm_eps", self.norm_eps, "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,15 @@ class ArchSpec:
         "vit"  # vit: a fixed model (standalone/loaded); supernet: a subnet
     )
     timm_name: str | None = None  # vit: a timm model name, built with random weights
-    checkpoint: str | None = None  # weights on disk; nothing downloads
+    checkpoint: str | None = None  # weights on disk, used as they are; nothing downloads
+    # weights to start from, then fine-tuned on the study's train split: a timm ViT state dict
+    # (kind vit: for train.epochs; kind supernet: bootstrapped into the space, whose largest
+    # member is that ViT) or an AutoFormer supernet (kind supernet); train.supernet_epochs
+    pretrained: str | None = None
+    reorder: bool = True  # bootstrap: heads/MLP units/channels most important first
+    # kind supernet: the subnet then trained alone for train.epochs from its inherited weights
+    # (cached), as `vitsweep-confirm finetune=K` does for the front's best
+    finetune: bool = False
     img_size: int = 32
     patch_size: int = 4
     embed_dim: int = 96
@@ -129,6 +156,12 @@ class ArchSpec:
                     self.num_heads,
                     f"must divide arch.embed_dim={self.embed_dim} (or set arch.head_dim)",
                 )
+        require(
+            self.checkpoint is None or self.pretrained is None,
+            "arch.pretrained",
+            self.pretrained,
+            "set one of arch.checkpoint (used as is) and arch.pretrained (fine-tuned first)",
+        )
         require(
             self.kind != "supernet" or self.space is not None,
             "arch.space",

@@ -72,7 +72,7 @@ def train(spec: TrialSpec) -> Path | None:
     from vitsweep import data, models
 
     splits = data.load(spec.data, data.data_dir(spec.root))
-    if spec.arch.kind == "supernet":
+    if spec.arch.kind == "supernet" and not spec.arch.finetune:
         return models.supernet_file(spec.arch, spec.train, spec.data, splits, spec.root)
     models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
     return models.weights_file(spec.arch, spec.train, spec.data, spec.root)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +18,31 @@ from vitsweep.data.splits import Splits
 from vitsweep.models.checkpoint import (
     CheckpointError,
     cache_key,
+    file_sha256,
     load_state,
     one_line,
     plain,
     readable,
 )
+from vitsweep.models.pretrained import (
+    bootstrap,
+    from_autoformer,
+    is_autoformer,
+    load_any,
+    load_pretrained_vit,
+    read_state,
+    state_of,
+)
 from vitsweep.models.spaces import subnet_shape
 from vitsweep.models.supernet import Supernet
 from vitsweep.models.train import (
+    arch_key,
     standalone_key,
     supernet_path,
     train_standalone,
     train_supernet,
 )
-from vitsweep.models.vit import ViTShape, build_vit
+from vitsweep.models.vit import TIMM_NORM_EPS, ViTShape, build_vit
 from vitsweep.spec import ArchSpec, ConfigError, DataSpec, TrainSpec
 
 # Loaded supernets by (file, mtime): trials in one worker extract from memory, not from disk.
@@ -138,18 +151,113 @@ def _load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def model_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path:
-    """<root>/models/<key>.pt, key = hash of data (and its renderer) + arch + training."""
-    arch_key = plain(arch)
-    arch_key.pop("checkpoint", None)
-    arch_key.pop("space", None)
+    """<root>/models/<key>.pt, key = hash of data (and its renderer) + arch (a pretrained
+    start by its content) + training."""
+    key_arch = arch_key(arch)
+    key_arch.pop("checkpoint", None)
+    key_arch.pop("space", None)
+    if arch.pretrained is not None:
+        key_arch["pretrained"] = pretrained_sha256(arch.pretrained)
     key = cache_key(
         kind="model",
         data=data,
         generator=generator_version(data),
-        arch=arch_key,
+        arch=key_arch,
         train=standalone_key(train),
     )
     return Path(root) / "models" / f"{key}.pt"
+
+
+_SHA256: dict[tuple[str, int], str] = {}
+
+
+def pretrained_sha256(path: str | Path) -> str:
+    """The content hash of a pretrained file (memoised by mtime: ImageNet ViTs are 0.3 GB);
+    a missing file is the one-line error that names arch.pretrained."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise CheckpointError(f"arch.pretrained={str(path)!r}: no such file")
+    memo = (str(path), path.stat().st_mtime_ns)
+    if memo not in _SHA256:
+        _SHA256[memo] = file_sha256(path)
+    return _SHA256[memo]
+
+
+def start_key(arch: ArchSpec) -> dict[str, Any] | None:
+    """What a fine-tuned supernet starts from, for its cache key (None: from scratch)."""
+    if arch.pretrained is None:
+        return None
+    return {"pretrained": pretrained_sha256(arch.pretrained), "reorder": arch.reorder}
+
+
+def importance_batches(splits: Splits, seed: int, n: int = 4, size: int = 64) -> list[torch.Tensor]:
+    """The images a bootstrap ranks units on: `n` seeded batches of the train split."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=size, shuffle=True, generator=gen)
+    out = []
+    for x, _ in loader:
+        out.append(x)
+        if len(out) == n:
+            break
+    return out
+
+
+def start_supernet(arch: ArchSpec, splits: Splits, seed: int) -> Supernet:
+    """The supernet `arch.pretrained` gives before fine-tuning: an AutoFormer supernet
+    converted, or a timm ViT bootstrapped (units reordered when `arch.reorder`)."""
+    assert arch.pretrained is not None and arch.space is not None
+    state, args = read_state(arch.pretrained, "arch.pretrained")
+    geometry = dict(
+        img_size=splits.image_size,
+        patch_size=arch.patch_size,
+        in_chans=splits.in_chans,
+        num_classes=splits.num_classes,
+        path=arch.pretrained,
+        key="arch.pretrained",
+    )
+    with torch.random.fork_rng(devices=[]):  # a replaced head's init
+        torch.manual_seed(seed)
+        if is_autoformer(state):
+            return from_autoformer(state, args, arch.space, **geometry)
+        batches = importance_batches(splits, seed) if arch.reorder else None
+        return bootstrap(state, arch.space, batches=batches, **geometry)
+
+
+# Supernets from `arch.checkpoint` by (file, mtime, space): read and converted once per process.
+_CHECKPOINTS: dict[tuple[str, int, str], Supernet] = {}
+
+
+def checkpoint_supernet(arch: ArchSpec, splits: Splits) -> Supernet:
+    """`arch.checkpoint` as a supernet of `arch.space`: a vitsweep supernet file, or one of
+    AutoFormer's published supernets, converted exactly (see `models.pretrained`)."""
+    assert arch.checkpoint is not None and arch.space is not None
+    path = Path(arch.checkpoint).resolve()
+    memo = (str(path), path.stat().st_mtime_ns if path.exists() else 0, repr(arch.space))
+    if memo not in _CHECKPOINTS:
+        obj = load_any(path, "arch.checkpoint")
+        if isinstance(obj, dict) and obj.get("kind") == "supernet":
+            _CHECKPOINTS[memo] = load_supernet(path)
+            return _CHECKPOINTS[memo]
+        state, args = state_of(obj, path, "arch.checkpoint")
+        if not is_autoformer(state):
+            raise CheckpointError(
+                f"arch.checkpoint={str(path)!r}: neither a vitsweep nor an AutoFormer "
+                "supernet; a timm ViT to build the supernet from goes in arch.pretrained"
+            )
+        with torch.random.fork_rng(devices=[]):  # a replaced head's init
+            torch.manual_seed(0)
+            net = from_autoformer(
+                state,
+                args,
+                arch.space,
+                img_size=splits.image_size,
+                patch_size=arch.patch_size,
+                in_chans=splits.in_chans,
+                num_classes=splits.num_classes,
+                path=path,
+            )
+        _CHECKPOINTS[memo] = net.eval()
+    return _CHECKPOINTS[memo]
 
 
 def _supernet_for(
@@ -157,7 +265,7 @@ def _supernet_for(
 ) -> Supernet:
     if arch.checkpoint is not None:
         _check_space(arch)
-        net = load_supernet(arch.checkpoint)
+        net = checkpoint_supernet(arch, splits)
         got = (net.img_size, net.patch_size, net.in_chans, net.num_classes)
         want = (splits.image_size, arch.patch_size, splits.in_chans, splits.num_classes)
         if got != want:
@@ -202,6 +310,8 @@ def supernet_file(
         patch_size=arch.patch_size,
         img_size=arch.img_size,
         teacher=make_teacher if teacher is not None else None,
+        start=partial(start_supernet, arch, splits, train.seed) if arch.pretrained else None,
+        start_key=start_key(arch),
     )
 
 
@@ -218,12 +328,22 @@ def build_model(
     _check_geometry(arch, splits)
     if arch.kind == "supernet":
         net = _supernet_for(arch, train, data, splits, root)
-        return net.extract(
-            embed_dim=arch.embed_dim,
-            depth=arch.depth,
-            num_heads=arch.num_heads,
-            mlp_ratio=arch.mlp_ratio,
-        )
+
+        def subnet() -> nn.Module:
+            return net.extract(
+                embed_dim=arch.embed_dim,
+                depth=arch.depth,
+                num_heads=arch.num_heads,
+                mlp_ratio=arch.mlp_ratio,
+            )
+
+        if not arch.finetune:
+            return subnet()
+        path = finetuned_path(arch, train, data, root)
+        train_standalone(subnet, {"arch": arch_key(arch)}, train, splits, path)
+        model = subnet()
+        _load_weights(model, path)
+        return model.float().eval()
     if arch.kind != "vit":
         raise ConfigError(f"arch.kind={arch.kind!r}: valid: vit, supernet")
     model = make_vit(arch, splits)  # validates before any training starts
@@ -232,7 +352,10 @@ def build_model(
         return model.float().eval()
 
     def make() -> nn.Module:
-        return make_vit(arch, splits)
+        fresh = make_vit(arch, splits)
+        if arch.pretrained is not None:  # fine-tuned from it; a head of other width replaced
+            load_pretrained_vit(fresh, arch.pretrained)
+        return fresh
 
     if train.epochs == 0:  # untrained on purpose (e.g. a speed-only baseline): seeded init
         with torch.random.fork_rng(devices=[]):
@@ -248,18 +371,48 @@ def build_model(
 # ------------------------------------------------------------------------- rebuilding (exports)
 
 
+def finetuned_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path:
+    """<root>/models/<key>.pt of a subnet trained alone from its inherited weights: key = the
+    supernet it came from (its cache key, or its file's content) + its dims + training."""
+    source = weights_file(dataclasses.replace(arch, finetune=False), train, data, root)
+    assert source is not None
+    inherited = source.stem if arch.checkpoint is None else pretrained_sha256(source)
+    dims = arch_key(arch)
+    for k in ("checkpoint", "pretrained", "reorder", "space"):
+        dims.pop(k, None)
+    key = cache_key(
+        kind="finetuned",
+        data=data,
+        inherited=inherited,
+        arch=dims,
+        train=standalone_key(train),
+    )
+    return Path(root) / "models" / f"{key}.pt"
+
+
 def weights_file(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path | None:
     """The cached file `build_model` reads the trial's weights from, None when it trains nothing
-    (a given checkpoint, or `train.epochs=0`): an export refuses to train a model anew."""
+    (`train.epochs=0`); a given checkpoint or pretrained file itself when it is used as is. An
+    export refuses to train a model anew."""
+    if arch.kind == "supernet" and arch.finetune and arch.space is not None:
+        return finetuned_path(arch, train, data, root)
     if arch.checkpoint is not None:
         return Path(arch.checkpoint)
     if arch.kind == "supernet":
         if arch.space is None:
             return None
         return supernet_path(
-            arch.space, data, train, root, img_size=arch.img_size, patch_size=arch.patch_size
+            arch.space,
+            data,
+            train,
+            root,
+            img_size=arch.img_size,
+            patch_size=arch.patch_size,
+            start=start_key(arch),
         )
-    return None if train.epochs == 0 else model_path(arch, train, data, root)
+    if train.epochs == 0:
+        return None if arch.pretrained is None else Path(arch.pretrained)
+    return model_path(arch, train, data, root)
 
 
 def architecture(arch: ArchSpec, geometry: Geometry) -> dict[str, Any]:
@@ -311,6 +464,9 @@ def skeleton(desc: dict[str, Any]) -> nn.Module:
             num_heads=tuple(int(h) for h in s["num_heads"]),
             mlp_ratio=tuple(float(r) for r in s["mlp_ratio"]),
             head_dim=None if s.get("head_dim") is None else int(s["head_dim"]),
+            rel_pos=int(s.get("rel_pos", 0)),
+            global_pool=str(s.get("global_pool", "token")),
+            norm_eps=float(s.get("norm_eps", TIMM_NORM_EPS)),
         )
         model = build_vit(
             shape,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from vitsweep.models.vit import ViTShape
 from vitsweep.spec import ConfigError, SpaceSpec
@@ -48,20 +49,39 @@ def subnet_shape(
         raise ConfigError(f"arch.depth={depth}: valid: {_valid(space.depth)}")
     heads = _per_layer(num_heads, depth, "num_heads", space.num_heads, int)
     ratios = _per_layer(mlp_ratio, depth, "mlp_ratio", space.mlp_ratio, float)
-    return ViTShape(int(embed_dim), int(depth), heads, ratios, space.head_dim)
+    return ViTShape(int(embed_dim), int(depth), heads, ratios, space.head_dim, **style(space))
+
+
+def style(space: SpaceSpec) -> dict[str, Any]:
+    """The block options every subnet of `space` shares (`ViTShape`'s non-searched fields)."""
+    return {
+        "rel_pos": space.rel_pos,
+        "global_pool": space.global_pool,
+        "norm_eps": space.norm_eps,
+    }
 
 
 def largest(space: SpaceSpec) -> ViTShape:
     d = max(space.depth)
     return ViTShape.of(
-        max(space.embed_dim), d, max(space.num_heads), max(space.mlp_ratio), space.head_dim
+        max(space.embed_dim),
+        d,
+        max(space.num_heads),
+        max(space.mlp_ratio),
+        space.head_dim,
+        **style(space),
     )
 
 
 def smallest(space: SpaceSpec) -> ViTShape:
     d = min(space.depth)
     return ViTShape.of(
-        min(space.embed_dim), d, min(space.num_heads), min(space.mlp_ratio), space.head_dim
+        min(space.embed_dim),
+        d,
+        min(space.num_heads),
+        min(space.mlp_ratio),
+        space.head_dim,
+        **style(space),
     )
 
 
@@ -78,6 +98,7 @@ def middle(space: SpaceSpec) -> ViTShape:
         int(mid(space.num_heads)),
         mid(space.mlp_ratio),
         space.head_dim,
+        **style(space),
     )
 
 
@@ -90,6 +111,7 @@ def sample(space: SpaceSpec, rng: random.Random) -> ViTShape:
         tuple(rng.choice(space.num_heads) for _ in range(depth)),
         tuple(float(rng.choice(space.mlp_ratio)) for _ in range(depth)),
         space.head_dim,
+        **style(space),
     )
 
 

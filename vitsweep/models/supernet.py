@@ -25,7 +25,7 @@ from torch.func import functional_call
 from vitsweep.models.checkpoint import FORMAT_VERSION as _FORMAT
 from vitsweep.models.checkpoint import CheckpointError, atomic_save, load_state, plain, safe_load
 from vitsweep.models.spaces import largest, smallest, subnet_shape, validate_space
-from vitsweep.models.vit import ViTShape, build_vit
+from vitsweep.models.vit import TIMM_NORM_EPS, ViTShape, build_vit
 from vitsweep.spec import SpaceSpec
 
 _SKELETONS = 64  # meta skeletons kept per supernet (largest/smallest hit every step)
@@ -118,7 +118,9 @@ class Supernet(nn.Module):
         full = dict(self.vit.named_parameters())
         out = {}
         for name, p in self._skeleton(shape).named_parameters():
-            if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
+            if name.endswith("attn.qkv.weight") or (
+                name.endswith("attn.qkv.bias") and not self.space.change_qkv
+            ):
                 out[name] = _slice_qkv(full[name], p.shape)
             else:
                 out[name] = _slice_to(full[name], p.shape)
@@ -197,6 +199,10 @@ class Supernet(nn.Module):
                 mlp_ratio=tuple(float(v) for v in cfg["space"]["mlp_ratio"]),
                 num_heads=tuple(int(v) for v in cfg["space"]["num_heads"]),
                 head_dim=int(cfg["space"]["head_dim"]),
+                rel_pos=int(cfg["space"].get("rel_pos", 0)),
+                global_pool=str(cfg["space"].get("global_pool", "token")),
+                norm_eps=float(cfg["space"].get("norm_eps", TIMM_NORM_EPS)),
+                change_qkv=bool(cfg["space"].get("change_qkv", False)),
             )
             net = cls(
                 space,

@@ -42,7 +42,7 @@ from vitsweep.models.checkpoint import (
     safe_load,
 )
 from vitsweep.models.supernet import Supernet
-from vitsweep.spec import ConfigError, DataSpec, SpaceSpec, TrainSpec
+from vitsweep.spec import ArchSpec, ConfigError, DataSpec, SpaceSpec, TrainSpec
 
 # Called after each epoch's checkpoint is on disk with {"epoch", "loss", "val_acc", ...}.
 EpochHook = Callable[[dict[str, Any]], None]
@@ -267,19 +267,45 @@ def supernet_path(
     *,
     img_size: int,
     patch_size: int,
+    start: dict[str, Any] | None = None,
 ) -> Path:
     """<root>/supernets/<key>.pt, key = hash of data (and its renderer) + space + input geometry
-    + training."""
+    + training + what it started from (`start`, when not from scratch)."""
+    parts = {} if start is None else {"start": start}
     key = cache_key(
         kind="supernet",
         data=data,
         generator=generator_version(data),
-        space=space,
+        space=space_key(space),
         img_size=img_size,
         patch_size=patch_size,
         train=train_key(train),
+        **parts,
     )
     return Path(root) / "supernets" / f"{key}.pt"
+
+
+def space_key(space: SpaceSpec) -> dict[str, Any]:
+    """The space's fields, block options left out at their defaults: supernets cached before
+    the options existed keep their keys."""
+    d = plain(space)
+    defaults = (("rel_pos", 0), ("global_pool", "token"), ("norm_eps", 1e-6), ("change_qkv", False))
+    for name, default in defaults:
+        if d.get(name) == default:
+            d.pop(name)
+    return d
+
+
+def arch_key(arch: ArchSpec) -> dict[str, Any]:
+    """The arch's fields, the pretrained start and fine-tuning left out while unset: models
+    cached before they existed keep their keys."""
+    d = plain(arch)
+    if d.get("pretrained") is None:
+        d.pop("pretrained", None)
+        d.pop("reorder", None)
+    if not d.get("finetune"):
+        d.pop("finetune", None)
+    return d
 
 
 def train_key(train: TrainSpec) -> dict[str, Any]:
@@ -288,6 +314,8 @@ def train_key(train: TrainSpec) -> dict[str, Any]:
     (and supernets cached before the field existed keep theirs)."""
     d = plain(train)
     d.pop("progress", None)
+    if train.teacher is not None:
+        d["teacher"] = arch_key(train.teacher)
     if d.get("supernet_epochs") in (None, d["epochs"]):
         d.pop("supernet_epochs", None)
     return d
@@ -383,12 +411,16 @@ def train_supernet(
     img_size: int | None = None,
     on_epoch: EpochHook | None = None,
     teacher: Callable[[], nn.Module] | None = None,
+    start: Callable[[], Supernet] | None = None,
+    start_key: dict[str, Any] | None = None,
 ) -> Path:
     """Train (or resume, or find cached) the supernet of `space` on `splits`; returns its file.
 
     `patch_size`/`img_size` (default: the data's size) fix the input geometry, part of the key.
     `teacher` (train.distill=teacher) builds the trained teacher, called only when the supernet
     is not cached; the teacher's architecture is part of the key through `train.teacher`.
+    `start` builds the supernet fine-tuning starts from (pretrained weights; None: a seeded
+    init), `start_key` names it in the cache key.
     """
     img_size = splits.image_size if img_size is None else int(img_size)
     if img_size != splits.image_size:
@@ -399,17 +431,23 @@ def train_supernet(
         raise ConfigError(f"arch.patch_size={patch_size}: must divide image size {img_size}")
     spaces.validate_space(space)
     check_train(train, splits)
-    path = supernet_path(space, data, train, root, img_size=img_size, patch_size=patch_size)
+    path = supernet_path(
+        space, data, train, root, img_size=img_size, patch_size=patch_size, start=start_key
+    )
 
     def produce() -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train.seed)
-            net = Supernet(
-                space,
-                img_size=img_size,
-                patch_size=patch_size,
-                in_chans=splits.in_chans,
-                num_classes=splits.num_classes,
+            net = (
+                Supernet(
+                    space,
+                    img_size=img_size,
+                    patch_size=patch_size,
+                    in_chans=splits.in_chans,
+                    num_classes=splits.num_classes,
+                )
+                if start is None
+                else start()
             )
 
         watch = monitor_set(splits.val)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
+from vitsweep.models.vit import RelPosAttention, grid_positions
 from vitsweep.tome.merge import bipartite_soft_matching, max_merge, merge_wavg, size_bias
 from vitsweep.tome.schedule import TomeArgError, make_schedule, token_counts_for
 
@@ -57,10 +58,13 @@ def _aligned_keys(
 
 
 def _attention(
-    attn: Attention, x: torch.Tensor, bias: torch.Tensor | None
+    attn: Attention, x: torch.Tensor, bias: torch.Tensor | None, pos: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """timm `Attention.forward` plus the size bias, also returning the head-averaged keys
-    (after qk-norm: the keys attention really compares) as the merge metric."""
+    (after qk-norm: the keys attention really compares) as the merge metric. Relative-position
+    attention (AutoFormer's blocks) places each patch token at `pos`."""
+    if isinstance(attn, RelPosAttention):
+        return attn.attend(x, bias, pos)
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -92,21 +96,26 @@ def _block(
     num_prefix: int,
     prop: bool,
     source: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    pos: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """timm `Block.forward` with a merge between attention and MLP (as in the paper).
     `source` (batch, tokens, input tokens), when given, follows the merges (its entries are
-    > 0 exactly at the input tokens each token holds)."""
+    > 0 exactly at the input tokens each token holds). `pos` (batch, tokens, 2), for
+    relative-position attention, puts a merged token at the size-weighted mean position of
+    its patches (AutoFormer's tables are indexed by the rounded offset)."""
     bias = size_bias(size, x.dtype) if prop and size is not None else None
-    y, metric = _attention(blk.attn, blk.norm1(x), bias)
+    y, metric = _attention(blk.attn, blk.norm1(x), bias, None if pos is None else pos[:, 1:])
     x = x + blk.drop_path1(blk.ls1(y))
     r = min(r, max_merge(x.shape[1], num_prefix))
     if r > 0:
         matching = bipartite_soft_matching(metric, r, num_prefix)
         if source is not None:
             source = merge_wavg(matching, source, size)[0]
+        if pos is not None:
+            pos = merge_wavg(matching, pos, size)[0]
         x, size = merge_wavg(matching, x, size)
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    return x, size, source
+    return x, size, source, pos
 
 
 def _features(
@@ -120,14 +129,17 @@ def _features(
     x = model.norm_pre(x)
     sched: TomeSchedule = model._tome
     p = model.num_prefix_tokens
-    size = source = None
+    size = source = pos = None
     if sources is not None:
         source = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+    if isinstance(model.blocks[0].attn, RelPosAttention):  # the class token, then the grid
+        grid = grid_positions(x.shape[1] - p, device=x.device)
+        pos = F.pad(grid, (0, 0, p, 0)).expand(x.shape[0], -1, -1)
     for blk, r in zip(model.blocks, sched.r, strict=True):
         if size is None and r == 0:
             x = blk(x)  # nothing merged yet: the stock block is exact and as fast
         else:
-            x, size, source = _block(blk, x, size, r, p, sched.prop_attn, source)
+            x, size, source, pos = _block(blk, x, size, r, p, sched.prop_attn, source, pos)
         if sources is not None:
             sources.append(source > 0)
     return model.norm(x), size
@@ -212,9 +224,11 @@ def _check_model(model: torch.nn.Module) -> None:
                 f"model.blocks[{i}] is {type(blk).__name__}; only timm Block is supported"
             )
         attn = blk.attn
-        if not isinstance(attn, Attention) or type(attn).forward is not Attention.forward:
+        stock = isinstance(attn, Attention) and type(attn).forward is Attention.forward
+        if not stock and not (type(attn) is RelPosAttention and model.num_prefix_tokens == 1):
             raise ValueError(
-                f"model.blocks[{i}].attn is {type(attn).__name__}; only timm Attention is supported"
+                f"model.blocks[{i}].attn is {type(attn).__name__}; only timm Attention and "
+                "vitsweep's RelPosAttention are supported"
             )
 
 
