@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from vitsweep.precision.ilp import BudgetInfeasible, choose
+from vitsweep.precision.ilp import Budget, BudgetInfeasible, choose, choose_within
 
 
 def _brute_force(sens: np.ndarray, cost: np.ndarray, budget: float) -> float:
@@ -68,3 +68,49 @@ def test_infeasible_budget_reports_the_minimum():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="sensitivity"):
         choose(np.ones((4, 3)), np.ones((4, 2)), 10.0)
+
+
+def _brute_force_within(sens: np.ndarray, budgets: list[Budget]) -> float:
+    best = np.inf
+    rows = np.arange(sens.shape[0])
+    for pick in itertools.product(range(sens.shape[1]), repeat=sens.shape[0]):
+        idx = np.array(pick)
+        if all(b.cost[rows, idx].sum() <= b.limit for b in budgets):
+            best = min(best, sens[rows, idx].sum())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("f_bytes", "f_time"), [(0.2, 0.9), (0.9, 0.2), (0.5, 0.5), (1.0, 0.0)])
+def test_two_budgets_are_met_and_the_plan_is_optimal(seed, f_bytes, f_time) -> None:
+    """Bytes grow with bits; time here does not (a fast 8-bit kernel, slow packed 4/6-bit
+    layers), so the two budgets pull apart and only an exact solver gets both right."""
+    sens, size = _instance(seed)
+    rng = np.random.default_rng(100 + seed)
+    time = (
+        rng.uniform(1.0, 2.0, (4, 1)) * np.array([[2.5, 2.0, 1.0]]) * rng.uniform(0.9, 1.1, (4, 3))
+    )
+    budgets = []
+    for name, cost, f in (("bytes", size, f_bytes), ("latency", time, f_time)):
+        lo, hi = cost.min(axis=1).sum(), cost.max(axis=1).sum()
+        budgets.append(Budget(name, cost, lo + f * (hi - lo)))
+    best = _brute_force_within(sens, budgets)
+    rows = np.arange(4)
+    if not np.isfinite(best):
+        with pytest.raises(BudgetInfeasible, match="not together"):
+            choose_within(sens, budgets)
+        return
+    pick = choose_within(sens, budgets)
+    for b in budgets:
+        assert b.cost[rows, pick].sum() <= b.limit
+    np.testing.assert_allclose(sens[rows, pick].sum(), best, rtol=1e-9)
+
+
+def test_the_budget_that_cannot_be_met_is_named() -> None:
+    sens, size = _instance(3)
+    time = np.ones_like(size)
+    ok = Budget("precision.budget_ratio", size, size.max(axis=1).sum())
+    tight = Budget("precision.latency_ratio", time, 3.5)  # 4 layers cost at least 4
+    with pytest.raises(BudgetInfeasible, match=r"precision\.latency_ratio: 3\.5 < smallest") as e:
+        choose_within(sens, [ok, tight])
+    assert e.value.names == ("precision.latency_ratio",) and e.value.min_cost == 4.0

@@ -1,57 +1,90 @@
-"""Pick one option (bit-width) per layer: least total sensitivity within a cost budget.
+"""Pick one option (bit-width) per layer: least total sensitivity within cost budgets.
 
     minimise   sum_l sum_k S[l, k] x[l, k]
-    subject to sum_k x[l, k] = 1            (one bit-width per layer)
-               sum_l sum_k C[l, k] x[l, k] <= budget
+    subject to sum_k x[l, k] = 1                 (one bit-width per layer)
+               sum_l sum_k C_j[l, k] x[l, k] <= B_j   for every budget j (bytes, latency, ...)
                x binary
 solved exactly by `scipy.optimize.milp` (HiGHS) with the relative MIP gap set to 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 
-class BudgetInfeasible(ValueError):
-    """Even the cheapest option in every layer costs more than the budget."""
+@dataclass(frozen=True)
+class Budget:
+    """One cost row of the ILP: `cost[l, k]` of option k in layer l, at most `limit` in all."""
 
-    def __init__(self, min_cost: float, budget: float) -> None:
-        super().__init__(f"budget {budget:g} < smallest feasible cost {min_cost:g}")
-        self.min_cost, self.budget = min_cost, budget
+    name: str  # what a user sets, e.g. "precision.budget_ratio"
+    cost: np.ndarray
+    limit: float
+
+
+class BudgetInfeasible(ValueError):
+    """No assignment meets the budget(s) named `names`: alone (`min_cost` > `budget`, the
+    cheapest option in every layer costs too much) or only together (`min_cost` is NaN)."""
+
+    def __init__(self, min_cost: float, budget: float, names: tuple[str, ...] = ()) -> None:
+        what = " and ".join(names) or "budget"
+        if np.isnan(min_cost):
+            super().__init__(f"{what}: each can be met alone, but not together")
+        else:
+            super().__init__(f"{what}: {budget:g} < smallest feasible cost {min_cost:g}")
+        self.min_cost, self.budget, self.names = min_cost, budget, names
 
 
 def choose(sensitivity: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
-    """Index of the chosen option per layer (shape (L,)); BudgetInfeasible if none fits."""
+    """Index of the chosen option per layer (shape (L,)) within one budget."""
+    return choose_within(sensitivity, [Budget("budget", np.asarray(cost), budget)])
+
+
+def choose_within(sensitivity: np.ndarray, budgets: Sequence[Budget]) -> np.ndarray:
+    """Index of the chosen option per layer (shape (L,)) meeting every budget; BudgetInfeasible
+    names the budget that cannot be met (or the ones that cannot be met together)."""
     s = np.asarray(sensitivity, dtype=np.float64)
-    c = np.asarray(cost, dtype=np.float64)
-    if s.ndim != 2 or s.shape != c.shape:
-        raise ValueError(f"sensitivity {s.shape} and cost {c.shape} must both be (layers, options)")
+    costs = [np.asarray(b.cost, dtype=np.float64) for b in budgets]
+    if s.ndim != 2 or any(c.shape != s.shape for c in costs):
+        shapes = ", ".join(str(c.shape) for c in costs)
+        raise ValueError(f"sensitivity {s.shape} and cost {shapes} must all be (layers, options)")
+    for b, c in zip(budgets, costs, strict=True):
+        if float(c.min(axis=1).sum()) > b.limit:
+            raise BudgetInfeasible(float(c.min(axis=1).sum()), b.limit, (b.name,))
     layers, options = s.shape
-    min_cost = float(c.min(axis=1).sum())
-    if min_cost > budget:
-        raise BudgetInfeasible(min_cost, budget)
-    # Scale both rows to O(1) so HiGHS's absolute tolerances mean the same at any model size.
+    rows = np.arange(layers)
+    # Scale every row to O(1) so HiGHS's absolute tolerances mean the same at any model size.
     s_scale = max(float(np.abs(s).max()), 1e-300)
-    c_scale = max(float(np.abs(c).max()), float(budget), 1e-300)
+    scales = [
+        max(float(np.abs(c).max()), abs(b.limit), 1e-300)
+        for b, c in zip(budgets, costs, strict=True)
+    ]
+    limits = [b.limit for b in budgets]
     one_each = np.kron(np.eye(layers), np.ones((1, options)))
-    limit = budget
+    names = tuple(b.name for b in budgets)
     for _ in range(3):  # HiGHS may overshoot by its feasibility tolerance: tighten and re-solve
         res = milp(
             c=s.ravel() / s_scale,
             integrality=np.ones(layers * options),
             bounds=Bounds(0, 1),
-            constraints=[
-                LinearConstraint(one_each, 1, 1),
-                LinearConstraint((c.ravel() / c_scale)[None, :], -np.inf, limit / c_scale),
+            constraints=[LinearConstraint(one_each, 1, 1)]
+            + [
+                LinearConstraint((c.ravel() / k)[None, :], -np.inf, lim / k)
+                for c, k, lim in zip(costs, scales, limits, strict=True)
             ],
             options={"mip_rel_gap": 0.0},
         )
         if not res.success:
-            raise BudgetInfeasible(min_cost, budget)
+            raise BudgetInfeasible(float("nan"), float("nan"), names)
         pick = np.rint(res.x).reshape(layers, options).argmax(axis=1)
-        spent = float(c[np.arange(layers), pick].sum())
-        if spent <= budget:
+        over = [float(c[rows, pick].sum()) - b.limit for b, c in zip(budgets, costs, strict=True)]
+        if all(o <= 0 for o in over):
             return pick
-        limit -= spent - budget + 1e-9 * c_scale
-    raise RuntimeError(f"milp kept returning cost {spent:g} over budget {budget:g}")
+        limits = [
+            lim - (o + 1e-9 * k if o > 0 else 0.0)
+            for lim, o, k in zip(limits, over, scales, strict=True)
+        ]
+    raise RuntimeError(f"milp kept returning costs over their budgets ({names})")
