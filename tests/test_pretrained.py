@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 from vitsweep import data
-from vitsweep.models import build_model, build_vit
+from vitsweep.models import Supernet, build_model, build_vit
 from vitsweep.models.build import checkpoint_supernet, weights_file
 from vitsweep.models.checkpoint import CheckpointError
 from vitsweep.models.pretrained import bootstrap, importance, read_state
@@ -167,9 +167,15 @@ def test_an_autoformer_supernet_file_runs_every_subnet_as_autoformer_does(
                                  dims["mlp_ratio"])  # fmt: skip
         assert want.abs().max() > 1.0  # logits large enough that a wrong slice shows
         assert (got - want).abs().max() <= 1e-5, dims
-    # head kept (10 classes, as the data); the conversion is memoised per process
+    # the conversion is memoised per process, and saves and loads as one of ours (block options
+    # included), which is how a fine-tuned one is cached
     arch = af_arch(autoformer_file)
-    assert checkpoint_supernet(arch, splits) is checkpoint_supernet(arch, splits)
+    net = checkpoint_supernet(arch, splits)
+    assert checkpoint_supernet(arch, splits) is net
+    again = Supernet.load(net.save(autoformer_file.with_name("ours.pt")))
+    assert again.space == AF_SPACE
+    with torch.no_grad():
+        assert torch.equal(again(x, shape=again.smallest), net(x, shape=net.smallest))
 
 
 def test_autoformer_files_that_do_not_fit_the_space_fail_in_one_line(

@@ -201,6 +201,9 @@ class PrecisionSpec:
     bits: tuple[int, ...] = (4, 6, 8)  # mixed: candidate bit-widths per layer
     budget_kind: Literal["bytes", "bops"] = "bytes"  # mixed
     budget_ratio: float = 0.25  # mixed: budget as a fraction of the fp32 model's bytes/BOPs
+    # mixed: also batch-1 latency <= this x the fp32 model's, each layer's options timed on this
+    # machine (precision/latency.py); null: bytes/BOPs only
+    latency_ratio: float | None = None
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
@@ -218,6 +221,12 @@ class PrecisionSpec:
             "precision.bits",
             list(self.bits),
             "each must be in 2..8",
+        )
+        require(
+            self.latency_ratio is None or self.latency_ratio > 0,
+            "precision.latency_ratio",
+            self.latency_ratio,
+            "must be > 0 (a fraction of the fp32 model's batch-1 latency), or null",
         )
         require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
         require(

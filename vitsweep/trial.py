@@ -53,7 +53,12 @@ def build(spec: TrialSpec) -> Built:
     with measure.thread_scope(spec.measure.threads):
         model = tome.apply_token(model, spec.token)
         model, ctx = precision.apply_precision(
-            model, spec.precision, device=device, calib=splits.train
+            model,
+            spec.precision,
+            device=device,
+            calib=splits.train,
+            timing=spec.measure,
+            cache_root=spec.root,
         )
     return Built(model, ctx, splits, build_s)
 
@@ -157,6 +162,7 @@ def run(spec: TrialSpec) -> Metrics:
             **acc,
             **cost,
             "precision_exec": ctx.precision_exec,
+            **precision.plan_metrics(model),
             "compile_s": compile_s,  # apart: never inside throughput or latency
             "build_s": round(built.build_s, 3),
             "trial_s": round(time.perf_counter() - t0, 3),

@@ -11,10 +11,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vitsweep.measure.compile import compile_program
+from vitsweep.measure.speed import thread_scope
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.int8 import (
     backend_label,
@@ -22,12 +25,15 @@ from vitsweep.precision.int8 import (
     int8_linear,
     resolve_int8_backend,
 )
+from vitsweep.precision.latency import LatencyTable, batch1_seconds, rows_per_layer
 from vitsweep.precision.mixed import (
+    LatencyInputs,
     MixedPlan,
     apply_plan,
     calib_batches,
     other_linears,
     plan_mixed,
+    searched_linears,
     set_module,
 )
 from vitsweep.precision.pt2e import label as pt2e_label
@@ -42,7 +48,7 @@ from vitsweep.precision.resolve import (
 )
 from vitsweep.precision.tq import apply_tq, coded_layers, finetune, tq_stats
 from vitsweep.runctx import RunContext
-from vitsweep.spec import ConfigError, PrecisionSpec
+from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 
 __all__ = [
     "MODES",
@@ -184,6 +190,9 @@ def _mixed(
     seed: int,
     int8_backend: str,
     plan: MixedPlan | None = None,
+    timing: MeasureSpec | None = None,
+    cache_root: str | None = None,
+    **_: object,
 ) -> tuple[nn.Module, str, bool]:
     """HAWQ plan, low-bit layers packed; the 8-bit layers run on PT2E int8 where it can capture
     the model (the packed layers stay inside the program), else on eager int8 kernels."""
@@ -195,9 +204,19 @@ def _mixed(
                 "precision.mode='mixed': needs calibration data "
                 "(apply_precision(..., calib=train set))"
             )
+        latency = None
+        if spec.latency_ratio is not None:
+            if backend != "pt2e":
+                raise ConfigError(
+                    f"precision.latency_ratio={spec.latency_ratio:g}: priced on the PT2E int8 "
+                    f"program, which {device} does not run; set it to null here"
+                )
+            latency = _latency_inputs(
+                model, spec, calib, calib_batch_size, device, timing or MeasureSpec(), cache_root
+            )
         plan = plan_mixed(
             model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size,
-            seed=seed,
+            seed=seed, latency=latency,
         )  # fmt: skip
     if backend == "pt2e":
         eight = [n for n, b in plan.bits.items() if b == 8] + [n for n, _ in other_linears(model)]
@@ -214,6 +233,46 @@ def _mixed(
     label = apply_plan(model, plan, backend=eager, device=device) + fallback
     setattr(model, PLAN_ATTR, plan)
     return model, label, False
+
+
+def _latency_inputs(
+    model: nn.Module,
+    spec: PrecisionSpec,
+    calib: Dataset,
+    batch_size: int,
+    device: str,
+    timing: MeasureSpec,
+    cache_root: str | None,
+) -> LatencyInputs:
+    """Batch-1 timings the latency budget is priced with: the float model and its all-8-bit
+    PT2E program measured whole (compiled, as a trial runs it), each searched layer's options
+    from the per-machine table (`precision.latency`)."""
+    x1 = calib_batches(calib, 1, 1, device)[0][0]
+    names = [n for n, _ in searched_linears(model)]
+    rows = rows_per_layer(model, names, x1)
+    table = LatencyTable(cache_root, timing)
+    with thread_scope(timing.threads), torch.inference_mode():
+        fp32_s = batch1_seconds(lambda: model(x1), timing)
+    program, _ = _pt2e(copy.deepcopy(model), spec, calib, batch_size, device)
+    run = compile_program(program)
+    with thread_scope(timing.threads), torch.inference_mode():
+        int8_s = batch1_seconds(lambda: run(x1), timing)
+    extra = np.zeros((len(names), len(spec.bits)))
+    for i, name in enumerate(names):
+        layer = model.get_submodule(name)
+        eight = table.seconds(layer, rows[name], 8)
+        for j, bits in enumerate(spec.bits):
+            extra[i, j] = table.seconds(layer, rows[name], bits) - eight
+    return LatencyInputs(extra, fp32_s, int8_s)
+
+
+def plan_metrics(model: nn.Module) -> dict[str, float]:
+    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`)."""
+    plan = getattr(model, PLAN_ATTR, None)
+    predicted = None if plan is None else plan.predicted_latency_s
+    if predicted is None:
+        return {}
+    return {"predicted_latency_ms": round(1e3 * predicted, 4)}
 
 
 def _tq(
@@ -281,6 +340,8 @@ def apply_precision(
     seed: int = 0,
     int8_backend: str | None = None,
     plan: MixedPlan | None = None,
+    timing: MeasureSpec | None = None,
+    cache_root: str | None = None,
 ) -> tuple[nn.Module, RunContext]:
     """Convert `model` in place to run at `spec`'s precision on `device`; returns it and how to
     feed it. Idempotent: the same spec again returns the model untouched; a different one on a
@@ -299,7 +360,9 @@ def apply_precision(
     `precision.finetune_steps` > 0; `seed` fixes mixed's Rademacher vectors and tq's shuffling.
     `int8_backend` (auto | pt2e | ao_dynamic | int_mm) overrides `spec.int8_backend`.
     `plan` (mixed only) skips calibration and applies a plan chosen before: how an export is
-    rebuilt to the very layer kinds its saved weights belong to.
+    rebuilt to the very layer kinds its saved weights belong to. `timing` and `cache_root`
+    (mixed with `precision.latency_ratio`): the timing protocol and where the per-machine
+    latency table is kept.
     """
     _validate(spec)
     device = resolve_device(device)
@@ -324,6 +387,8 @@ def apply_precision(
         seed=seed,
         int8_backend=int8_backend or spec.int8_backend,
         plan=plan,
+        timing=timing,
+        cache_root=cache_root,
     )
     ctx = RunContext(
         device=device,

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.hessian import hutchinson_trace
-from vitsweep.precision.ilp import BudgetInfeasible, choose
+from vitsweep.precision.ilp import Budget, BudgetInfeasible, choose_within
 from vitsweep.precision.int8 import backend_label, eager_backend, int8_linear
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.spec import ConfigError, PrecisionSpec
@@ -47,6 +47,7 @@ class LayerChoice:
     sensitivity: tuple[float, ...]  # per candidate bit-width
     cost: tuple[float, ...]  # per candidate bit-width, in budget units
     bits: int  # the ILP's choice
+    latency: tuple[float, ...] = ()  # per candidate: batch-1 seconds over its 8-bit time
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class MixedPlan:
     reference: float  # the fp32 model's bytes or BOPs per image
     fixed: float  # cost of everything not searched (head int8, patch embed fp32, norms, ...)
     layers: tuple[LayerChoice, ...]
+    latency_ratio: float | None = None  # batch-1 latency budget over the fp32 model's
+    fp32_latency_s: float | None = None  # the float model, batch 1, as measured at planning
+    int8_latency_s: float | None = None  # the all-8-bit PT2E program, the prediction's anchor
 
     @classmethod
     def from_dict(cls, d: dict) -> MixedPlan:
@@ -69,9 +73,11 @@ class MixedPlan:
                 sensitivity=tuple(float(v) for v in x["sensitivity"]),
                 cost=tuple(float(v) for v in x["cost"]),
                 bits=int(x["bits"]),
+                latency=tuple(float(v) for v in x.get("latency", ())),
             )
             for x in d["layers"]
         )
+        optional = {k: d.get(k) for k in ("latency_ratio", "fp32_latency_s", "int8_latency_s")}
         return cls(
             candidates=tuple(int(b) for b in d["candidates"]),
             budget_kind=str(d["budget_kind"]),
@@ -79,6 +85,7 @@ class MixedPlan:
             reference=float(d["reference"]),
             fixed=float(d["fixed"]),
             layers=layers,
+            **{k: None if v is None else float(v) for k, v in optional.items()},
         )
 
     @property
@@ -90,10 +97,29 @@ class MixedPlan:
         return {layer.name: layer.bits for layer in self.layers}
 
     @property
+    def predicted_latency_s(self) -> float | None:
+        """Batch-1 seconds the table predicts: the 8-bit anchor + each layer's difference."""
+        if self.int8_latency_s is None:
+            return None
+        extra = sum(x.latency[self.candidates.index(x.bits)] for x in self.layers)
+        return self.int8_latency_s + extra
+
+    @property
     def cost(self) -> float:
         """Predicted total: fixed + the chosen option of every searched layer."""
         chosen = sum(layer.cost[self.candidates.index(layer.bits)] for layer in self.layers)
         return self.fixed + chosen
+
+
+@dataclass(frozen=True)
+class LatencyInputs:
+    """What `precision.latency_ratio` is priced with (`precision.latency`): per searched layer
+    and candidate, batch-1 seconds over the 8-bit option; the float model's and the all-8-bit
+    program's measured batch-1 seconds."""
+
+    extra_s: np.ndarray  # (layers, candidates)
+    fp32_s: float
+    int8_s: float
 
 
 def searched_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -238,11 +264,14 @@ def plan_mixed(
     device: str = "cpu",
     batch_size: int = 64,
     seed: int = 0,
+    latency: LatencyInputs | None = None,
 ) -> MixedPlan:
     """Measure sensitivities and costs on the float model, solve the ILP; the model is unchanged.
 
     `backend` pt2e: the 8-bit error is measured on the eager stand-in (the same symmetric
-    per-channel int8), the 8-bit bytes are what the PT2E program stores."""
+    per-channel int8), the 8-bit bytes are what the PT2E program stores. `latency` (with
+    `spec.latency_ratio`): a second budget, batch-1 latency <= latency_ratio x the float
+    model's, predicted as the all-8-bit program's plus each layer's difference."""
     if spec.budget_kind not in BUDGET_KINDS:
         raise ConfigError(
             f"precision.budget_kind={spec.budget_kind!r}: valid: {', '.join(BUDGET_KINDS)}"
@@ -285,15 +314,14 @@ def plan_mixed(
         )
 
     budget = spec.budget_ratio * reference
+    budgets = [Budget("precision.budget_ratio", cost, budget - fixed)]
+    if latency is not None:
+        limit = spec.latency_ratio * latency.fp32_s - latency.int8_s
+        budgets.append(Budget("precision.latency_ratio", latency.extra_s, limit))
     try:
-        pick = choose(sens, cost, budget - fixed)
+        pick = choose_within(sens, budgets)
     except BudgetInfeasible as err:
-        smallest = (fixed + err.min_cost) / reference
-        raise ConfigError(
-            f"precision.budget_ratio={spec.budget_ratio:g}: infeasible for this model "
-            f"({spec.budget_kind}); the smallest feasible ratio with bits={list(candidates)} "
-            f"is {smallest:.4f}"
-        ) from None
+        raise ConfigError(_infeasible(err, spec, reference, fixed, latency)) from None
     layers = tuple(
         LayerChoice(
             name=name,
@@ -302,10 +330,48 @@ def plan_mixed(
             sensitivity=tuple(float(v) for v in sens[i]),
             cost=tuple(float(v) for v in cost[i]),
             bits=candidates[pick[i]],
+            latency=() if latency is None else tuple(float(v) for v in latency.extra_s[i]),
         )
         for i, (name, layer) in enumerate(searched)
     )
-    return MixedPlan(candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers)
+    timed = {} if latency is None else {
+        "latency_ratio": spec.latency_ratio,
+        "fp32_latency_s": latency.fp32_s,
+        "int8_latency_s": latency.int8_s,
+    }  # fmt: skip
+    return MixedPlan(
+        candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers, **timed
+    )
+
+
+def _infeasible(
+    err: BudgetInfeasible,
+    spec: PrecisionSpec,
+    reference: float,
+    fixed: float,
+    latency: LatencyInputs | None,
+) -> str:
+    """The one line that says which budget cannot be met, and the least that could."""
+    bits = f"bits={list(spec.bits)}"
+    if len(err.names) > 1:
+        return (
+            f"precision.budget_ratio={spec.budget_ratio:g} and precision.latency_ratio="
+            f"{spec.latency_ratio:g}: each can be met alone, not together with {bits}; "
+            "raise either"
+        )
+    if err.names == ("precision.latency_ratio",):
+        assert latency is not None
+        least = (latency.int8_s + err.min_cost) / latency.fp32_s
+        return (
+            f"precision.latency_ratio={spec.latency_ratio:g}: infeasible for this model on "
+            f"this machine; the smallest feasible ratio with {bits} is {least:.4f} (batch-1 "
+            f"fp32 {latency.fp32_s * 1e3:.3f} ms)"
+        )
+    smallest = (fixed + err.min_cost) / reference
+    return (
+        f"precision.budget_ratio={spec.budget_ratio:g}: infeasible for this model "
+        f"({spec.budget_kind}); the smallest feasible ratio with {bits} is {smallest:.4f}"
+    )
 
 
 def apply_plan(

@@ -1,0 +1,124 @@
+"""Mixed precision under a latency budget: the per-machine layer table, the plan's prediction,
+and the budget that cannot be met named in one line.
+
+The table is measured for real once (a tiny ViT: 4 layer shapes x 3 bit-widths, compiled) and
+read back; the ILP's obedience is checked on hand-built tables, so that the right plan is known
+whatever this machine's speed. No timing is asserted."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vitsweep.data import load
+from vitsweep.precision import apply_precision
+from vitsweep.precision.latency import LatencyTable
+from vitsweep.precision.mixed import LatencyInputs, plan_mixed, searched_linears
+from vitsweep.spec import ConfigError, DataSpec, MeasureSpec, PrecisionSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = MeasureSpec(threads=1, warmup=1, min_repeats=2, max_repeats=3, repeat_s=0.01,
+                    time_cap_s=0.5)  # fmt: skip
+SPEC = dict(mode="mixed", hutchinson_samples=2, calib_batches=1)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load(DataSpec(image_size=16))
+
+
+@pytest.fixture(scope="module")
+def base() -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, num_classes=10, embed_dim=32, depth=1,
+                             num_heads=2).eval()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def measured(base, splits, tmp_path_factory) -> tuple[Path, dict]:
+    """A loose latency budget on the real table: (cache root, the plan as a dict)."""
+    root = tmp_path_factory.mktemp("latency")
+    spec = PrecisionSpec(**SPEC, budget_ratio=1.0, latency_ratio=1e6)
+    model, _ = apply_precision(copy.deepcopy(base), spec, calib=splits.train, timing=QUICK,
+                               cache_root=str(root))  # fmt: skip
+    return root, model.vitsweep_mixed_plan
+
+
+@pytest.mark.slow
+def test_every_layer_option_is_timed_once_per_machine_and_kept(measured, base) -> None:
+    root, plan = measured
+    table = LatencyTable(root, QUICK)
+    assert table.path is not None and table.path.parent == root / "latency"
+    # qkv, proj, fc1, fc2 at 17 rows (16 patches + the class token), each at 4, 6 and 8 bits
+    assert len(table.entries) == 4 * 3 and all(v > 0 for v in table.entries.values())
+    assert all("rows=17" in k for k in table.entries)
+    for layer in plan.layers:
+        assert len(layer.latency) == 3 and layer.latency[plan.candidates.index(8)] == 0.0
+    predicted = plan.predicted_latency_s
+    assert plan.int8_latency_s > 0 and plan.fp32_latency_s > 0 and plan.latency_ratio == 1e6
+    assert predicted == pytest.approx(
+        plan.int8_latency_s + sum(x.latency[plan.candidates.index(x.bits)] for x in plan.layers)
+    )
+    stamp = table.path.stat().st_mtime_ns
+    again = LatencyTable(root, QUICK)
+    assert again.seconds(base.blocks[0].mlp.fc1, 17, 4) == table.entries[next(
+        k for k in table.entries if k.startswith("in=32,out=128") and k.endswith("bits=4")
+    )]  # fmt: skip
+    assert table.path.stat().st_mtime_ns == stamp  # read back, not measured again
+
+
+def hand_built(base: VisionTransformer, saves_s: list[float]) -> LatencyInputs:
+    """Layer l at 4 or 6 bits runs `saves_s[l]` faster than at 8 (as a slow int8 kernel
+    would); the float model 1.0 s, the all-8-bit program 0.5 s."""
+    layers = len(searched_linears(base))
+    extra = -np.array(saves_s, dtype=float)[:layers, None] * np.array([[1.0, 1.0, 0.0]])
+    return LatencyInputs(extra, fp32_s=1.0, int8_s=0.5)
+
+
+SAVES = [0.05, 0.1, 0.02, 0.2]  # qkv, proj, fc1, fc2
+
+
+def test_the_plan_meets_the_latency_budget_on_a_hand_built_table(base, splits) -> None:
+    """Bytes allow 8 bits everywhere, the most accurate plan; latency forbids it, so the ILP
+    must move layers below 8 bits until they save enough time, at the least sensitivity:
+    checked against every one of the 3^4 plans."""
+    for ratio, fewest in ((0.5, 0), (0.45, 1), (0.25, 2), (0.16, 3), (0.13, 4)):
+        spec = PrecisionSpec(**SPEC, budget_ratio=1.0, latency_ratio=ratio)
+        plan = plan_mixed(base, spec, splits.train, backend="pt2e", latency=hand_built(base, SAVES))
+        assert plan.predicted_latency_s <= ratio + 1e-12
+        assert sum(x.bits < 8 for x in plan.layers) >= fewest
+        best = min(
+            sum(x.sensitivity[k] for x, k in zip(plan.layers, pick, strict=True))
+            for pick in itertools.product(range(3), repeat=len(plan.layers))
+            if 0.5 + sum(x.latency[k] for x, k in zip(plan.layers, pick, strict=True))
+            <= ratio + 1e-12
+        )
+        chosen = sum(x.sensitivity[plan.candidates.index(x.bits)] for x in plan.layers)
+        assert chosen == pytest.approx(best, rel=1e-9)
+        assert plan.latency_ratio == ratio and plan.int8_latency_s == 0.5
+
+
+def test_a_latency_budget_it_cannot_meet_is_named_in_one_line(base, splits) -> None:
+    latency = hand_built(base, SAVES)
+    spec = PrecisionSpec(**SPEC, budget_ratio=1.0, latency_ratio=0.1)  # 0.5 - 0.37 at best
+    least = r"smallest feasible ratio with bits=\[4, 6, 8\] is 0\.1300"
+    with pytest.raises(
+        ConfigError, match=r"precision\.latency_ratio=0\.1: infeasible .* " + least
+    ) as err:
+        plan_mixed(base, spec, splits.train, backend="pt2e", latency=latency)
+    assert "\n" not in str(err.value)
+    # all 8-bit meets the latency and all 4-bit the bytes, but not both at once
+    with pytest.raises(ConfigError, match=r"precision\.budget_ratio=0\.01: infeasible") as err:
+        plan_mixed(base, PrecisionSpec(**SPEC, budget_ratio=0.01), splits.train, backend="pt2e")
+    smallest = float(str(err.value).rsplit(" ", 1)[-1])
+    spec = PrecisionSpec(**SPEC, budget_ratio=smallest + 1e-4, latency_ratio=0.5)
+    plan_mixed(base, spec, splits.train, backend="pt2e", latency=hand_built(base, [0.0] * 4))
+    with pytest.raises(ConfigError, match=r"each can be met alone, not together"):
+        plan_mixed(base, spec, splits.train, backend="pt2e", latency=hand_built(base, [-0.1] * 4))
