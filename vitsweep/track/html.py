@@ -114,6 +114,8 @@ def effect_figures(table: StudyTable) -> list[tuple[str, Any]]:
         if not pts:
             continue
         for metric in ("accuracy", "throughput"):
+            if any(r.get(metric) is None for r in pts):
+                continue  # a study that does not report it: no panel, nothing invented
             fig = go.Figure(
                 go.Box(
                     x=[str(r[axis]) for r in pts],
@@ -156,19 +158,25 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
     cols = ["number", *table.objectives, "accuracy_lo", "accuracy_hi", "test_accuracy"]
     cols += ["test_accuracy_lo", "test_accuracy_hi", "params", "flops", "latency_ms"]
     cols += ["energy_source"]
-    cols = list(dict.fromkeys(cols))
+    cols = [c for c in dict.fromkeys(cols) if any(c in r for r in front)]
     n_test = next((r.get("test_accuracy_n") for r in front if r.get("test_accuracy_n")), None)
     n_val = next((r.get("accuracy_n") for r in front if r.get("accuracy_n")), None)
+    images = f" {n_val} val images, {n_test} test images." if n_val or n_test else ""
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes(table))
     headline_cols = list(table.headline[0]) if table.headline else []
+    headline_html = (
+        f"<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}"
+        if table.headline
+        else ""
+    )
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{sum(r["state"] == "COMPLETE" for r in table.rows)} complete of {len(table.rows)} trials;
-{_baseline_line(table)} {n_val} val images, {n_test} test images.</p>
+{_baseline_line(table)}{images}</p>
 {note_html}
-<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}
+{headline_html}
 <h2>Pareto front</h2>{_table(front, cols)}
 <h2>Plots</h2>{"".join(parts)}
 </body></html>"""

@@ -93,7 +93,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         # counted toward the budget
         "n_duplicates": sum(r["duplicate_of"] is not None for r in table.rows),
         "pareto": [
-            {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS)}
+            {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS) if k in r}
             for r in table.rows
             if r["is_pareto"]
         ],
