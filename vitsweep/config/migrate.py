@@ -55,10 +55,14 @@ def _sampler(node: dict[str, Any]) -> dict[str, Any]:
             f"{', '.join(CLASSES)}), not both"
         )
     name = SAMPLER_TARGETS.get(str(target))
-    if name is None:
-        hint = "; motpe was removed in Optuna 4: use tpe" if "motpe" in str(target) else ""
+    if name is None and "motpe" in str(target):
         raise ConfigError(
-            f"hydra.sweeper.sampler._target_={target}: valid: {', '.join(SAMPLER_TARGETS)}{hint}"
+            f"hydra.sweeper.sampler._target_={target}: motpe was removed in Optuna 4; write "
+            "hydra/sweeper/sampler=tpe (TPE handles several objectives)"
+        )
+    if name is None:
+        raise ConfigError(
+            f"hydra.sweeper.sampler._target_={target}: valid: {', '.join(SAMPLER_TARGETS)}"
         )
     # Their configs write null for "Optuna's default": leave those out.
     kwargs = {k: v for k, v in node.items() if v is not None}
