@@ -95,7 +95,9 @@ class SweeperSpec:
     objectives: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     params: dict[str, str] = field(default_factory=dict)  # Hydra sweep grammar per key
-    space_hook: str | None = None  # dotted path of a SpaceHook; None: the flat params only
+    # Dotted path of a SpaceHook; None: the flat params only. The default is vitsweep's own app's
+    # (a name, never imported here); the sweeper's config for other apps sets null.
+    space_hook: str | None = "vitsweep.vit_space.conditional"
     constraints: tuple[str, ...] = ()  # e.g. "accuracy >= 0.8"
     max_failure_rate: float = 0.5  # failed trials allowed, as a fraction of n_trials
     enqueue_baseline: bool = True
@@ -114,6 +116,11 @@ class SweeperSpec:
                 )
         if not self.objectives:
             raise ConfigError("hydra.sweeper.objectives: name at least one metric")
+        if self.sampler.name == "cmaes" and len(self.objectives) > 1:
+            raise ConfigError(
+                f"hydra.sweeper.sampler.name=cmaes: CMA-ES optimizes one objective, this study "
+                f"has {len(self.objectives)}; valid: tpe, nsga2, random, gp, grid, qmc"
+            )
         if self.n_trials < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials}: must be >= 1")
         if not 0.0 <= self.max_failure_rate <= 1.0:
