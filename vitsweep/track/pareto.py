@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -262,3 +263,38 @@ def notes(table: StudyTable) -> list[str]:
     elif table.hv_objectives:
         out.append(f"The hypervolume is computed over {', '.join(table.hv_objectives)}.")
     return out
+
+
+def panel_pairs(table: StudyTable) -> list[tuple[str, str]]:
+    """The (x, y) objective pairs worth a panel, in the PNG and in report.html alike. A derived
+    objective (energy while it is an estimate: watts / throughput) gets none: its panels would
+    repeat throughput's. One objective: the objective against the trial number."""
+    names = [n for n in table.objectives if n in table.hv_objectives] or list(table.objectives)
+    if len(names) == 1:
+        return [("number", names[0])]
+    return list(combinations(names, 2))
+
+
+def headline_sentence(table: StudyTable) -> str | None:
+    """The report's first line: the front member with the largest throughput gain against the
+    baseline, its size gain and what it costs in test accuracy with the 95% interval. None for
+    a study without a ratio headline (no baseline, or not vitsweep's metrics)."""
+    rows = [h for h in table.headline if h["number"] != table.baseline and h["throughput_x"]]
+    if not rows:
+        return None
+    best = max(rows, key=lambda h: h["throughput_x"])
+    parts = [
+        f"Trial {best['number']} runs {best['throughput_x']:.1f}x the throughput of the "
+        f"baseline (trial {table.baseline})"
+    ]
+    if best.get("params_x"):
+        parts.append(f" with {best['params_x']:.1f}x fewer params")
+    if best.get("test_delta_pts") is not None:
+        parts.append(
+            f", at {best['test_delta_pts']:+.1f} points of test accuracy (95% interval "
+            f"{best['test_delta_lo_pts']:+.1f} to {best['test_delta_hi_pts']:+.1f}, "
+            f"{best['test_n']:,} images)"
+        )
+    elif best.get("accuracy_delta_pts") is not None:
+        parts.append(f", at {best['accuracy_delta_pts']:+.1f} points of val accuracy")
+    return "".join(parts) + "."
