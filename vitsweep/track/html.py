@@ -177,7 +177,11 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
     sentence = f"<p><b>{html.escape(said)}</b></p>" if said else ""
     images = f" {n_val} val images, {n_test} test images." if n_val or n_test else ""
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes(table))
-    headline_cols = list(table.headline[0]) if table.headline else []
+    headline_cols = [
+        c
+        for c in (table.headline[0] if table.headline else [])
+        if any(h.get(c) is not None for h in table.headline)
+    ]  # a column no member has (no test split, no params) is left out, not shown empty
     headline_html = (
         f"<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}"
         if table.headline
