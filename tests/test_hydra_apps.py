@@ -150,6 +150,7 @@ def test_a_constraint_on_a_returned_key_keeps_infeasible_trials_off_the_front(
     for t in done:
         assert size[t.number] == pytest.approx(t.params["x"] + t.params["y"])
         assert t.constraints == {"size<=0.5": pytest.approx(size[t.number] - 0.5)}
+        assert t.user_attrs["metrics"]["trial"] == t.number
     infeasible = {n for n, v in size.items() if v > 0.5}
     assert infeasible and len(infeasible) < len(done)  # both kinds ran: the check means something
     on_front = {t.number for t in s.best_trials}

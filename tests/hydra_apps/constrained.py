@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import hydra
 from omegaconf import DictConfig
 
@@ -9,7 +11,12 @@ from omegaconf import DictConfig
 @hydra.main(config_path="constrained-conf", config_name="config", version_base="1.3")
 def train(cfg: DictConfig) -> dict[str, float]:
     x, y = float(cfg.x), float(cfg.y)
-    return {"loss": (x - 1) ** 2 + y**2, "cost": (x + 1) ** 2 + (y - 1) ** 2, "size": x + y}
+    return {
+        "loss": (x - 1) ** 2 + y**2,
+        "cost": (x + 1) ** 2 + (y - 1) ** 2,
+        "size": x + y,
+        "trial": int(os.environ["VITSWEEP_TRIAL_NUMBER"]),  # the sweeper tells the job its number
+    }
 
 
 if __name__ == "__main__":

@@ -197,13 +197,8 @@ def _base_config(config: DictConfig) -> dict[str, Any]:
     try:
         return trial_config(config)
     except OmegaConfBaseException:  # a user's config may hold ??? or its own resolvers
-        return {
-            k: OmegaConf.to_container(config[k])
-            if isinstance(config[k], DictConfig | ListConfig)
-            else config[k]
-            for k in config
-            if k != "hydra"
-        }
+        raw = OmegaConf.to_container(config, resolve=False, throw_on_missing=False)
+        return {str(k): v for k, v in raw.items() if k != "hydra"}  # type: ignore[union-attr]
 
 
 def sweep_context(config: DictConfig, raw_sweeper: Any) -> SweepContext:

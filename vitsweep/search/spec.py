@@ -117,8 +117,13 @@ class SweeperSpec:
         if not self.objectives:
             raise ConfigError("hydra.sweeper.objectives: name at least one metric")
         if self.sampler.name == "cmaes" and len(self.objectives) > 1:
+            given = (
+                "hydra/sweeper/sampler"
+                if self.sampler.kwargs is not None
+                else "hydra.sweeper.sampler.name"
+            )
             raise ConfigError(
-                f"hydra.sweeper.sampler.name=cmaes: CMA-ES optimizes one objective, this study "
+                f"{given}=cmaes: CMA-ES optimizes one objective, this study "
                 f"has {len(self.objectives)}; valid: tpe, nsga2, random, gp, grid, qmc"
             )
         if self.n_trials < 1:

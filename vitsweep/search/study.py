@@ -68,7 +68,8 @@ class SweepContext:
         plain = []
         for o in parser.parse_overrides(arguments):
             if o.is_sweep_override():
-                dists[o.key_or_group] = _distribution(o.key_or_group, o)
+                # get_key_element keeps a `+`: `+x=interval(0,1)` adds x, as in the plugin
+                dists[o.get_key_element()] = _distribution(o.get_key_element(), o)
             else:
                 plain.append(o.input_line)
         space = dataclasses.replace(self.space, distributions=dists)
