@@ -6,28 +6,36 @@
 
 search hands finished trials to a Recorder and never imports track; track never imports search;
 nothing imports the CLI; benchmarks sit beside the CLI and only their own tests import them.
+
+search and track serve any Hydra app, so they import nothing ViT-specific: no room, no trial, no
+`vit_space`, and from the shared `spec` only its generic names (checked here by name, and once
+more at run time: importing every module of both leaves torch, timm and the rooms unimported).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"spec", "errors", "record", "runctx", "hypervolume", "files"}
+BASE = {"spec", "errors", "record", "runctx", "hypervolume", "files", "stats"}
 ROOMS = {"data", "models", "tome", "precision", "measure"}
 # package -> the vitsweep packages it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
     **{b: BASE for b in BASE},
     **{r: ROOMS | BASE for r in ROOMS},
     "trial": ROOMS | BASE,
+    "vit_space": ROOMS | BASE,
     "export": ROOMS | BASE | {"trial", "config"},
     "confirm": ROOMS | BASE | {"trial", "isolated"},
     "isolated": BASE | {"trial"},
-    "search": ROOMS | BASE | {"trial"},
-    "track": ROOMS | BASE,
+    # The sweeper serves any Hydra app (issue #31): nothing ViT-specific below it.
+    "search": BASE,
+    "track": BASE,
     "config": ROOMS | BASE | {"trial", "search", "track", "export"},
     "app": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
     "bench": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
@@ -85,3 +93,41 @@ def test_only_the_benchmarks_own_tests_import_benchmarks() -> None:
             if package(name) == "bench":
                 wrong.append(f"{path.name}:{line} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+# What search and track may take from vitsweep.spec, which also holds the ViT trial specs.
+GENERIC_SPEC_NAMES = {"vitsweep.spec", "vitsweep.spec.ConfigError", "vitsweep.spec.TrackingSpec"}
+
+
+@pytest.mark.parametrize("room", ["search", "track"])
+def test_search_and_track_take_only_generic_names_from_spec(room: str) -> None:
+    wrong = [
+        f"{path.name}:{line} imports {name}"
+        for path in sorted((ROOT / "vitsweep" / room).glob("*.py"))
+        for line, name in imports(path)
+        if package(name) == "spec" and name not in GENERIC_SPEC_NAMES
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_importing_search_and_track_loads_nothing_vit_specific() -> None:
+    """At run time too: a lazy import inside a function (the kind the AST check reads but cannot
+    follow through re-exports) would show up here once the module is imported."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import vitsweep.search, vitsweep.track\n"
+        "for pkg in (vitsweep.search, vitsweep.track):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    vit = {*ROOMS, "trial", "vit_space", "config", "app", "isolated", "confirm", "export"}
+    loaded = [
+        m
+        for m in out
+        if m.split(".")[0] in ("torch", "timm") or (m.startswith("vitsweep.") and package(m) in vit)
+    ]
+    assert not loaded, f"search/track loaded {loaded[:5]}"

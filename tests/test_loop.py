@@ -63,7 +63,7 @@ def test_nan_and_raising_trials_fail_with_reasons_and_the_study_finishes(tmp_pat
     assert reasons == {
         1: "RuntimeError: boom in the job",
         2: "objective 'energy' is nan",
-        3: "objective 'throughput' missing from the trial's metrics",
+        3: "objective 'throughput' missing from the trial's metrics (it returned accuracy)",
     }
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
     assert all(o[-1] == f"trial_number={i}" for i, o in enumerate(calls))
@@ -83,7 +83,8 @@ TWO_LAYERS = SpaceSpec(embed_dim=(16,), depth=(1, 2), mlp_ratio=(1.0,), num_head
 def _two_layer_loop(
     tmp_path: Path, spec: SweeperSpec
 ) -> tuple[optuna.Study, StudyLoop, list[list[str]]]:
-    from vitsweep.search.space import SearchSpace, conditional
+    from vitsweep.search.space import SearchSpace
+    from vitsweep.vit_space import conditional
 
     base = TrialSpec(
         arch=ArchSpec(kind="supernet", embed_dim=16, depth=2, head_dim=8, space=TWO_LAYERS)

@@ -29,8 +29,8 @@ from vitsweep.precision.knobs import TQ_RATES
 from vitsweep.precision.quantizers import fake_quantize
 from vitsweep.precision.tq import TQLayer, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
-from vitsweep.search.space import conditional
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec, TrialSpec
+from vitsweep.vit_space import conditional
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

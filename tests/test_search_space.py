@@ -19,9 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
 from vitsweep.search.samplers import make_sampler
-from vitsweep.search.space import SearchSpace, conditional
+from vitsweep.search.space import SearchSpace
 from vitsweep.search.spec import SamplerSpec
 from vitsweep.spec import ArchSpec, SpaceSpec, TrialSpec
+from vitsweep.vit_space import conditional
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -136,10 +136,11 @@ def test_summary_run_holds_the_front_tables_and_plotly_figures(tmp_path: Path) -
         want = base[col["model_bytes"]] / member[col["model_bytes"]]
         assert row[headline["columns"].index("bytes_x")] == pytest.approx(want)
 
-    fig3d = media("pareto/3d", "plotly-file")
-    (trace,) = fig3d["data"]
-    assert trace["type"] == "scatter3d" and len(trace["x"]) == 4
-    for pair in ("throughput_vs_accuracy", "energy_vs_accuracy", "energy_vs_throughput"):
-        assert media(f"pareto/plotly/{pair}", "plotly-file")["data"][0]["type"] == "scatter"
+    # Energy is an estimate in this study (watts / throughput, a copy of throughput): it gets no
+    # panel of its own (issue #31), so two objectives remain and there is no 3-D view.
+    assert media("pareto/plotly/throughput_vs_accuracy", "plotly-file")["data"][0]["type"] == (
+        "scatter"
+    )
+    assert not [k for k in logged if "energy" in k] and "pareto/3d" not in logged
     # W&B's own scatter per pair and the hypervolume curve are custom charts over tables.
     assert {"pareto/accuracy_vs_throughput_table", "hypervolume_curve_table"} <= set(logged)

@@ -22,6 +22,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vitsweep.config.migrate import read_plugin_keys
 from vitsweep.config.schema import schema_of, to_spec
 from vitsweep.errors import fail as _fail
 from vitsweep.search.space import parse_space
@@ -29,6 +30,7 @@ from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import default_url
 from vitsweep.search.study import SweepContext
 from vitsweep.spec import (
+    METRIC_NAMES,
     ArchSpec,
     ConfigError,
     DataSpec,
@@ -50,11 +52,17 @@ TRIAL_GROUPS: dict[str, type] = {
     "measure": MeasureSpec,
     "train": TrainSpec,
 }
+# A user's app learns its Optuna trial number from the environment, its config left alone.
+ENV_NUMBER_OVERRIDE = "++hydra.job.env_set.VITSWEEP_TRIAL_NUMBER='{n}'"
 SWEEPER_TARGET = "hydra_plugins.vitsweep_sweeper.vitsweep_sweeper.VitsweepSweeper"
 
 
 def register_configs() -> None:
-    """Schemas behind every group: `token.rr=3` fails at compose time naming the key."""
+    """Schemas behind every group: `token.rr=3` fails at compose time naming the key.
+
+    Called by vitsweep's own entry points (the CLI, `compose`), not on import: the sweeper
+    plugin imports this module inside any Hydra app, whose groups (`data`, `arch`, ...) must not
+    gain vitsweep's `base_*` schemas."""
     cs = ConfigStore.instance()
     for group, spec_cls in {**TRIAL_GROUPS, "tracking": TrackingSpec}.items():
         cs.store(group=group, name=f"base_{group}", node=schema_of(spec_cls))
@@ -64,9 +72,6 @@ def register_configs() -> None:
         bases=(schema_of(SweeperSpec),),
     )
     cs.store(group="hydra/sweeper", name="base_vitsweep", node=sweeper_schema)
-
-
-register_configs()
 
 
 # ------------------------------------------------------------------------- DictConfig -> specs
@@ -130,28 +135,125 @@ def trial_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: _plain(cfg[k]) for k in cfg if k != "hydra"}
 
 
-def sweeper_spec(raw: Any) -> SweeperSpec:
-    node = {k: v for k, v in _plain(raw).items() if k != "_target_"}
-    return to_spec(SweeperSpec, node, "hydra.sweeper")
+def is_vitsweep_app(config: DictConfig) -> bool:
+    """vitsweep's own trial app composes its trial groups and `paths.root`; any other Hydra
+    app is a user's, whose metrics are whatever its task returns."""
+    return all(g in config for g in TRIAL_GROUPS) and OmegaConf.select(config, "paths") is not None
+
+
+def _check_vit_metrics(spec: SweeperSpec) -> None:
+    """Our app returns `METRIC_NAMES`: a typo in an objective or constraint fails at launch."""
+    numeric = [m for m in METRIC_NAMES if m != "energy_source"]
+    for name in spec.objectives:
+        if name not in numeric:
+            raise ConfigError(
+                f"hydra.sweeper.objectives.{name}: not a metric; valid: {', '.join(numeric)}"
+            )
+    for c in spec.parsed_constraints:
+        if c.metric not in numeric:
+            raise ConfigError(
+                f"hydra.sweeper.constraints: {c.metric!r} is not a metric; "
+                f"valid: {', '.join(numeric)}"
+            )
+
+
+def sweeper_spec(raw: Any, *, ours: bool = True, job_name: str | None = None) -> SweeperSpec:
+    node = read_plugin_keys(dict(_plain(raw)), job_name)
+    spec = to_spec(SweeperSpec, node, "hydra.sweeper")
+    if ours:
+        _check_vit_metrics(spec)
+    return spec
+
+
+def _custom_search_space(path: str, config: DictConfig, inner: Any) -> Any:
+    """hydra-optuna-sweeper's `custom_search_space`: `f(cfg, trial)` suggests more params after
+    the flat ones; every param it adds becomes an override (`+w` adds a new key), as there."""
+    from hydra.utils import get_method
+
+    try:
+        fn = get_method(path)
+    except Exception as e:
+        raise ConfigError(
+            f"hydra.sweeper.custom_search_space={path}: not an importable function "
+            f"f(cfg, trial) ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
+
+    def hook(trial: Any, base: Any, sampled: dict[str, Any]) -> dict[str, Any]:
+        out = dict(inner(trial, base, sampled)) if inner is not None else {}
+        before = set(trial.params)
+        fn(config, trial)
+        out.update({k: v for k, v in trial.params.items() if k not in before})
+        return out
+
+    return hook
+
+
+def _launch_dir(config: DictConfig) -> Path:
+    cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
+    return Path(str(cwd)) if cwd else Path.cwd()
+
+
+def _base_config(config: DictConfig) -> dict[str, Any]:
+    try:
+        return trial_config(config)
+    except OmegaConfBaseException:  # a user's config may hold ??? or its own resolvers
+        raw = OmegaConf.to_container(config, resolve=False, throw_on_missing=False)
+        return {str(k): v for k, v in raw.items() if k != "hydra"}  # type: ignore[union-attr]
 
 
 def sweep_context(config: DictConfig, raw_sweeper: Any) -> SweepContext:
-    sweeper = sweeper_spec(raw_sweeper)
-    root = Path(str(config.paths.root)).resolve()
+    """The launch as plain data. vitsweep's own app: its TrialSpec, tracking group and metric
+    names. Any other app: no base spec, W&B only with `hydra.sweeper.tracking`, the study
+    under `multirun/` in the launch directory."""
+    ours = is_vitsweep_app(config)
+    node = dict(_plain(raw_sweeper))
+    job_name = OmegaConf.select(config, "hydra.job.name", default=None)
+    sweeper = sweeper_spec(node, ours=ours, job_name=job_name)
+    if ours:
+        root = Path(str(config.paths.root)).resolve()
+        base = trial_spec(config)
+        tracking = to_spec(TrackingSpec, _plain(config.tracking), "tracking")
+        base_config = trial_config(config)
+    else:
+        root = (_launch_dir(config) / "multirun").resolve()
+        base = None
+        tracking = to_spec(
+            TrackingSpec, node.get("tracking") or {"backend": "none"}, "hydra.sweeper.tracking"
+        )
+        base_config = _base_config(config)
+    space = parse_space(sweeper.params, sweeper.space_hook)
+    if node.get("custom_search_space"):
+        hook = _custom_search_space(str(node["custom_search_space"]), config, space.hook)
+        space = dataclasses.replace(space, hook=hook)
     return SweepContext(
         sweeper=sweeper,
-        base=trial_spec(config),
-        tracking=to_spec(TrackingSpec, _plain(config.tracking), "tracking"),
+        base=base,
+        tracking=tracking,
         root=root,
         storage_url=sweeper.storage or default_url(root),
-        space=parse_space(sweeper.params, sweeper.space_hook),
-        base_config=trial_config(config),
+        space=space,
+        base_config=base_config,
+        columns=METRIC_NAMES if ours else (),
+        number_override="trial_number={n}" if ours else ENV_NUMBER_OVERRIDE,
     )
 
 
-def recorder(ctx: SweepContext) -> StudyRecorder:
+def launch_notes(ctx: SweepContext) -> SweepContext:
+    """What the study says when it starts: for vitsweep's own app, that energy is an estimate
+    (resolved at sweep time: `measure.device` is only looked for then)."""
+    if not isinstance(ctx.base, TrialSpec):
+        return ctx
+    from vitsweep.measure.energy import estimate_note
+
+    m = ctx.base.measure
+    note = estimate_note(m.energy, m.device, m.watts, ctx.sweeper.objectives)
+    return dataclasses.replace(ctx, notes=(note,) if note else ())
+
+
+def recorder(ctx: SweepContext, results_file: Path | None = None) -> StudyRecorder:
     """What the study records, wired from the launch's context: the search room only sees the
-    small `Recorder` interface, and the tracking room never sees the search room."""
+    small `Recorder` interface, and the tracking room never sees the search room.
+    `results_file`: the launch's optimization_results.yaml (hydra-optuna-sweeper's form)."""
     return StudyRecorder(
         study_name=ctx.sweeper.study_name,
         study_dir=ctx.study_dir,
@@ -159,6 +261,8 @@ def recorder(ctx: SweepContext) -> StudyRecorder:
         tracking=ctx.tracking,
         summary_config=ctx.summary_config,
         trial_config=ctx.trial_config,
+        columns=ctx.columns,
+        results_file=results_file,
     )
 
 
@@ -216,6 +320,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as _compose
     from hydra import initialize_config_dir
 
+    register_configs()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return _compose("config", overrides=overrides, return_hydra_config=True)
@@ -229,6 +334,7 @@ _HYDRA_MODES = ("-m", "--multirun", "-r", "--run", "-c", "--cfg", "-i", "--info"
 
 def check(args: list[str]) -> None:
     """Compose and convert everything a launch will use, so that mistakes fail here, in one line."""
+    register_configs()  # before Hydra composes (also for --cfg/--help, which return early)
     modes = [a for a in args if a in _HYDRA_MODES]
     if len(modes) > 1:  # else Hydra raises a ValueError of its own, traceback and all
         _fail(

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -20,7 +21,6 @@ from vitsweep.record import Outcome
 from vitsweep.search.heartbeat import beating, recover_stale
 from vitsweep.search.space import SearchSpace, format_override
 from vitsweep.search.spec import SweeperSpec
-from vitsweep.spec import TrialSpec
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -66,14 +66,16 @@ class StudyLoop:
         spec: SweeperSpec,
         study: optuna.Study,
         space: SearchSpace,
-        base: TrialSpec,
+        base: Any,
         launch: Callable[[list[list[str]]], list[Outcome]],
         on_trial: Callable[[FrozenTrial, Outcome], None] = lambda t, o: None,
         prefix: tuple[str, ...] = (),
+        number_override: str = "trial_number={n}",
     ) -> None:
         self.spec, self.study, self.space, self.base = spec, study, space, base
         self.launch, self.on_trial = launch, on_trial
         self.prefix = list(prefix)  # overrides every trial gets (the command line's)
+        self.number_override = number_override  # how the job learns its Optuna trial number
         self.objectives = list(spec.objectives)
         self.constraints = spec.parsed_constraints
         self.ran: list[int] = []
@@ -176,7 +178,7 @@ class StudyLoop:
                 self._tell_duplicate(t, twin)
                 continue
             launched.append(t)
-            overrides.append([*effective, f"trial_number={t.number}"])
+            overrides.append([*effective, self.number_override.format(n=t.number)])
             log.info(
                 "trial %d (%d/%d complete): %s",
                 t.number,
@@ -250,12 +252,15 @@ class StudyLoop:
             for name in self.objectives:
                 value = metrics.get(name)
                 if value is None:
-                    reason = f"objective {name!r} missing from the trial's metrics"
+                    reason = f"objective {name!r} missing from the trial's metrics" + (
+                        f" (it returned {', '.join(sorted(metrics))})" if metrics else ""
+                    )
                     break
-                if not math.isfinite(float(value)):
-                    reason = f"objective {name!r} is {value}"
+                number = _number(value)
+                if number is None or not math.isfinite(number):
+                    reason = f"objective {name!r} is {value!r}"
                     break
-                values.append(float(value))
+                values.append(number)
         if reason is None:
             metrics = dict(outcome.metrics or {})
             # One write for all metrics (and one for the config): the storage time per trial
@@ -272,6 +277,16 @@ class StudyLoop:
             frozen = self.study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d FAIL: %s", trial.number, reason)
         return frozen
+
+
+def _number(value: object) -> float | None:
+    """A metric as Optuna's value; None for what is not a number (a string, a bool)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def _fmt_values(names: list[str], values: list[float]) -> str:

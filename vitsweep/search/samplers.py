@@ -7,6 +7,7 @@ trial with `Trial.set_constraint`, which TPE, NSGA-II and GP read from `FrozenTr
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Container, Sequence
 from typing import Any
@@ -174,52 +175,87 @@ class _Grid(optuna.samplers.GridSampler):
         return None
 
 
+# Our sampler names -> Optuna's classes (hydra-optuna-sweeper names the class in `_target_`).
+CLASSES: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "grid": optuna.samplers.GridSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+}
+_MODEL_BASED = ("tpe", "nsga2", "gp", "cmaes")  # the ones a param-less baseline would mislead
+
+
 def make_sampler(
     spec: SamplerSpec, space: SearchSpace, constraints: Sequence[Constraint] = ()
 ) -> optuna.samplers.BaseSampler:
-    sampler = _make_sampler(spec, space)
-    if spec.name in ("tpe", "nsga2", "gp"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.kwargs is not None:
+            sampler = _given_sampler(spec, space)
+        else:
+            sampler = _make_sampler(spec, space)
+    if spec.name in _MODEL_BASED:
         return BaselineBlind(sampler, constraints)
     return sampler
 
 
+def _given_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """hydra-optuna-sweeper's form: Optuna's class with exactly the user's kwargs. A kwarg this
+    Optuna no longer takes is named, with the ones it does take, instead of a TypeError."""
+    cls = CLASSES[spec.name]
+    kwargs = dict(spec.kwargs or {})
+    if spec.name == "grid":  # the grid is the params' (the plugin's `_partial_` GridSampler)
+        kwargs["search_space"] = _grid(space)
+        cls = _Grid
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(
+                f"hydra.sweeper.sampler.{key}: {CLASSES[spec.name].__name__} of Optuna "
+                f"{optuna.__version__} takes no such argument; valid: {', '.join(valid)}"
+            )
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"hydra.sweeper.sampler: {cls.__name__}(...): {e}") from None
+
+
 def _make_sampler(spec: SamplerSpec, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if spec.name == "tpe":
-            # Optuna 5's defaults, checked against ours: constant_liar=True is its default too
-            # (parallel workers do not propose the same point). multivariate=None means
-            # *independent* TPE for a multi-objective study, so we ask for multivariate: the
-            # space hook's fixed-length encoding (`space.conditional`) gives every trial the
-            # same params, one joint space for TPE to model. group=True changes nothing for
-            # that one group; it keeps a user's own conditional hook modelled per param set.
-            # n_startup_trials: 8, not Optuna's 10 (budgets here are tens of trials).
-            return optuna.samplers.TPESampler(
-                seed=spec.seed,
-                n_startup_trials=spec.n_startup_trials,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-            )
-        if spec.name == "nsga2":
-            # population_size 16, not Optuna's 50: a generation of 50 is a whole study here.
-            return optuna.samplers.NSGAIISampler(
-                population_size=spec.population_size, seed=spec.seed
-            )
-        if spec.name == "random":
-            return optuna.samplers.RandomSampler(seed=spec.seed)
-        if spec.name == "gp":
-            # Optuna 5's GPSampler handles constrained multi-objective studies itself (logEHVI,
-            # constrained when the trials carry constraints). It models only the params every
-            # complete trial shares; the fixed-length encoding of `space.conditional` makes
-            # that all of them, so a param drawn independently after the startup trials is a
-            # bug worth Optuna's warning (kept on, its default). n_startup_trials: 8, not 10.
-            return optuna.samplers.GPSampler(
-                seed=spec.seed,
-                n_startup_trials=spec.n_startup_trials,
-            )
-        if spec.name == "grid":
-            return _Grid(_grid(space), seed=spec.seed)
-    raise ConfigError(
-        f"hydra.sweeper.sampler.name={spec.name}: valid: tpe, nsga2, random, gp, grid"
-    )
+    if spec.name == "tpe":
+        # Optuna 5's defaults, checked against ours: constant_liar=True is its default too
+        # (parallel workers do not propose the same point). multivariate=None means
+        # *independent* TPE for a multi-objective study, so we ask for multivariate: the
+        # space hook's fixed-length encoding (`space.conditional`) gives every trial the
+        # same params, one joint space for TPE to model. group=True changes nothing for
+        # that one group; it keeps a user's own conditional hook modelled per param set.
+        # n_startup_trials: 8, not Optuna's 10 (budgets here are tens of trials).
+        return optuna.samplers.TPESampler(
+            seed=spec.seed,
+            n_startup_trials=spec.n_startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+    if spec.name == "nsga2":
+        # population_size 16, not Optuna's 50: a generation of 50 is a whole study here.
+        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+    if spec.name == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    if spec.name == "gp":
+        # Optuna 5's GPSampler handles constrained multi-objective studies itself (logEHVI,
+        # constrained when the trials carry constraints). It models only the params every
+        # complete trial shares; the fixed-length encoding of `space.conditional` makes
+        # that all of them, so a param drawn independently after the startup trials is a
+        # bug worth Optuna's warning (kept on, its default). n_startup_trials: 8, not 10.
+        return optuna.samplers.GPSampler(
+            seed=spec.seed,
+            n_startup_trials=spec.n_startup_trials,
+        )
+    if spec.name == "grid":
+        return _Grid(_grid(space), seed=spec.seed)
+    if spec.name in ("cmaes", "qmc"):
+        return CLASSES[spec.name](seed=spec.seed)
+    raise ConfigError(f"hydra.sweeper.sampler.name={spec.name}: valid: {', '.join(CLASSES)}")

@@ -23,7 +23,7 @@ from vitsweep.search.samplers import make_sampler
 from vitsweep.search.space import SearchSpace, _distribution
 from vitsweep.search.spec import SweeperSpec
 from vitsweep.search.storage import create_or_load, open_storage
-from vitsweep.spec import TrackingSpec, TrialSpec
+from vitsweep.spec import TrackingSpec
 
 log = logging.getLogger("vitsweep.sweep")
 
@@ -42,13 +42,18 @@ def library_versions() -> dict[str, str]:
 @dataclass(frozen=True)
 class SweepContext:
     sweeper: SweeperSpec
-    base: TrialSpec  # the launch's composed config (before any trial's params)
+    base: Any  # what the app's space hook reads (vitsweep's own app: its TrialSpec); else None
     tracking: TrackingSpec
     root: Path
     storage_url: str  # may hold a secret: never log it unmasked
     space: SearchSpace
     base_config: dict[str, Any]  # resolved, secret-free: W&B config of trials whose job failed
     cli_overrides: tuple[str, ...] = ()  # plain command-line overrides, given to every trial
+    notes: tuple[str, ...] = ()  # what the app wants said at launch (e.g. energy is an estimate)
+    columns: tuple[str, ...] = ()  # the app's metric names: a column of every report row
+    # The override that tells a job its Optuna trial number (vitsweep's app: a config key; any
+    # other app: the environment variable VITSWEEP_TRIAL_NUMBER, its config left alone).
+    number_override: str = "trial_number={n}"
     versions: dict[str, str] = field(default_factory=library_versions)
 
     @property
@@ -63,7 +68,8 @@ class SweepContext:
         plain = []
         for o in parser.parse_overrides(arguments):
             if o.is_sweep_override():
-                dists[o.key_or_group] = _distribution(o.key_or_group, o)
+                # get_key_element keeps a `+`: `+x=interval(0,1)` adds x, as in the plugin
+                dists[o.get_key_element()] = _distribution(o.get_key_element(), o)
             else:
                 plain.append(o.input_line)
         space = dataclasses.replace(self.space, distributions=dists)
@@ -110,12 +116,6 @@ def open_study(ctx: SweepContext) -> optuna.Study:
         "created" if created else "resumed",
         spec.n_trials,
     )
-    from vitsweep.measure.energy import estimate_note
-
-    m = ctx.base.measure
-    note = estimate_note(m.energy, m.device, m.watts, spec.objectives)
-    if note:
-        log.warning(note)
     return study
 
 
@@ -137,6 +137,8 @@ def run_study(
     whatever happened; the numbers of the trials run here. The Hydra sweeper is this plus
     Hydra's launcher; tests give their own `launch`."""
     study = open_study(ctx)
+    for note in ctx.notes:
+        log.warning(note)
     loop = StudyLoop(
         ctx.sweeper,
         study,
@@ -145,6 +147,7 @@ def run_study(
         launch,
         on_trial=lambda t, o: recorder.trial_done(study, t, o),
         prefix=ctx.cli_overrides,
+        number_override=ctx.number_override,
     )
     try:
         ran = loop.run()

@@ -6,20 +6,32 @@ same pair and 3-D figures, so both show one picture of the front."""
 from __future__ import annotations
 
 import html
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from vitsweep.files import write_text
-from vitsweep.track.pareto import StudyTable, notes
+from vitsweep.track.pareto import StudyTable, headline_sentence, notes, panel_pairs
 
 AXES = ("param:arch.depth", "param:arch.embed_dim", "param:token.r", "param:precision")
 LOG_AXES = ("throughput", "energy", "flops", "params", "latency_ms", "model_bytes")
 
 
+def _number(v: Any) -> str:
+    """Three significant digits (what a 95% interval of a few hundred images or a timing that
+    drifts 5-10% supports), large ones with k/M/G: 6.31k img/s, 5.8M params."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return html.escape("" if v is None else str(v))
+    if isinstance(v, int) and abs(v) < 1000:
+        return str(v)
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+        return _number(v)
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
@@ -42,7 +54,7 @@ def pair_figures(table: StudyTable) -> list[tuple[str, Any]]:
 
     done, hover, colors = _points(table)
     out = []
-    for x, y in combinations(list(table.objectives), 2):
+    for x, y in panel_pairs(table):
         fig = go.Figure(
             go.Scatter(
                 x=[r[x] for r in done],
@@ -67,7 +79,7 @@ def front_3d(table: StudyTable) -> Any | None:
     """The first three objectives in 3-D, front in red; None with fewer than three."""
     import plotly.graph_objects as go
 
-    names = list(table.objectives)
+    names = [n for n in table.objectives if n in table.hv_objectives]  # no derived energy
     if len(names) < 3:
         return None
     done, hover, colors = _points(table)
@@ -114,6 +126,8 @@ def effect_figures(table: StudyTable) -> list[tuple[str, Any]]:
         if not pts:
             continue
         for metric in ("accuracy", "throughput"):
+            if any(r.get(metric) is None for r in pts):
+                continue  # a study that does not report it: no panel, nothing invented
             fig = go.Figure(
                 go.Box(
                     x=[str(r[axis]) for r in pts],
@@ -156,19 +170,33 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
     cols = ["number", *table.objectives, "accuracy_lo", "accuracy_hi", "test_accuracy"]
     cols += ["test_accuracy_lo", "test_accuracy_hi", "params", "flops", "latency_ms"]
     cols += ["energy_source"]
-    cols = list(dict.fromkeys(cols))
+    cols = [c for c in dict.fromkeys(cols) if any(c in r for r in front)]
     n_test = next((r.get("test_accuracy_n") for r in front if r.get("test_accuracy_n")), None)
     n_val = next((r.get("accuracy_n") for r in front if r.get("accuracy_n")), None)
+    said = headline_sentence(table)
+    sentence = f"<p><b>{html.escape(said)}</b></p>" if said else ""
+    images = f" {n_val} val images, {n_test} test images." if n_val or n_test else ""
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes(table))
-    headline_cols = list(table.headline[0]) if table.headline else []
+    headline_cols = [
+        c
+        for c in (table.headline[0] if table.headline else [])
+        if any(h.get(c) is not None for h in table.headline)
+    ]  # a column no member has (no test split, no params) is left out, not shown empty
+    headline_html = (
+        f"<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}"
+        if table.headline
+        else ""
+    )
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
-<h1>{html.escape(title)}</h1>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}
+table{{border-collapse:collapse;font-size:13px;display:block;max-width:100%;overflow-x:auto}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+th{{white-space:normal;overflow-wrap:anywhere;max-width:7em}}</style></head><body>
+<h1>{html.escape(title)}</h1>{sentence}
 <p>{sum(r["state"] == "COMPLETE" for r in table.rows)} complete of {len(table.rows)} trials;
-{_baseline_line(table)} {n_val} val images, {n_test} test images.</p>
+{_baseline_line(table)}{images}</p>
 {note_html}
-<h2>Headline: Pareto front vs baseline</h2>{_table(table.headline, headline_cols)}
+{headline_html}
 <h2>Pareto front</h2>{_table(front, cols)}
 <h2>Plots</h2>{"".join(parts)}
 </body></html>"""

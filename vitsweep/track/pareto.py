@@ -7,7 +7,9 @@ W&B alike; tests assert on this data, never on pixels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
 from vitsweep.hypervolume import history
-from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
-from vitsweep.spec import METRIC_NAMES
+from vitsweep.stats import TEST_FLAGS_KEY, paired_difference, unpack_flags
 
 # Which split picks the front and which one reports it (DESIGN: select on val, report on test).
 SELECTED_ON, REPORTED_ON = "val", "test"
@@ -40,12 +41,16 @@ class StudyTable:
     energy_derived: bool = False  # every complete trial's energy is `estimate`
 
 
-def _row(t: FrozenTrial, front: set[int]) -> dict[str, Any]:
+# What the ratio headline compares: a study without them (any app but vitsweep's) has none.
+HEADLINE_METRICS = ("accuracy", "throughput")
+
+
+def _row(t: FrozenTrial, front: set[int], columns: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"number": t.number, "state": t.state.name}
     for key, value in sorted(t.params.items()):
         row[f"param:{key}"] = value
     metrics = record.metrics(t)
-    for name in METRIC_NAMES:
+    for name in columns:
         row[name] = metrics.get(name)
     for key, value in sorted(metrics.items()):
         # The per-image test flags are kept out of the CSVs: the headline uses them.
@@ -88,19 +93,20 @@ def headline_row(
     """The paper's claim made measurable: how much faster and smaller than the baseline, and how
     much accuracy it costs on held-out test images (paired with the baseline on the same images,
     exact McNemar 95% interval); the val delta is what selected the front, shown for contrast."""
+    acc, base_acc = trial.get("accuracy"), base.get("accuracy")
     row: dict[str, Any] = {
         "number": trial["number"],
-        "throughput_x": _ratio(trial["throughput"], base["throughput"]),
-        "params_x": _ratio(base["params"], trial["params"]),
-        "flops_x": _ratio(base["flops"], trial["flops"]),
+        "throughput_x": _ratio(trial.get("throughput"), base.get("throughput")),
+        "params_x": _ratio(base.get("params"), trial.get("params")),
+        "flops_x": _ratio(base.get("flops"), trial.get("flops")),
         "bytes_x": _ratio(base.get("model_bytes"), trial.get("model_bytes")),  # what ships
-        "energy_x": _ratio(base["energy"], trial["energy"]),
-        "energy_source": trial["energy_source"],
+        "energy_x": _ratio(base.get("energy"), trial.get("energy")),
+        "energy_source": trial.get("energy_source"),
         "selected_on": SELECTED_ON,
-        "accuracy": trial["accuracy"],
+        "accuracy": acc,
         "accuracy_delta_pts": (
-            100.0 * (float(trial["accuracy"]) - float(base["accuracy"]))
-            if trial["accuracy"] is not None and base["accuracy"] is not None
+            100.0 * (float(acc) - float(base_acc))
+            if acc is not None and base_acc is not None
             else None
         ),
         "reported_on": REPORTED_ON,
@@ -144,11 +150,22 @@ def front_trials(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenT
     return _get_pareto_front_trials_by_trials(feasible, study.directions)
 
 
-def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
+def study_table(
+    study: optuna.Study, objectives: dict[str, str], columns: Sequence[str] = ()
+) -> StudyTable:
+    """`columns`: metrics every row carries, in this order (None where a trial lacks one): the
+    app's metric list. After them come the objectives, then whatever else any trial returned,
+    so every row has the same keys whatever the app is."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     front = {t.number for t in front_trials(study, trials)}
-    rows = [_row(t, front) for t in trials]
+    names = list(dict.fromkeys([*columns, *objectives]))
+    returned = {
+        k for t in complete for k, v in record.metrics(t).items() if not isinstance(v, dict | list)
+    }
+    returned = sorted(returned - set(names))
+    names += [k for k in returned if k != TEST_FLAGS_KEY]
+    rows = [_row(t, front, names) for t in trials]
     base = next((r for r in rows if r["baseline"] and r["state"] == "COMPLETE"), None)
     pareto = sorted(front)
     headline: list[dict[str, Any]] = []
@@ -158,12 +175,14 @@ def study_table(study: optuna.Study, objectives: dict[str, str]) -> StudyTable:
         record.metric(t, "energy_source") == "estimate" for t in complete
     )
     names = hv_names(objectives, derived)
+    comparable = base is not None and all(base.get(m) is not None for m in HEADLINE_METRICS)
     if base is not None:
         by_number = {r["number"]: r for r in rows}
         by_trial = {t.number: t for t in trials}
         base_flags = test_flags(by_trial[base["number"]])
         headline = [
-            headline_row(by_number[n], base, test_flags(by_trial[n]), base_flags) for n in pareto
+            headline_row(by_number[n], base, test_flags(by_trial[n]), base_flags)
+            for n in (pareto if comparable else [])
         ]
         index = [list(objectives).index(n) for n in names]
         directions = [objectives[n] for n in names]
@@ -223,12 +242,18 @@ INTERVAL_KEYS = (
 
 
 def notes(table: StudyTable) -> list[str]:
-    """What a reader must know to read the numbers: splits, intervals, what energy is."""
-    out = [
-        f"The front is selected on the {SELECTED_ON} split; the headline reports the held-out "
-        f"{REPORTED_ON} split, paired with the baseline on the same images (exact McNemar 95% "
-        "interval); every accuracy has a 95% Wilson interval (_lo, _hi) over _n images."
-    ]
+    """What a reader must know to read the numbers: splits, intervals, what energy is (the
+    first only for a study whose trials report accuracies, i.e. vitsweep's own)."""
+    accuracies = any(r.get("test_accuracy") is not None for r in table.rows)
+    out = (
+        []
+        if not accuracies
+        else [
+            f"The front is selected on the {SELECTED_ON} split; the headline reports the held-out "
+            f"{REPORTED_ON} split, paired with the baseline on the same images (exact McNemar 95% "
+            "interval); every accuracy has a 95% Wilson interval (_lo, _hi) over _n images."
+        ]
+    )
     if table.energy_derived:
         out.append(
             "Energy is an estimate (configured watts / throughput), a copy of the throughput "
@@ -238,3 +263,38 @@ def notes(table: StudyTable) -> list[str]:
     elif table.hv_objectives:
         out.append(f"The hypervolume is computed over {', '.join(table.hv_objectives)}.")
     return out
+
+
+def panel_pairs(table: StudyTable) -> list[tuple[str, str]]:
+    """The (x, y) objective pairs worth a panel, in the PNG and in report.html alike. A derived
+    objective (energy while it is an estimate: watts / throughput) gets none: its panels would
+    repeat throughput's. One objective: the objective against the trial number."""
+    names = [n for n in table.objectives if n in table.hv_objectives] or list(table.objectives)
+    if len(names) == 1:
+        return [("number", names[0])]
+    return list(combinations(names, 2))
+
+
+def headline_sentence(table: StudyTable) -> str | None:
+    """The report's first line: the front member with the largest throughput gain against the
+    baseline, its size gain and what it costs in test accuracy with the 95% interval. None for
+    a study without a ratio headline (no baseline, or not vitsweep's metrics)."""
+    rows = [h for h in table.headline if h["number"] != table.baseline and h["throughput_x"]]
+    if not rows:
+        return None
+    best = max(rows, key=lambda h: h["throughput_x"])
+    parts = [
+        f"Trial {best['number']} runs {best['throughput_x']:.1f}x the throughput of the "
+        f"baseline (trial {table.baseline})"
+    ]
+    if best.get("params_x"):
+        parts.append(f" with {best['params_x']:.1f}x fewer params")
+    if best.get("test_delta_pts") is not None:
+        parts.append(
+            f", at {best['test_delta_pts']:+.1f} points of test accuracy (95% interval "
+            f"{best['test_delta_lo_pts']:+.1f} to {best['test_delta_hi_pts']:+.1f}, "
+            f"{best['test_n']:,} images)"
+        )
+    elif best.get("accuracy_delta_pts") is not None:
+        parts.append(f", at {best['accuracy_delta_pts']:+.1f} points of val accuracy")
+    return "".join(parts) + "."

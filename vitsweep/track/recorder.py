@@ -8,7 +8,7 @@ study attribute, the W&B runs, the report files and HTML), like optuna's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 from vitsweep import record
 from vitsweep.record import Outcome
 from vitsweep.spec import TrackingSpec
+from vitsweep.track.optuna_results import write_optimization_results
 from vitsweep.track.pareto import StudyTable, study_table
 from vitsweep.track.report import write_report
 from vitsweep.track.wandb_front import (
@@ -47,9 +48,15 @@ class StudyRecorder:
         tracking: TrackingSpec,
         summary_config: dict[str, Any],
         trial_config: TrialConfig,
+        columns: Sequence[str] = (),
+        results_file: Path | None = None,
     ) -> None:
+        """`columns`: the app's metric names, each a column of every row (vitsweep's own:
+        `spec.METRIC_NAMES`); `results_file`: where hydra-optuna-sweeper's
+        optimization_results.yaml goes (the launch's sweep dir), None for none."""
         self.study_name, self.study_dir, self.objectives = study_name, study_dir, objectives
         self.summary_config, self.trial_config = summary_config, trial_config
+        self.columns, self.results_file = tuple(columns), results_file
         self.tracker = (
             None if tracking.backend == "none" else WandbTracker(tracking, study_name, study_dir)
         )
@@ -61,7 +68,7 @@ class StudyRecorder:
         reopening finished runs after every trial costs ~0.25 s per reopened run and tripled
         the sweeper's overhead."""
         if self.tracker is None:
-            _set_hypervolume(study, study_table(study, self.objectives))
+            _set_hypervolume(study, self._table(study))
             return
         logged_metrics = dict(outcome.metrics or {})
         if record.fail_reason(trial) is not None:
@@ -71,7 +78,7 @@ class StudyRecorder:
         with wandb_lock(self.study_dir):
             # The front as of now, read under the lock: a trial told by another worker meanwhile
             # is either in it (and this trial is tagged against it) or will retag this one.
-            table = study_table(study, self.objectives)
+            table = self._table(study)
             _set_hypervolume(study, table)
             if table.hypervolume:
                 logged_metrics[HYPERVOLUME_ATTR] = table.hypervolume[-1]
@@ -89,9 +96,15 @@ class StudyRecorder:
                 now = set(study.user_attrs.get(WANDB_PARETO_ATTR, []))
                 study.set_user_attr(WANDB_PARETO_ATTR, sorted(now | {trial.number}))
 
+    def _table(self, study: optuna.Study) -> StudyTable:
+        return study_table(study, self.objectives, self.columns)
+
     def publish(self, study: optuna.Study) -> Path:
-        """Rebuild the report from storage; mirror the front to W&B when tracking."""
-        table = study_table(study, self.objectives)
+        """Rebuild the report from storage; mirror the front to W&B when tracking; write the
+        launch's optimization_results.yaml."""
+        if self.results_file is not None:
+            write_optimization_results(study, self.results_file)
+        table = self._table(study)
         extra = self.summary_config
         _set_hypervolume(study, table)
         # Workers that finish together write the same report files through the same temp

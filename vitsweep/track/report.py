@@ -4,15 +4,22 @@ results.yaml. Rebuilt from storage alone, so it can run at any time, for any stu
 from __future__ import annotations
 
 import csv
-from itertools import combinations
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vitsweep.files import atomic_path, write_text
-from vitsweep.track.html import write_html
-from vitsweep.track.pareto import INTERVAL_KEYS, REPORTED_ON, SELECTED_ON, StudyTable, notes
+from vitsweep.track.html import LOG_AXES, write_html
+from vitsweep.track.pareto import (
+    INTERVAL_KEYS,
+    REPORTED_ON,
+    SELECTED_ON,
+    StudyTable,
+    notes,
+    panel_pairs,
+)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -25,18 +32,28 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
+def _label(table: StudyTable, name: str) -> str:
+    direction = table.objectives.get(name)
+    return f"{name} ({direction})" if direction else ("trial" if name == "number" else name)
+
+
 def plot_front(table: StudyTable, path: Path) -> None:
-    """One panel per objective pair: all complete trials, the front on top, the baseline marked."""
+    """One panel per objective pair, in a grid of at most 3 columns (readable on a slide): all
+    complete trials, the front on top, the baseline marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(table.objectives)
-    pairs = list(combinations(names, 2)) or [(names[0], names[0])]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2), squeeze=False)
+    pairs = panel_pairs(table)
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 4.0 * nrows), squeeze=False)
     done = [r for r in table.rows if r["state"] == "COMPLETE"]
-    for ax, (x, y) in zip(axes[0], pairs, strict=True):
+    cells = [ax for row in axes for ax in row]
+    for ax in cells[len(pairs) :]:
+        ax.set_visible(False)
+    for ax, (x, y) in zip(cells, pairs, strict=False):
         rest = [r for r in done if not r["is_pareto"]]
         front = sorted((r for r in done if r["is_pareto"]), key=lambda r: r[x])
         ax.scatter([r[x] for r in rest], [r[y] for r in rest], c="0.7", s=18, label="trials")
@@ -45,7 +62,7 @@ def plot_front(table: StudyTable, path: Path) -> None:
             ax.annotate(
                 str(r["number"]),
                 (r[x], r[y]),
-                fontsize=7,
+                fontsize=8,
                 xytext=(3, 3),
                 textcoords="offset points",
             )
@@ -55,14 +72,16 @@ def plot_front(table: StudyTable, path: Path) -> None:
                 ax.scatter(
                     [r[x]], [r[y]], marker="*", s=180, c="C0", edgecolors=edge, label="baseline"
                 )
-        ax.set_xlabel(f"{x} ({table.objectives[x]})")
-        ax.set_ylabel(f"{y} ({table.objectives[y]})")
-        if x in ("throughput", "energy", "flops", "params"):
+        ax.set_xlabel(_label(table, x), fontsize=11)
+        ax.set_ylabel(_label(table, y), fontsize=11)
+        if x in LOG_AXES:
             ax.set_xscale("log")
-        if y in ("throughput", "energy", "flops", "params"):
+        if y in LOG_AXES:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(loc="best", fontsize=8)
+    cells[0].legend(loc="best", fontsize=9)
+    if table.energy_derived and "energy" in table.objectives and len(table.hv_objectives) > 1:
+        fig.suptitle("energy is an estimate (watts / throughput): no panel of its own", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -93,7 +112,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         # counted toward the budget
         "n_duplicates": sum(r["duplicate_of"] is not None for r in table.rows),
         "pareto": [
-            {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS)}
+            {k: r.get(k) for k in ("number", *table.objectives, *INTERVAL_KEYS) if k in r}
             for r in table.rows
             if r["is_pareto"]
         ],

@@ -22,12 +22,11 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 from vitsweep.spec import TrackingSpec
-from vitsweep.track.pareto import StudyTable, notes
+from vitsweep.track.pareto import StudyTable, notes, panel_pairs
 
 log = logging.getLogger("vitsweep.track")
 
@@ -214,7 +213,7 @@ class WandbTracker:
             run = self._open_summary(run_id, extra)
             try:
                 self._log_points(run, points)
-                rows, objectives = table.rows, list(table.objectives)
+                rows = table.rows
                 data: dict[str, Any] = {}
                 if rows:
                     cols = list(dict.fromkeys(c for r in rows for c in r))
@@ -222,7 +221,7 @@ class WandbTracker:
                         columns=cols, data=[[r.get(c) for c in cols] for r in rows]
                     )
                     data["trials"] = trials
-                    for x, y in combinations(objectives, 2):
+                    for x, y in panel_pairs(table):  # no derived energy, as the report
                         data[f"pareto/{x}_vs_{y}"] = wandb.plot.scatter(
                             trials, x, y, title=f"{y} vs {x}"
                         )

@@ -1,0 +1,67 @@
+"""The report adapts to what the study has (issue #31): a derived objective gets no panel, the
+PNG is a grid a slide can hold, report.html opens with one headline sentence and rounds its
+numbers. Asserted on the data the renderers share and on the files read back, never on pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.fakestudy import FIRST_LAUNCH, make_ctx, run
+from vitsweep.track.html import _number
+from vitsweep.track.pareto import headline_sentence, panel_pairs, study_table
+
+
+def test_estimated_energy_gets_no_panel_and_the_png_is_one_row(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, n_trials=len(FIRST_LAUNCH), wandb=False)
+    objectives = {**ctx.sweeper.objectives, "model_bytes": "minimize"}
+    ctx = dataclasses.replace(ctx, sweeper=dataclasses.replace(ctx.sweeper, objectives=objectives))
+    study = run(ctx, *FIRST_LAUNCH)
+    table = study_table(study, objectives)
+    assert table.energy_derived  # every trial's energy_source is "estimate"
+    pairs = panel_pairs(table)
+    assert pairs and all("energy" not in pair for pair in pairs)
+    assert len(pairs) == 3  # accuracy, throughput, model_bytes: three pairs, one row
+    report = tmp_path / "front" / "report"
+    width, height = Image.open(report / "pareto.png").size
+    assert width < 1800 and height < 600  # one row of three panels, not a strip of six
+    html = (report / "report.html").read_text()
+    assert "energy_vs_" not in html and "_vs_energy" not in html
+    # The first line is the sentence, built from the headline table's own numbers.
+    sentence = headline_sentence(table)
+    best = max(
+        (h for h in table.headline if h["number"] != table.baseline),
+        key=lambda h: h["throughput_x"],
+    )
+    assert sentence.startswith(f"Trial {best['number']} runs {best['throughput_x']:.1f}x")
+    assert f"(trial {table.baseline})" in sentence
+    assert html.index(sentence) < html.index("<h2>")
+
+
+def test_one_objective_is_drawn_against_the_trial_number(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, n_trials=2, wandb=False)
+    ctx = dataclasses.replace(
+        ctx, sweeper=dataclasses.replace(ctx.sweeper, objectives={"throughput": "maximize"})
+    )
+    study = run(ctx, 4)
+    assert panel_pairs(study_table(study, {"throughput": "maximize"})) == [("number", "throughput")]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (6312.49, "6.31k"),
+        (5_800_000, "5.8M"),
+        (17_300_000_000, "17.3G"),
+        (0.953421, "0.953"),
+        (-0.412, "-0.412"),
+        (12, "12"),
+        (None, ""),
+        ("estimate", "estimate"),
+    ],
+)
+def test_numbers_are_rounded_to_three_significant_digits(value: object, shown: str) -> None:
+    assert _number(value) == shown
