@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.fakestudy import FIRST_LAUNCH, make_ctx, run
-from vitsweep.track.html import _number
+from vitsweep.track.html import _cell, _number
 from vitsweep.track.pareto import headline_sentence, panel_pairs, study_table
 
 
@@ -65,3 +65,29 @@ def test_one_objective_is_drawn_against_the_trial_number(tmp_path: Path) -> None
 )
 def test_numbers_are_rounded_to_three_significant_digits(value: object, shown: str) -> None:
     assert _number(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "shown"),
+    [
+        # +/-0.005 (7,350 test images): three decimals, value and bounds alike
+        (
+            {"test_accuracy": 0.934123, "test_accuracy_lo": 0.9287, "test_accuracy_hi": 0.9391},
+            "test_accuracy",
+            "0.934",
+        ),
+        (
+            {"test_accuracy": 0.934123, "test_accuracy_lo": 0.9287, "test_accuracy_hi": 0.9391},
+            "test_accuracy_lo",
+            "0.929",
+        ),
+        # +/-0.05 (a few hundred images): two decimals
+        ({"accuracy": 0.9123, "accuracy_lo": 0.86, "accuracy_hi": 0.95}, "accuracy", "0.91"),
+        # +/-2 points on a delta in points: no decimals
+        ({"d_pts": 3.4567, "d_pts_lo": 1.2, "d_pts_hi": 5.8}, "d_pts", "3"),
+        # no interval: three significant digits
+        ({"throughput": 6312.49}, "throughput", "6.31k"),
+    ],
+)
+def test_a_number_with_an_interval_is_rounded_to_what_the_interval_supports(row, col, shown):
+    assert _cell(row, col) == shown

@@ -6,6 +6,7 @@ same pair and 3-D figures, so both show one picture of the front."""
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ LOG_AXES = ("throughput", "energy", "flops", "params", "latency_ms", "model_byte
 
 
 def _number(v: Any) -> str:
-    """Three significant digits (what a 95% interval of a few hundred images or a timing that
-    drifts 5-10% supports), large ones with k/M/G: 6.31k img/s, 5.8M params."""
+    """Three significant digits where no interval says more (a timing that drifts 5-10%
+    supports no more), large ones with k/M/G: 6.31k img/s, 5.8M params."""
     if isinstance(v, bool) or not isinstance(v, int | float):
         return html.escape("" if v is None else str(v))
     if isinstance(v, int) and abs(v) < 1000:
@@ -29,13 +30,27 @@ def _number(v: Any) -> str:
     return f"{v:.3g}"
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    def cell(v: Any) -> str:
-        return _number(v)
+def _decimals(row: dict[str, Any], col: str) -> int | None:
+    """Decimal places a value with a 95% interval in `row` supports: down to the first digit of
+    the interval's half-width (0.934 for [0.929, 0.939]); None without an interval."""
+    base = col.removesuffix("_lo").removesuffix("_hi")
+    lo, hi = row.get(f"{base}_lo"), row.get(f"{base}_hi")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
+    if not numbers or not math.isfinite(hi - lo) or hi <= lo:
+        return None
+    return max(0, -math.floor(math.log10((hi - lo) / 2)))
 
+
+def _cell(row: dict[str, Any], col: str) -> str:
+    v = row.get(col, "")
+    places = _decimals(row, col) if isinstance(v, float) else None
+    return _number(v) if places is None else f"{v:.{places}f}"
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{_cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
