@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from vitsweep.files import atomic_path, write_text
-from vitsweep.track.html import LOG_AXES, write_html
+from vitsweep.track.html import LOG_AXES, _number, write_html
 from vitsweep.track.pareto import (
     INTERVAL_KEYS,
     REPORTED_ON,
@@ -44,6 +44,7 @@ def plot_front(table: StudyTable, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     pairs = panel_pairs(table)
     ncols = min(3, len(pairs))
@@ -74,10 +75,12 @@ def plot_front(table: StudyTable, path: Path) -> None:
                 )
         ax.set_xlabel(_label(table, x), fontsize=11)
         ax.set_ylabel(_label(table, y), fontsize=11)
-        if x in LOG_AXES:
-            ax.set_xscale("log")
-        if y in LOG_AXES:
-            ax.set_yscale("log")
+        for axis, name, scale in ((ax.xaxis, x, ax.set_xscale), (ax.yaxis, y, ax.set_yscale)):
+            if name in LOG_AXES:  # 1-2-5 ticks as 2k, 5k: matplotlib's 2x10^3 labels collided
+                scale("log")
+                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: _number(v)))
+                axis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     cells[0].legend(loc="best", fontsize=9)
     if table.energy_derived and "energy" in table.objectives and len(table.hv_objectives) > 1:
