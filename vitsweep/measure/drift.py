@@ -20,7 +20,6 @@ and torch.utils.benchmark report spread; they do not say how fast the host ran).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import statistics
@@ -31,7 +30,7 @@ import torch
 
 from vitsweep.files import write_text
 from vitsweep.measure.device import is_cuda
-from vitsweep.measure.host import describe
+from vitsweep.measure.host import describe, machine_key
 from vitsweep.measure.lock import timing_lock
 from vitsweep.measure.speed import thread_scope
 from vitsweep.spec import MeasureSpec
@@ -66,8 +65,7 @@ class Probe:
 
 def reference_file(root: str | Path, threads: int) -> Path:
     """Where this machine's reference lives: one per CPU, thread count and torch version."""
-    key = f"{describe()}|threads={threads}|torch={torch.__version__}"
-    return Path(root) / "host" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    return Path(root) / "host" / f"{machine_key(threads)}.json"
 
 
 def _read(path: Path) -> float:

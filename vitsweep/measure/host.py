@@ -8,6 +8,7 @@ alone does not say (the same "Intel Xeon Processor @ 2.80GHz" has come with and 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -60,3 +61,12 @@ def _describe(text: str, cores: int) -> str:
     units = "; ".join(p for p in (", ".join(has), ", ".join(f"no {x}" for x in lacks)) if p)
     name = model or platform.machine()
     return f"{name} ({units}), {cores} cores" if units else f"{name}, {cores} cores"
+
+
+def machine_key(threads: int) -> str:
+    """A short stable name for (CPU, threads, torch): the files measured once per machine
+    (host-speed reference, mixed precision's latency table) are kept under it."""
+    import torch
+
+    key = f"{describe()}|threads={threads}|torch={torch.__version__}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]

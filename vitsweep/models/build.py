@@ -18,6 +18,7 @@ from vitsweep.data.splits import Splits
 from vitsweep.models.checkpoint import (
     CheckpointError,
     cache_key,
+    checked,
     file_sha256,
     load_state,
     one_line,
@@ -235,8 +236,8 @@ def checkpoint_supernet(arch: ArchSpec, splits: Splits) -> Supernet:
     memo = (str(path), path.stat().st_mtime_ns if path.exists() else 0, repr(arch.space))
     if memo not in _CHECKPOINTS:
         obj = load_any(path, "arch.checkpoint")
-        if isinstance(obj, dict) and obj.get("kind") == "supernet":
-            _CHECKPOINTS[memo] = load_supernet(path)
+        if isinstance(obj, dict) and obj.get("kind") == "supernet":  # read once, not twice
+            _CHECKPOINTS[memo] = Supernet.from_saved(checked(obj, path, "supernet"), path)
             return _CHECKPOINTS[memo]
         state, args = state_of(obj, path, "arch.checkpoint")
         if not is_autoformer(state):

@@ -96,6 +96,11 @@ def safe_load(path: str | Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: unreadable checkpoint ({one_line(e)}); delete it to retrain"
         ) from None
+    return checked(obj, path, kind)
+
+
+def checked(obj: Any, path: str | Path, kind: str) -> dict[str, Any]:
+    """`obj`, loaded from `path`, if it is a vitsweep `kind` checkpoint of this format."""
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: not a vitsweep {kind} checkpoint (found {found!r})")

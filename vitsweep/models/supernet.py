@@ -190,7 +190,11 @@ class Supernet(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> Supernet:
         """Load a file written by `save`; a corrupt or mismatched file raises `CheckpointError`."""
-        obj = safe_load(path, "supernet")
+        return cls.from_saved(safe_load(path, "supernet"), path)
+
+    @classmethod
+    def from_saved(cls, obj: dict[str, Any], path: str | Path) -> Supernet:
+        """The supernet in `obj`, what `save` wrote to `path` (already read and checked)."""
         try:
             cfg = obj["config"]
             space = SpaceSpec(

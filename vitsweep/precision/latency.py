@@ -16,7 +16,7 @@ differences are modelled. HAWQ-V3 prices latency the same way, per layer, on the
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +26,7 @@ from torch import nn
 
 from vitsweep.files import write_text
 from vitsweep.measure.compile import compile_program
-from vitsweep.measure.host import describe
+from vitsweep.measure.host import machine_key
 from vitsweep.measure.speed import thread_scope, timed_repeats
 from vitsweep.precision.mixed import macs_per_image
 from vitsweep.precision.packed import PackedLinear
@@ -55,12 +55,8 @@ class LatencyTable:
     def __init__(self, root: str | Path | None, timing: MeasureSpec) -> None:
         self.timing = timing
         with thread_scope(timing.threads) as threads:
-            key = f"{describe()}|threads={threads}|torch={torch.__version__}"
-        self.path = (
-            None
-            if root is None
-            else Path(root) / "latency" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-        )
+            key = machine_key(threads)
+        self.path = None if root is None else Path(root) / "latency" / f"{key}.json"
         self.entries: dict[str, float] = {}
         if self.path is not None and self.path.exists():
             try:
@@ -82,14 +78,9 @@ class LatencyTable:
         return self.entries[key]
 
     def _measure(self, layer: nn.Linear, rows: int, bits: int) -> float:
-        bias = layer.bias is not None
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(1, rows, layer.in_features, generator=gen)
-        one = nn.Sequential(nn.Linear(layer.in_features, layer.out_features, bias=bias))
-        with torch.no_grad():
-            one[0].weight.copy_(layer.weight.detach().float().cpu())
-            if layer.bias is not None:
-                one[0].bias.copy_(layer.bias.detach().float().cpu())
+        one = nn.Sequential(copy.deepcopy(layer).float().cpu())
         module = (
             quantize_pt2e(one.eval(), [x, x.neg()])
             if bits == 8
