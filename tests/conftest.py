@@ -50,3 +50,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    """scikit-learn's digits (real data) at 16 px: the precision tests' calibration and test set."""
+    from vitsweep.data import load
+    from vitsweep.spec import DataSpec
+
+    return load(DataSpec(image_size=16))
+
+
+def tiny_vit(depth: int = 2):
+    """A timm ViT for 16 px digits (16 patches + the class token), seeded, in eval mode."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, num_classes=10, embed_dim=32,
+                             depth=depth, num_heads=2).eval()  # fmt: skip

@@ -62,7 +62,7 @@ def test_the_first_paragraph_and_the_table_come_from_one_section(tmp_path: Path)
         "<!-- bench:start -->\nold table\n<!-- bench:end -->\ntail\n"
     )
     sections = headline.sections(_results(tmp_path), "s")
-    update_readme(sections, readme)
+    update_readme({"headline": sections}, readme)
     doc = readme.read_text()
     sentence = doc.split(SUMMARY_START)[1].split(SUMMARY_END)[0]
     # The member the target is about (>= 10x on all three ratios and the most accurate), with
@@ -74,15 +74,30 @@ def test_the_first_paragraph_and_the_table_come_from_one_section(tmp_path: Path)
     table = doc.split("<!-- bench:start -->")[1]
     assert "| 7 | 0.9452 |" in table and "| 9 |" in table
     # Rewriting again with the same sections changes nothing.
-    update_readme(sections, readme)
+    update_readme({"headline": sections}, readme)
     assert readme.read_text() == doc
+
+
+def test_a_section_run_alone_keeps_the_others_blocks(tmp_path: Path) -> None:
+    """`--only headline` on a machine that never ran the ToMe bench: the README keeps the ToMe
+    block it has, rewrites the headline one, and lays both out in the sections' order."""
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- bench:start -->\n<!-- bench:headline -->\nstale\n<!-- /bench:headline -->\n\n"
+        "<!-- bench:tome -->\n#### ToMe\n| r | x |\n<!-- /bench:tome -->\n<!-- bench:end -->\n"
+    )
+    update_readme({"headline": headline.sections(_results(tmp_path), "s")}, readme)
+    doc = readme.read_text()
+    assert "stale" not in doc and "#### ToMe\n| r | x |\n<!-- /bench:tome -->" in doc
+    assert doc.index("<!-- bench:tome -->") < doc.index("<!-- bench:headline -->")
+    assert "| 7 | 0.9452 |" in doc.split("<!-- bench:headline -->")[1]
 
 
 def test_without_a_study_the_sentence_is_left_alone(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     text = f"{SUMMARY_START}kept{SUMMARY_END}\n<!-- bench:start -->\n<!-- bench:end -->\n"
     readme.write_text(text)
-    update_readme(headline.sections(tmp_path / "missing.yaml", "s"), readme)
+    update_readme({"headline": headline.sections(tmp_path / "missing.yaml", "s")}, readme)
     assert f"{SUMMARY_START}kept{SUMMARY_END}" in readme.read_text()
 
 

@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "track": BASE,
     "config": ROOMS | BASE | {"trial", "search", "track", "export"},
     "app": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
-    "bench": ROOMS | BASE | {"trial", "search", "track", "export", "config", "confirm"},
+    "bench": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
 }
 
 

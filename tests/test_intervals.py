@@ -89,12 +89,18 @@ def test_identical_models_differ_by_exactly_zero() -> None:
     assert (p.diff, p.lo, p.hi, p.a_only, p.b_only) == (0.0, 0.0, 0.0, 0, 0)
 
 
-def _study(flags: dict[int, np.ndarray], values: dict[int, tuple[float, float]]) -> optuna.Study:
-    """Trials with (val accuracy, throughput) and per-image test flags, trial 0 the baseline."""
+def _study(
+    flags: dict[int, np.ndarray],
+    values: dict[int, tuple[float, float]],
+    more: dict[int, dict[str, float]] | None = None,
+) -> optuna.Study:
+    """Trials with (val accuracy, throughput) and per-image test flags, trial 0 the baseline;
+    `more`: further metrics of some trials."""
     study = optuna.create_study(directions=["maximize", "maximize"])
     for number, (acc, thr) in values.items():
         f = flags[number]
         attrs = {
+            **(more or {}).get(number, {}),
             "baseline": number == 0,
             "accuracy": acc,
             "throughput": thr,
@@ -144,6 +150,23 @@ def test_headline_reports_the_paired_test_difference_of_every_front_member(tmp_p
     html = (out / "report.html").read_text()
     assert "test_delta_lo_pts" in html and "selected on the val split" in html
     assert "test_accuracy_lo" in (out / "trials.csv").read_text().splitlines()[0]
+
+
+def test_the_front_shows_a_plans_predicted_latency_beside_the_measured_one(tmp_path) -> None:
+    """A mixed plan under a latency budget (#32): results.yaml's front shows what the plan
+    predicted beside what the trial measured; a member without a prediction gets neither."""
+    base = np.arange(200) % 10 > 0
+    flags = {0: base, 1: base, 2: base}
+    values = {0: (0.96, 100.0), 1: (0.95, 900.0), 2: (0.94, 1500.0)}
+    more = {0: {"latency_ms": 9.0}, 2: {"latency_ms": 4.0, "predicted_latency_ms": 3.8}}
+    table = study_table(
+        _study(flags, values, more), {"accuracy": "maximize", "throughput": "maximize"}
+    )
+    results = yaml.safe_load((write_report(table, tmp_path, "s", {}) / "results.yaml").read_text())
+    front = {m["number"]: m for m in results["pareto"]}
+    assert set(front) == {0, 1, 2}
+    assert (front[2]["predicted_latency_ms"], front[2]["latency_ms"]) == (3.8, 4.0)
+    assert not {"predicted_latency_ms", "latency_ms"} & (set(front[0]) | set(front[1]))
 
 
 def test_estimated_energy_is_left_out_of_the_hypervolume() -> None:

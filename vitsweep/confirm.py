@@ -105,8 +105,11 @@ def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
 
 def _flagged(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:
     """Test-split correctness flags of the model `spec` builds, and that model."""
+    from vitsweep.precision import accuracy_model
+
     built, ready = _ready(spec)
-    return trial.correct_flags(ready.model, ready.ctx, built.splits.test, spec.measure), ready
+    judged = accuracy_model(built.model, ready.model)  # as the trial judged it
+    return trial.correct_flags(judged, ready.ctx, built.splits.test, spec.measure), ready
 
 
 def _test_flags(spec: TrialSpec) -> np.ndarray:

@@ -204,6 +204,12 @@ class PrecisionSpec:
     # mixed: also batch-1 latency <= this x the fp32 model's, each layer's options timed on this
     # machine (precision/latency.py); null: bytes/BOPs only
     latency_ratio: float | None = None
+    # mixed: activation bits; below 8 no kernel runs them, so they are simulated for accuracy
+    # (precision/act_quant.py) and the speed is the 8-bit program's, said in precision_exec
+    act_bits: int = 8
+    # mixed, act_bits < 8: auto = per activation the kind its distribution favours (uniform,
+    # log2 after softmax, two-range after GELU); uniform = uniform everywhere
+    act_quantizers: Literal["auto", "uniform"] = "auto"
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
@@ -227,6 +233,13 @@ class PrecisionSpec:
             "precision.latency_ratio",
             self.latency_ratio,
             "must be > 0 (a fraction of the fp32 model's batch-1 latency), or null",
+        )
+        require(self.act_bits in (4, 6, 8), "precision.act_bits", self.act_bits, "valid: 4, 6, 8")
+        require(
+            self.act_quantizers in ("auto", "uniform"),
+            "precision.act_quantizers",
+            self.act_quantizers,
+            "valid: auto, uniform",
         )
         require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
         require(

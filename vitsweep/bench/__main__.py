@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import torch
 
 from vitsweep.bench.common import Section
 
-SECTIONS = ("sweeper", "supernet", "tome", "precision", "tq", "measure", "scaleout", "headline")
+SECTIONS = (
+    "sweeper", "supernet", "tome", "precision", "mixed", "tq", "measure", "scaleout", "headline"
+)  # fmt: skip
 # Sections too long for `make bench` (`make bench-search` runs this one): never run by default,
 # but their saved JSON joins the README table like any other section's.
 SAVED_ONLY = ("search",)
@@ -65,10 +68,31 @@ def _between(doc: str, start: str, end: str, text: str) -> str:
     return f"{head}{start}{text}{end}{tail}"
 
 
-def update_readme(sections: list[Section], readme: Path = README) -> None:
-    """The results table and, from the same sections, the first paragraph's sentence."""
-    doc = _between(readme.read_text(), START, END, f"\n{markdown(sections)}\n")
-    summary = next((s.summary for s in sections if s.summary), "")
+def _blocks(doc: str) -> dict[str, str]:
+    """The README's results, one block per bench module, by module name."""
+    if START not in doc or END not in doc:
+        return {}
+    inner = doc.split(START, 1)[1].split(END, 1)[0]
+    return dict(re.findall(r"<!-- bench:([\w-]+) -->\n(.*?)\n<!-- /bench:\1 -->", inner, re.S))
+
+
+def update_readme(measured: dict[str, list[Section]], readme: Path = README) -> None:
+    """The results table and, from the same sections, the first paragraph's sentence.
+
+    `measured`: bench module name -> its sections. A module not in it keeps its block as the
+    README has it, so a run of one section (or a machine that lacks the others' JSON) never
+    drops what was measured before."""
+    doc = readme.read_text()
+    old = _blocks(doc)
+    names = [*SECTIONS, *SAVED_ONLY, *sorted(set(old) - set(SECTIONS) - set(SAVED_ONLY))]
+    blocks = [
+        f"<!-- bench:{n} -->\n{markdown(measured[n]).strip() if n in measured else old[n]}"
+        f"\n<!-- /bench:{n} -->"
+        for n in names
+        if n in measured or n in old
+    ]
+    doc = _between(doc, START, END, "\n" + "\n\n".join(blocks) + "\n")
+    summary = next((s.summary for ss in measured.values() for s in ss if s.summary), "")
     if summary:
         doc = _between(doc, SUMMARY_START, SUMMARY_END, summary)
     readme.write_text(doc)
@@ -116,12 +140,13 @@ def main() -> None:
 
 
 def regenerate_readme(out_dir: Path) -> None:
-    """The README table shows the latest full-mode run of every section, this run's and earlier
-    ones, the saved-only sections included when their JSON exists."""
+    """The README shows the latest full-mode run of every section saved here, this run's and
+    earlier ones (the saved-only sections included); the blocks of sections never run on this
+    machine stay as they are."""
     names = (*SECTIONS, *SAVED_ONLY)
-    saved = [out_dir / f"{n}.json" for n in names if (out_dir / f"{n}.json").exists()]
-    update_readme([s for p in saved for s in load(p)])
-    print(f"README results table regenerated from {len(saved)} sections ({README})")
+    saved = {n: out_dir / f"{n}.json" for n in names if (out_dir / f"{n}.json").exists()}
+    update_readme({n: load(p) for n, p in saved.items()})
+    print(f"README results: {', '.join(saved) or 'nothing'} regenerated, the rest kept ({README})")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from vitsweep.measure.compile import compile_program
 from vitsweep.measure.speed import thread_scope
+from vitsweep.precision import act_quant
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.int8 import (
     backend_label,
@@ -61,6 +62,7 @@ __all__ = [
 
 _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
+ACCURACY_ATTR = "vitsweep_accuracy_model"  # a simulation the accuracy is measured on
 TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
 
 
@@ -198,6 +200,11 @@ def _mixed(
     the model (the packed layers stay inside the program), else on eager int8 kernels."""
     backend = resolve_int8_backend(device, int8_backend)
     eager = eager_backend(device, backend)
+    if spec.act_bits < 8 and plan is not None:
+        raise ConfigError(
+            f"precision.act_bits={spec.act_bits}: simulated for accuracy only, no kernel runs "
+            "it, so there is nothing to export that would; export a plan with act_bits=8"
+        )
     if plan is None:  # given: a reloaded export, the plan the trial chose, no recalibration
         if calib is None:
             raise ConfigError(
@@ -218,6 +225,10 @@ def _mixed(
             model, spec, calib, backend=backend, device=device, batch_size=calib_batch_size,
             seed=seed, latency=latency,
         )  # fmt: skip
+    simulation = None
+    if spec.act_bits < 8:
+        assert calib is not None  # checked with the plan above
+        simulation = _simulation(model, plan, spec, calib, calib_batch_size, device)
     if backend == "pt2e":
         eight = [n for n, b in plan.bits.items() if b == 8] + [n for n, _ in other_linears(model)]
         packed_only = copy.deepcopy(model)
@@ -225,14 +236,48 @@ def _mixed(
         try:
             program, q_text = _pt2e(packed_only, spec, calib, calib_batch_size, device, eight)
             setattr(program, PLAN_ATTR, plan)
-            return program, f"{text}; 8-bit: {q_text}", True
+            return (*_simulated(program, simulation, f"{text}; 8-bit: {q_text}"), True)
         except Exception as err:  # torch.export's failures have no common type
             fallback = f", fallback: torch.export failed ({_export_failure(err)})"
     else:
         fallback = ""
     label = apply_plan(model, plan, backend=eager, device=device) + fallback
     setattr(model, PLAN_ATTR, plan)
-    return model, label, False
+    return (*_simulated(model, simulation, label), False)
+
+
+def _simulation(
+    model: nn.Module,
+    plan: MixedPlan,
+    spec: PrecisionSpec,
+    calib: Dataset,
+    batch_size: int,
+    device: str,
+) -> tuple[nn.Module, str]:
+    """The plan with `act_bits` activations, simulated on a float copy (precision/act_quant.py):
+    what the trial's accuracy is measured on; returns it and its precision_exec part."""
+    sim = copy.deepcopy(model)
+    weight_bits = {**plan.bits, **{n: 8 for n, _ in other_linears(sim)}}
+    batches = [x for x, _ in calib_batches(calib, spec.calib_batches, batch_size, device)]
+    kinds = act_quant.KINDS if spec.act_quantizers == "auto" else ("uniform",)
+    chosen = act_quant.simulate(sim, weight_bits, spec.act_bits, kinds, batches)
+    return sim, act_quant.label(chosen, spec.act_bits)
+
+
+def _simulated(
+    model: nn.Module, simulation: tuple[nn.Module, str] | None, label: str
+) -> tuple[nn.Module, str]:
+    """(model, precision_exec): the simulation, if any, rides on the model that is timed."""
+    if simulation is None:
+        return model, label
+    setattr(model, ACCURACY_ATTR, simulation[0])
+    return model, f"{label}; {simulation[1]}"
+
+
+def accuracy_model(model: nn.Module, runner: nn.Module) -> nn.Module:
+    """What a trial's accuracy is measured on: the simulation a converted model carries
+    (activations below 8 bits), else `runner`, the model as it runs."""
+    return getattr(model, ACCURACY_ATTR, runner)
 
 
 def _latency_inputs(

@@ -4,7 +4,11 @@ executes, measured on this machine and kept per machine.
 How a layer executes decides what it costs, so each entry is that layer alone, run the way the
 trial runs it: at 8 bits its own PT2E int8 program, below 8 bits packed and dequantized into an
 fp32 GEMM; both compiled by inductor, as the trial compiles its whole program. The input is the
-rows the layer really sees at batch 1 (after ToMe, when it merges). Timings use the product's
+rows the layer really sees at batch 1 (after ToMe, when it merges). One program runs the layer
+`REPEATS` times on distinct slices and the time is divided by that: a compiled call costs about
+200 us of guards and dispatch here, more than a 192x192 layer's work, so a program of one layer
+measured mostly the call (4-bit 192x192 read faster than its 8-bit; measured on the Xeon @2.80GHz,
+the per-layer times fell from 390-450 us to 160-230 us with 16 repeats). Timings use the product's
 protocol (`measure.speed.timed_repeats`) and are cached by (CPU, threads, torch) and layer
 shape under `<root>/latency/`, like the supernets under `<root>/supernets/`.
 
@@ -49,6 +53,20 @@ def batch1_seconds(fn: Callable[[], object], timing: MeasureSpec) -> float:
     return timed_repeats(fn, lambda: None, timing, 1).median_step_s
 
 
+REPEATS = 16  # layer executions per timed program call (see the module docstring)
+
+
+class _Repeated(nn.Module):
+    """The layer applied to each slice of a (REPEATS, 1, rows, in) input, in one graph."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.layer(x[k]) for k in range(x.shape[0])])
+
+
 class LatencyTable:
     """Seconds per layer execution by (shape, rows, bits), measured once per machine."""
 
@@ -70,7 +88,10 @@ class LatencyTable:
     def seconds(self, layer: nn.Linear, rows: int, bits: int) -> float:
         """One batch-1 execution of `layer` on `rows` rows at `bits` (8: PT2E int8)."""
         bias = layer.bias is not None
-        key = f"in={layer.in_features},out={layer.out_features},bias={bias},rows={rows},bits={bits}"
+        key = (
+            f"in={layer.in_features},out={layer.out_features},bias={bias},rows={rows},"
+            f"bits={bits},repeats={REPEATS}"
+        )
         if key not in self.entries:
             self.entries[key] = self._measure(layer, rows, bits)
             if self.path is not None:
@@ -79,13 +100,13 @@ class LatencyTable:
 
     def _measure(self, layer: nn.Linear, rows: int, bits: int) -> float:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(1, rows, layer.in_features, generator=gen)
-        one = nn.Sequential(copy.deepcopy(layer).float().cpu())
+        x = torch.randn(REPEATS, 1, rows, layer.in_features, generator=gen)
+        one = copy.deepcopy(layer).float().cpu()
         module = (
-            quantize_pt2e(one.eval(), [x, x.neg()])
+            quantize_pt2e(_Repeated(one).eval(), [x, x.neg()])
             if bits == 8
-            else nn.Sequential(PackedLinear.from_linear(one[0], bits)).eval()
+            else _Repeated(PackedLinear.from_linear(one, bits)).eval()
         )
         run = compile_program(module)
         with thread_scope(self.timing.threads), torch.inference_mode():
-            return batch1_seconds(lambda: run(x), self.timing)
+            return batch1_seconds(lambda: run(x), self.timing) / REPEATS

@@ -1,0 +1,198 @@
+"""Mixed precision under a batch-1 latency budget (`precision.latency_ratio`, #32): a grid of
+plans on the default study's baseline, each run as a sweep runs a trial, the plan's predicted
+latency against the measured one, and every plan against int8, bf16 and fp32 measured alike.
+`python -m vitsweep.bench --only mixed`; the plot goes to multirun/bench/mixed_latency.png."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vitsweep.bench.common import Section, Target, quick_overrides, save_figure
+from vitsweep.spec import ConfigError
+
+# The grid of mixed plans: byte budgets x batch-1 latency budgets, the latter as multiples of
+# the int8 program's measured latency ratio (so "1.0" is "no slower than int8 at batch 1").
+LATENCY_GRID_BUDGETS = (0.25, 0.5)
+LATENCY_GRID_SCALES = (1.0, 1.15, None)  # None: no latency budget (bytes only)
+
+
+def _trial_row(name: str, m: dict[str, Any], fp32_flags: Any) -> tuple[dict[str, Any], Any]:
+    """One table row from a trial's metrics (test top-1 paired with fp32's) and its flags."""
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
+
+    flags = unpack_flags(m[TEST_FLAGS_KEY], m["test_accuracy_n"])
+    vs = paired_difference(flags, flags if fp32_flags is None else fp32_flags)
+    predicted = m.get("predicted_latency_ms")
+    error = None if predicted is None else 100 * (predicted / m["latency_ms"] - 1)
+    row = {
+        "plan": name,
+        "executes": m["precision_exec"],
+        "test top-1 %": round(100 * m["test_accuracy"], 2),
+        "vs fp32 (pts) [95% CI]": f"{100 * vs.diff:+.2f} [{100 * vs.lo:.2f}, {100 * vs.hi:.2f}]",
+        "latency_ms": round(m["latency_ms"], 3),
+        "predicted_ms": None if predicted is None else round(predicted, 3),
+        "predicted error %": None if error is None else round(error, 1),
+        "images_per_s": round(m["throughput"], 1),
+        "model_bytes": m["model_bytes"],
+        "_diff": vs.diff,
+    }
+    return row, flags
+
+
+def latency_section(quick: bool = False) -> list[Section]:
+    """Mixed precision under a batch-1 latency budget (`precision.latency_ratio`) on the default
+    study's baseline: a grid of plans, each run as a trial runs it, their predicted latency
+    against the measured one, and each against int8, bf16 and fp32 measured the same way."""
+    import tempfile
+
+    from vitsweep import config, isolated, trial
+
+    out_dir = Path("multirun") / "bench" / ("quick" if quick else "")
+    with tempfile.TemporaryDirectory(prefix="vitsweep-bench-") as tmp:
+        # The latency table is per machine: kept in the real cache unless --quick.
+        common = quick_overrides(tmp) if quick else []
+        cfg = config.compose(common)
+        baseline = [f"{k}={v}" for k, v in cfg.hydra.sweeper.baseline.items() if k != "precision"]
+
+        def measured(overrides: list[str]) -> dict[str, Any]:
+            spec = config.trial_spec(config.compose([*common, *baseline, *overrides]))
+            # as the sweep runs it: in a clean child process when measure.isolate (the default)
+            return (isolated.run(spec) if spec.measure.isolate else trial.run(spec)).as_dict()
+
+        refs = {
+            "fp32": measured(["precision=fp32"]),
+            "int8": measured(["precision=int8"]),
+            "bf16 full": measured(["precision=bf16", "precision.cast=full"]),
+        }
+        int8_ratio = refs["int8"]["latency_ms"] / refs["fp32"]["latency_ms"]
+        rows: list[dict[str, Any]] = []
+        fp32_flags = None
+        for name, m in refs.items():
+            row, flags = _trial_row(name, m, fp32_flags)
+            fp32_flags = fp32_flags if fp32_flags is not None else flags
+            rows.append(row)
+        budgets = LATENCY_GRID_BUDGETS[:1] if quick else LATENCY_GRID_BUDGETS
+        scales = LATENCY_GRID_SCALES[:1] if quick else LATENCY_GRID_SCALES
+        for budget in budgets:
+            for scale in scales:
+                lat = "null" if scale is None else f"{scale * int8_ratio:.4f}"
+                name = f"mixed b={budget:g} l={'none' if scale is None else f'{scale:g}x int8'}"
+                overrides = [
+                    "precision=mixed",
+                    f"precision.budget_ratio={budget}",
+                    f"precision.latency_ratio={lat}",
+                ]
+                try:
+                    row, _ = _trial_row(name, measured(overrides), fp32_flags)
+                except ConfigError as err:  # a budget the ILP cannot meet: say so in the row
+                    row = {"plan": name, "executes": f"infeasible: {err}"}
+                rows.append(row)
+        acts = {
+            kinds: _trial_row(
+                f"mixed b=0.25 act 4-bit {kinds}",
+                measured(["precision=mixed", "precision.act_bits=4",
+                          f"precision.act_quantizers={kinds}"]),
+                fp32_flags,
+            )
+            for kinds in ("auto", "uniform")
+        }  # fmt: skip
+    by = {r["plan"]: r for r in rows}
+    int8 = by["int8"]
+    planned = [r for r in rows if r.get("predicted error %") is not None]
+    for r in rows:
+        if "images_per_s" in r:
+            r["vs int8 images/s"] = round(r["images_per_s"] / int8["images_per_s"], 3)
+            r["vs int8 latency"] = round(r["latency_ms"] / int8["latency_ms"], 3)
+    head = by.get(f"mixed b={LATENCY_GRID_BUDGETS[0]:g} l=1x int8", {})
+    targets = []
+    if "images_per_s" in head:
+        loss = 0.0 - 100 * head["_diff"]
+        targets += [
+            Target("mixed(0.25, latency <= int8) / int8 images/s", head["vs int8 images/s"],
+                   ">= 0.95", head["vs int8 images/s"] >= 0.95),
+            Target("mixed(0.25, latency <= int8) top-1 loss vs fp32, points", round(loss, 2),
+                   "<= 0.5", loss <= 0.5),
+        ]  # fmt: skip
+    if planned:
+        worst = max(abs(r["predicted error %"]) for r in planned)
+        targets.append(
+            Target("worst |predicted / measured batch-1 latency - 1|, %", worst, "<= 10",
+                   worst <= 10)
+        )  # fmt: skip
+    plot = _latency_plot(rows, out_dir / "mixed_latency.png")
+    for r in rows:
+        r.pop("_diff", None)
+    notes = [
+        f"experiment=xray baseline ({', '.join(baseline)}), each row `trial.run` as "
+        "`vitsweep ... precision=mixed precision.budget_ratio=B precision.latency_ratio=L` runs "
+        f"it; L = the multiple x int8's measured batch-1 latency ratio ({int8_ratio:.3f} x fp32)",
+        "latency_ms: the trial's batch-1 measurement (compiled where the precision compiles); "
+        "predicted_ms: the plan's prediction (the all-8-bit program measured whole + each "
+        "layer's difference from the per-machine table)",
+        "vs fp32: paired on the same test images (exact McNemar 95% interval)",
+        f"load average at the end {os.getloadavg()[0]:.1f}; plot: {plot}",
+    ]
+    if quick:
+        notes.append("quick: a small slice trained for 1 epoch, one plan: plumbing only")
+    grid = Section("Precision: mixed under a latency budget", rows, targets, notes)
+    return [grid, _act_section(acts, quick)]
+
+
+def _act_section(acts: dict[str, tuple[dict[str, Any], Any]], quick: bool) -> Section:
+    """4-bit activations: each activation's quantizer by its distribution (the seed's choice)
+    against uniform everywhere, same plan budget, paired on the same test images."""
+    from vitsweep.measure.accuracy import paired_difference
+
+    (auto, auto_flags), (uniform, uniform_flags) = acts["auto"], acts["uniform"]
+    vs = paired_difference(auto_flags, uniform_flags)
+    rows = []
+    for r in (auto, uniform):
+        keep = ("plan", "executes", "test top-1 %", "vs fp32 (pts) [95% CI]", "model_bytes")
+        rows.append({k: r[k] for k in keep})
+    diff = round(100 * vs.diff, 2)
+    targets = [
+        Target(
+            "act 4-bit: by distribution - uniform-only, test top-1 points "
+            f"[95% CI {100 * vs.lo:.2f}, {100 * vs.hi:.2f}]",
+            diff,
+            "reported whichever way (interval above 0: the choice pays)",
+            vs.lo > 0,
+        )
+    ]
+    notes = [
+        "activations below 8 bits run simulated (fake quantization; no CPU kernel runs them): "
+        "these rows are accuracy only, their speed is the 8-bit plan's and is not shown",
+        "paired on the same test images (exact McNemar 95% interval)",
+    ]
+    if quick:
+        notes.append("quick: a small slice trained for 1 epoch: plumbing only")
+    return Section("Precision: 4-bit activations by distribution vs uniform", rows, targets, notes)
+
+
+def _latency_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Test top-1 against measured batch-1 latency: the mixed plans, and int8/bf16/fp32."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        if "latency_ms" not in r:
+            continue
+        mixed = r["plan"].startswith("mixed")
+        ax.scatter(r["latency_ms"], r["test top-1 %"], marker="o" if mixed else "s",
+                   color="tab:blue" if mixed else "tab:red", zorder=3)  # fmt: skip
+        ax.annotate(r["plan"].removeprefix("mixed "), (r["latency_ms"], r["test top-1 %"]),
+                    fontsize=7, xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("measured batch-1 latency (ms)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("mixed plans (b = byte budget, l = latency budget) vs int8 / bf16 / fp32")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def run(quick: bool = False) -> list[Section]:
+    return latency_section(quick)
