@@ -61,10 +61,18 @@ def test_every_trial_carries_every_layer_and_the_config_only_the_layers_it_has()
         assert PER_LAYER <= set(trial.params)  # the deepest depth's layers, always
         for key in ("arch.num_heads", "arch.mlp_ratio"):
             assert point[key] == [trial.params[f"{key}.{i}"] for i in range(depth)]
-        assert not {"precision.budget_ratio", "precision.rate"} & set(trial.params)  # no dead dims
+        assert not set(KNOBS) & set(trial.params)  # no dead dims
         study.tell(trial, objective(point))
     assert len({frozenset(t.params) for t in study.trials}) == 1  # one param set for all
     assert len(depths) > 1
+
+
+# each quantizer knob and the precision it belongs to
+KNOBS = {
+    "precision.budget_ratio": "mixed",
+    "precision.latency_ratio": "mixed",
+    "precision.rate": "tq",
+}
 
 
 def test_quantizer_knobs_are_sampled_whenever_reachable_and_passed_only_when_used() -> None:
@@ -76,11 +84,11 @@ def test_quantizer_knobs_are_sampled_whenever_reachable_and_passed_only_when_use
         point = space.sample(trial, BASE)
         precision = point["precision"]
         seen.add(precision)
-        assert {"precision.budget_ratio", "precision.rate"} <= set(trial.params)
-        assert ("precision.budget_ratio" in point) == (precision == "mixed")
-        assert ("precision.rate" in point) == (precision == "tq")
-        if precision == "mixed":
-            assert point["precision.budget_ratio"] == trial.params["precision.budget_ratio"]
+        assert set(KNOBS) <= set(trial.params)
+        for key, mode in KNOBS.items():
+            assert (key in point) == (precision == mode)
+            if precision == mode:
+                assert point[key] == trial.params[key]
         study.tell(trial, objective(point))
     assert seen == {"int8", "mixed", "tq"}
 
