@@ -189,7 +189,8 @@ def _latency_plot(rows: list[dict[str, Any]], path: Path) -> Path:
                     fontsize=7, xytext=(4, 3), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("measured batch-1 latency (ms)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("mixed plans (b = byte budget, l = latency budget) vs int8 / bf16 / fp32")
+    title = "mixed plans (b: byte budget, l: latency budget)\nsquares: fp32, bf16, int8"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
