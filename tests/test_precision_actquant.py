@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import tiny_vit
-from vitsweep.precision import accuracy_model, apply_precision
+from vitsweep.precision import accuracy_model, apply_precision, model_bytes
 from vitsweep.precision.act_quant import ActQuantizer, choose, fit
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -89,6 +89,13 @@ def test_a_plan_at_4_bit_activations_is_judged_on_its_simulation(digits16) -> No
         sim_out, float_out = sim(x), base(x)
     assert not torch.equal(sim_out, float_out)
     assert float(F.cosine_similarity(sim_out, float_out, dim=-1).mean()) > 0.9
+    # the simulation rides on the timed model without joining its state: same bytes as the
+    # same plan at 8-bit activations
+    eight, _ = apply_precision(copy.deepcopy(base), dataclasses.replace(spec, act_bits=8),
+                               calib=splits.train)  # fmt: skip
+    assert model.vitsweep_mixed_plan.bits == eight.vitsweep_mixed_plan.bits
+    assert model_bytes(model) == model_bytes(eight)
+    assert set(model.state_dict()) == set(eight.state_dict())
     # uniform-only: every site uniform
     uniform = dataclasses.replace(spec, act_quantizers="uniform")
     model_u, _ = apply_precision(copy.deepcopy(base), uniform, calib=splits.train)

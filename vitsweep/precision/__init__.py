@@ -270,7 +270,8 @@ def _simulated(
     """(model, precision_exec): the simulation, if any, rides on the model that is timed."""
     if simulation is None:
         return model, label
-    setattr(model, ACCURACY_ATTR, simulation[0])
+    # object.__setattr__: as a submodule it would join the model's state and its model_bytes
+    object.__setattr__(model, ACCURACY_ATTR, simulation[0])
     return model, f"{label}; {simulation[1]}"
 
 
