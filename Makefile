@@ -27,8 +27,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 install: $(STAMP)  ## create .venv from requirements.lock and install vitsweep (editable)
 
+# `make lock UPGRADE=` keeps every pin the lock has and only resolves what pyproject.toml added.
+UPGRADE ?= --upgrade
 lock: $(STAMP)  ## re-resolve requirements.lock to the newest versions pyproject.toml allows
-	$(BIN)/pip-compile --upgrade --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	$(BIN)/pip-compile $(UPGRADE) --generate-hashes --allow-unsafe --strip-extras --extra dev \
 	  --no-emit-index-url --no-emit-find-links --quiet -o $(LOCK) pyproject.toml
 
 test-latest: sysdeps  ## the suite on the newest releases pyproject.toml allows (throwaway venv)
