@@ -30,8 +30,9 @@ KINDS = ("gp", "gbt")
 # Why a GP (scikit-learn's, Matern 5/2 with one length scale per feature, plus white noise):
 # measured by 5-fold cross-validation on the committed xray evaluations (`python -m
 # vitsweep.bench.predictors`), it ranked held-out candidates far better than gradient-boosted
-# trees on the same features: GP_VS_GBT. The accuracies span 3 points
-# and most features move them smoothly (width, depth, merges), which a smooth kernel with
+# trees on the same features: Kendall tau 0.84 against 0.75, mean error 0.14 against 0.25
+# points (64 evaluations, 2026-12-03; at 36 evaluations 0.83 against 0.59). The accuracies span
+# 3 points and most features move them smoothly (width, depth, merges), which a smooth kernel with
 # per-feature scales fits from tens of points; trees need many more to find those slopes.
 DEFAULT_KIND = "gp"
 
