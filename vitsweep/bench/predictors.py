@@ -15,7 +15,11 @@
   (`measure.measure_throughput` / `measure_latency`); the table never sees them. Per precision.
 
 Both: share within +/-10%, Kendall tau (`scipy.stats.kendalltau`), the worst misses with their
-configs. JSON goes to `<root>/bench/predictors.json` (`--quick`: `predictors-quick.json`).
+configs. JSON goes to `<root>/bench/predictors.json` (`--quick`: `predictors-quick.json`: one
+held-out candidate per precision, timed with `measure=quick`, 1 thread at batch 32; the plumbing,
+in minutes). The held-out candidates are built from the study's supernet: cached under `--root`
+(`multirun/supernets/`), else trained first. Sized for about 15 minutes on an idle 2-core machine
+with the supernet cached (`--per-precision 6`; int8 parts compile for seconds each).
 Timings taken beside other CPU work are not evidence for the +/-10% claim: the JSON records the
 load average before and after.
 """
