@@ -10,7 +10,7 @@ N      ?= 4
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test-latest sysdeps sweep test bench bench-search report dashboard workers clean
+.PHONY: help install lock test-latest sysdeps sweep test bench bench-search bench-predictors report dashboard workers clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, 
 
 bench-search: $(STAMP)  ## samplers vs the exact front of a cached grid (long; not in make bench)
 	$(BIN)/python -m vitsweep.bench.search $(ARGS)
+
+bench-predictors: $(STAMP)  ## accuracy and cost predictors vs held-out measurements (<= 15 min; --quick)
+	$(BIN)/python -m vitsweep.bench.predictors $(ARGS)
 
 report: $(STAMP)  ## rebuild a study's report from its storage; ARGS=experiment=...
 	$(BIN)/vitsweep-report $(ARGS)

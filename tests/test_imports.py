@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     **{b: BASE for b in BASE},
     **{r: ROOMS | BASE for r in ROOMS},
     "trial": ROOMS | BASE,
+    # the predictors (issue #30) judge candidates with what the rooms build and time
+    "predict": ROOMS | BASE,
     "vit_space": ROOMS | BASE,
     "export": ROOMS | BASE | {"trial", "config"},
     "confirm": ROOMS | BASE | {"trial", "isolated"},
@@ -38,7 +40,9 @@ ALLOWED: dict[str, set[str]] = {
     "track": BASE,
     "config": ROOMS | BASE | {"trial", "search", "track", "export"},
     "app": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
-    "bench": ROOMS | BASE | {"trial", "isolated", "search", "track", "export", "config", "confirm"},
+    "bench": ROOMS
+    | BASE
+    | {"trial", "isolated", "search", "track", "export", "config", "confirm", "predict"},
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import platform
 from pathlib import Path
@@ -70,3 +71,24 @@ def machine_key(threads: int) -> str:
 
     key = f"{describe()}|threads={threads}|torch={torch.__version__}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def machine_file(root: str | Path | None, folder: str, threads: int) -> Path | None:
+    """`<root>/<folder>/<machine key>.json`: where a table measured once per machine (at
+    `threads`, 0: torch's default) is kept; None without a root (kept in memory only)."""
+    from vitsweep.measure.speed import thread_scope
+
+    with thread_scope(threads) as used:
+        key = machine_key(used)
+    return None if root is None else Path(root) / folder / f"{key}.json"
+
+
+def read_table(path: Path | None, what: str, remedy: str) -> dict[str, float]:
+    """The seconds a per-machine table holds ({} when there is none yet); a damaged file is
+    named in one line with what to do (`remedy`), never silently measured over."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a {what} ({type(err).__name__}); {remedy}") from None

@@ -34,7 +34,7 @@ from vitsweep.models.pretrained import (
     read_state,
     state_of,
 )
-from vitsweep.models.spaces import subnet_shape
+from vitsweep.models.spaces import arch_shape
 from vitsweep.models.supernet import Supernet
 from vitsweep.models.train import (
     arch_key,
@@ -431,14 +431,7 @@ def architecture(arch: ArchSpec, geometry: Geometry) -> dict[str, Any]:
         space = load_supernet(arch.checkpoint).space if arch.checkpoint else arch.space
         if space is None:
             raise ConfigError("arch.space: required when arch.kind=supernet (e.g. arch=supernet)")
-        shape = subnet_shape(
-            space,
-            embed_dim=arch.embed_dim,
-            depth=arch.depth,
-            num_heads=arch.num_heads,
-            mlp_ratio=arch.mlp_ratio,
-        )
-        out["shape"] = plain(shape)
+        out["shape"] = plain(arch_shape(space, arch))
     elif arch.timm_name is not None:
         out["timm_name"] = arch.timm_name
     else:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vitsweep.models.vit import ViTShape
-from vitsweep.spec import ConfigError, SpaceSpec
+from vitsweep.spec import ArchSpec, ConfigError, SpaceSpec
 
 
 def _valid(choices: Sequence) -> str:
@@ -50,6 +50,17 @@ def subnet_shape(
     heads = _per_layer(num_heads, depth, "num_heads", space.num_heads, int)
     ratios = _per_layer(mlp_ratio, depth, "mlp_ratio", space.mlp_ratio, float)
     return ViTShape(int(embed_dim), int(depth), heads, ratios, space.head_dim, **style(space))
+
+
+def arch_shape(space: SpaceSpec, arch: ArchSpec) -> ViTShape:
+    """The subnet of `space` that `arch`'s composed dims name (errors name arch.<key>)."""
+    return subnet_shape(
+        space,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio,
+    )
 
 
 def style(space: SpaceSpec) -> dict[str, Any]:

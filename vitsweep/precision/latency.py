@@ -30,7 +30,7 @@ from torch import nn
 
 from vitsweep.files import write_text
 from vitsweep.measure.compile import compile_program
-from vitsweep.measure.host import machine_key
+from vitsweep.measure.host import machine_file, read_table
 from vitsweep.measure.speed import thread_scope, timed_repeats
 from vitsweep.precision.mixed import macs_per_image
 from vitsweep.precision.packed import PackedLinear
@@ -72,18 +72,10 @@ class LatencyTable:
 
     def __init__(self, root: str | Path | None, timing: MeasureSpec) -> None:
         self.timing = timing
-        with thread_scope(timing.threads) as threads:
-            key = machine_key(threads)
-        self.path = None if root is None else Path(root) / "latency" / f"{key}.json"
-        self.entries: dict[str, float] = {}
-        if self.path is not None and self.path.exists():
-            try:
-                self.entries = {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
-            except (ValueError, TypeError, AttributeError) as err:
-                raise ValueError(
-                    f"{self.path}: not a latency table ({type(err).__name__}); delete it and "
-                    "the next mixed trial measures it again"
-                ) from None
+        self.path = machine_file(root, "latency", timing.threads)
+        self.entries = read_table(
+            self.path, "latency table", "delete it and the next mixed trial measures it again"
+        )
 
     def seconds(self, layer: nn.Linear, rows: int, bits: int) -> float:
         """One batch-1 execution of `layer` on `rows` rows at `bits` (8: PT2E int8)."""

@@ -13,6 +13,7 @@ from vitsweep.tome.merge import bipartite_soft_matching, max_merge, merge_wavg
 from vitsweep.tome.patch import (
     TomeSchedule,
     apply_tome,
+    block_forward,
     forward_tokens,
     is_patched,
     num_tokens_of,
@@ -32,6 +33,7 @@ __all__ = [
     "apply_token",
     "apply_tome",
     "bipartite_soft_matching",
+    "block_forward",
     "forward_tokens",
     "is_patched",
     "make_schedule",

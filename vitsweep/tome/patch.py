@@ -118,6 +118,18 @@ def _block(
     return x, size, source, pos
 
 
+def block_forward(
+    blk: Block, x: torch.Tensor, size: torch.Tensor | None, r: int, num_prefix: int, prop: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One block as a patched model runs it: (tokens, sizes) out. The stock block while nothing
+    was merged yet and this block merges nothing, else attention, merge, MLP. For timing one
+    block alone (the cost predictor's table), so it runs the code a trial runs."""
+    if size is None and r == 0:
+        return blk(x), None
+    x, size, _, _ = _block(blk, x, size, r, num_prefix, prop)
+    return x, size
+
+
 def _features(
     model: VisionTransformer, x: torch.Tensor, sources: list[torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

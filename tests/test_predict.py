@@ -1,0 +1,190 @@
+"""The predictors of issue #30: the candidate they both read, the per-block cost table, the
+accuracy predictor and its committed data.
+
+Oracles are the code a trial runs, never the predictors again: ToMe's own patched model says
+how many tokens each block keeps, timm's model says how many parameters a subnet has and what a
+patched model's blocks compute. No timing is asserted (the table's numbers are this machine's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from vitsweep import config
+from vitsweep.models.vit import ViTShape, build_vit
+from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
+from vitsweep.predict.candidate import Candidate, candidate
+from vitsweep.predict.cost import CostPredictor, CostTable, Geometry
+from vitsweep.search.space import format_override
+from vitsweep.spec import ConfigError, MeasureSpec
+from vitsweep.tome import apply_tome, block_forward, forward_tokens, token_counts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = MeasureSpec(threads=1, warmup=1, min_repeats=2, max_repeats=3, repeat_s=0.005,
+                    time_cap_s=0.2)  # fmt: skip
+
+
+def spec_of(*overrides: str):
+    return config.trial_spec(config.compose(["experiment=xray", "tracking=none", *overrides]))
+
+
+def vit_of(c: Candidate) -> torch.nn.Module:
+    shape = ViTShape(c.embed_dim, c.depth, c.heads, c.mlp_ratio, c.head_dim)
+    torch.manual_seed(0)
+    return build_vit(shape, img_size=32, patch_size=4, in_chans=3, num_classes=7).eval()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "r"),
+    [
+        (
+            (
+                "arch.embed_dim=64",
+                "arch.depth=3",
+                "arch.num_heads=[1,2,4]",
+                "arch.mlp_ratio=[2.0,3.0,4.0]",
+                "token.r=8",
+            ),
+            8,
+        ),
+        (("arch.embed_dim=96", "arch.depth=3", "token.r=[20,20,20]"), [20, 20, 20]),  # capped
+        (("arch.embed_dim=48", "arch.depth=4", "token=none", "precision=int8"), 0),
+    ],
+)
+def test_the_candidate_keeps_the_tokens_and_params_the_trial_model_has(overrides, r) -> None:
+    c = candidate(spec_of(*overrides))
+    model = vit_of(c)
+    kept = [b.tokens_in - b.merged for b in c.blocks()]
+    assert kept == token_counts(apply_tome(model, r))
+    ends = [*model.head.parameters(), *model.patch_embed.parameters()]
+    assert c.params() == sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in ends)
+
+
+def test_the_capped_schedule_is_what_runs() -> None:
+    c = candidate(spec_of("arch.embed_dim=96", "arch.depth=3", "token.r=[20,20,20]"))
+    assert c.r == (20, 20, 12) and c.tokens == 65
+
+
+def test_a_fixed_vit_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"arch.kind='vit'.*valid: supernet"):
+        candidate(spec_of("arch=vit"))
+
+
+def test_block_forward_runs_the_blocks_as_the_patched_model() -> None:
+    c = candidate(spec_of("arch.embed_dim=64", "arch.depth=4", "token.r=4"))
+    model = apply_tome(vit_of(c), 4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, want_size = forward_tokens(model, x)
+        t = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        size = None
+        for blk, b in zip(model.blocks, c.blocks(), strict=True):
+            assert t.shape[1] == b.tokens_in and (size is None) == b.first
+            t, size = block_forward(blk, t, size, b.merged, 1, True)
+    torch.testing.assert_close(model.norm(t), want)
+    torch.testing.assert_close(size, want_size)
+
+
+def test_the_cost_table_times_each_part_once_per_machine_and_keeps_it(tmp_path) -> None:
+    geometry = Geometry(img_size=32, patch_size=4, in_chans=3, num_classes=7)
+    c = candidate(spec_of("arch.embed_dim=48", "arch.depth=3", "arch.num_heads=[1,1,2]",
+                          "arch.mlp_ratio=2.0", "token.r=4", "precision=fp32"))  # fmt: skip
+    table = CostTable(tmp_path, QUICK, geometry)
+    cost = CostPredictor(table, batch_size=4).predict(c)
+    assert cost.throughput > 0 and cost.latency_ms > 0
+    # 3 blocks + the fixed parts, at batch 4 and at batch 1
+    assert table.measured == len(table.entries) == 2 * (3 + 1)
+    assert table.path is not None and table.path.parent == tmp_path / "cost"
+    again = CostTable(tmp_path, QUICK, geometry)
+    assert CostPredictor(again, batch_size=4).predict(c) == cost and again.measured == 0
+    # what decides a block's time is in its key: another r is another entry
+    deeper = dataclasses.replace(c, r=(8, 8, 8))
+    CostPredictor(again, batch_size=4).predict(deeper)
+    assert again.measured == 2 * 3
+
+
+@pytest.mark.slow
+def test_int8_parts_are_compiled_programs_and_the_call_is_counted_once(tmp_path) -> None:
+    c = candidate(spec_of("arch.embed_dim=48", "arch.depth=3", "arch.num_heads=1",
+                          "arch.mlp_ratio=2.0", "token=none", "precision=int8"))  # fmt: skip
+    table = CostTable(tmp_path, QUICK, Geometry(32, 4, 3, 7))
+    one = CostPredictor(table, batch_size=4)
+    step = one.step_s(c, 4)
+    # the three blocks are one shape: one entry each for batch 4, plus the fixed parts and
+    # the compiled call
+    assert set(k.split("|")[0] for k in table.entries) == {"block", "fixed", "call"}
+    assert len(table.entries) == 3
+    call = table.call_s("int8")
+    blocks = [table.block_s(b, "int8", 4) for b in c.blocks()]
+    assert call > 0 and step == pytest.approx(table.fixed_s(48, 32, "int8", 4) + sum(blocks))
+    assert table.fixed_s(48, 32, "int8", 4) >= call
+
+
+def test_a_damaged_cost_table_is_named_with_what_to_do(tmp_path) -> None:
+    table = CostTable(tmp_path, QUICK, Geometry(32, 4, 3, 7))
+    assert table.path is not None
+    table.path.parent.mkdir(parents=True)
+    table.path.write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"not a cost table.*delete it"):
+        CostTable(tmp_path, QUICK, Geometry(32, 4, 3, 7))
+
+
+def test_the_cost_table_refuses_a_precision_it_cannot_time(tmp_path) -> None:
+    c = candidate(spec_of("arch.embed_dim=48", "arch.depth=3", "precision=tq"))
+    with pytest.raises(ConfigError, match="precision=tq: the cost predictor times fp32"):
+        CostPredictor(CostTable(None, QUICK, Geometry(32, 4, 3, 7)), 4).predict(c)
+
+
+def synthetic(n: int, seed: int) -> tuple[list[Candidate], np.ndarray]:
+    """Candidates of the xray space with a known accuracy: wider, deeper and less merged is
+    better, int8 costs half a point (generated here, not by any of our code)."""
+    rng = np.random.default_rng(seed)
+    out, acc = [], []
+    for _ in range(n):
+        depth = int(rng.integers(3, 7))
+        heads = tuple(int(h) for h in rng.choice([1, 2, 4], depth))
+        mlp = tuple(float(m) for m in rng.choice([2.0, 3.0, 4.0], depth))
+        r = int(rng.choice([0, 2, 4, 8]))
+        prec = str(rng.choice(["fp32", "bf16", "int8"]))
+        e = int(rng.choice([48, 64, 96, 128]))
+        out.append(Candidate(e, heads, mlp, 32, (r,) * depth, 65, prec))
+        acc.append(0.8 + 0.0004 * e + 0.01 * depth + 0.003 * sum(heads) / depth - 0.003 * r
+                   - 0.005 * (prec == "int8") + rng.normal(0, 0.002))  # fmt: skip
+    return out, np.array(acc)
+
+
+@pytest.mark.parametrize("kind", ["gbt", "gp"])
+def test_the_accuracy_predictor_ranks_unseen_candidates(kind: str) -> None:
+    train, y = synthetic(120, 0)
+    test, want = synthetic(60, 1)
+    got = AccuracyPredictor(kind=kind).fit(train, y).predict(test)
+    assert kendalltau(want, got).statistic > 0.7
+    assert np.all((got >= 0) & (got <= 1))
+
+
+def test_the_accuracy_predictor_refuses_what_it_cannot_fit() -> None:
+    cands, y = synthetic(4, 0)
+    with pytest.raises(ConfigError, match="4 evaluations; need at least 5"):
+        AccuracyPredictor().fit(cands, y)
+    with pytest.raises(ConfigError, match="kind='svm': valid: gp, gbt"):
+        AccuracyPredictor(kind="svm").fit(*synthetic(10, 0))
+
+
+def test_the_committed_accuracy_data_names_its_machine_and_matches_its_configs() -> None:
+    path = DATA_DIR / "xray_accuracy.json"
+    cands, acc, machine = accuracy_records(path)
+    assert {"cpu", "threads", "torch"} <= set(machine)
+    assert len(cands) >= 30 and np.all((acc > 0) & (acc <= 1))
+    records = json.loads(path.read_text())["records"]
+    for rec, c in list(zip(records, cands, strict=True))[:3]:
+        lines = [format_override(k, v) for k, v in rec["point"].items()]
+        assert candidate(spec_of(*lines)) == c
+    # distinct configurations: a repeat would count twice in the cross-validation
+    assert len({json.dumps(r["point"], sort_keys=True) for r in records}) == len(records)

@@ -1,0 +1,337 @@
+"""The predictors of issue #30 checked against measurements they were not fitted on.
+
+`python -m vitsweep.bench.predictors [--quick] [--collect N] [--root DIR]`
+
+- Accuracy: candidates drawn from the experiment's own space (its `params` plus `space_hook`,
+  sampled by Optuna's random sampler exactly as the sweeper samples), each built by the trial's
+  own `trial.build` (the subnet with inherited supernet weights, ToMe, precision) and scored on
+  the whole val split: no training, a few seconds each. `--collect N` appends N more to the
+  committed data file (`vitsweep/predict/data/<experiment>_accuracy.json`, which names the CPU,
+  threads and torch version it came from); the bench itself only reads that file, so it runs
+  from a fresh clone without the supernet. Scored by k-fold cross-validation: every prediction
+  is made by a predictor that never saw that candidate.
+- Cost: the per-block table (`vitsweep.predict.cost`) is measured on this machine, then held-out
+  candidates are built by `trial.build` and timed whole by the product's protocol
+  (`measure.measure_throughput` / `measure_latency`); the table never sees them. Per precision.
+
+Both: share within +/-10%, Kendall tau (`scipy.stats.kendalltau`), the worst misses with their
+configs. JSON goes to `<root>/bench/predictors.json` (`--quick`: `predictors-quick.json`: one
+held-out candidate per precision, timed with `measure=quick`, 1 thread at batch 32; the plumbing,
+in minutes). The held-out candidates are built from the study's supernet: cached under `--root`
+(`multirun/supernets/`), else trained first. Sized for about 15 minutes on an idle 2-core machine
+with the supernet cached (`--per-precision 6`; int8 parts compile for seconds each).
+Timings taken beside other CPU work are not evidence for the +/-10% claim: the JSON records the
+load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
+from vitsweep.predict.candidate import candidate
+from vitsweep.search.space import SearchSpace, format_override, parse_space
+from vitsweep.spec import TrialSpec
+
+Point = dict[str, Any]
+
+
+def machine() -> dict[str, Any]:
+    """What measured a figure: CPU, threads, torch (as `measure.host.machine_key` keys it)."""
+    import torch
+
+    from vitsweep.measure.host import describe
+
+    return {
+        "cpu": describe(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ----------------------------------------------------------------------------- the space
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """The experiment's search space and how a point becomes the trial's spec."""
+
+    overrides: tuple[str, ...]
+    space: SearchSpace
+    base: TrialSpec
+
+    def spec(self, point: Point) -> TrialSpec:
+        from vitsweep import config
+
+        lines = [*self.overrides, *(format_override(k, v) for k, v in point.items())]
+        return config.trial_spec(config.compose(lines))
+
+
+def make_study(experiment: str, overrides: Sequence[str] = ()) -> Study:
+    from vitsweep import config
+
+    base = (f"experiment={experiment}", "tracking=none", *overrides)
+    cfg = config.compose(list(base))
+    sweeper = config.sweeper_spec(cfg.hydra.sweeper)
+    space = parse_space(sweeper.params, sweeper.space_hook)
+    return Study(base, space, config.trial_spec(cfg))
+
+
+def sample_points(study: Study, n: int, seed: int) -> list[Point]:
+    """`n` points as the sweeper's random sampler would propose them (repeats dropped)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out: dict[str, Point] = {}
+    while len(out) < n:
+        trial = s.ask()
+        point = study.space.sample(trial, study.base)
+        s.tell(trial, 0.0)
+        out.setdefault(json.dumps(point, sort_keys=True, default=str), point)
+    return list(out.values())
+
+
+# -------------------------------------------------------------------------- accuracy data
+
+
+def val_accuracy(spec: TrialSpec) -> float:
+    """The trial's val accuracy, computed as the trial computes it (inherited weights)."""
+    from vitsweep import trial
+
+    built, run_model, ctx, _ = trial.ready(spec)
+    return trial.accuracy(run_model, ctx, built.splits.val, spec.measure)
+
+
+def collect_accuracy(
+    experiment: str, n: int, seed: int, root: str, path: Path | None = None
+) -> Path:
+    """Append `n` new real evaluations to the data file (created with its machine on first use).
+
+    int8 is scored uncompiled (`measure.compile=never`: PT2E's reference q/dq program, the
+    same quantized maths as the compiled one, without minutes of compiling per candidate)."""
+    path = path or DATA_DIR / f"{experiment}_accuracy.json"
+    study = make_study(
+        experiment, [f"paths.root={root}", "measure.compile=never", "measure.threads=1"]
+    )
+    data = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {"experiment": experiment, "machine": machine(), "records": []}
+    )
+    seen = {json.dumps(r["point"], sort_keys=True) for r in data["records"]}
+    fresh = [
+        p
+        for p in sample_points(study, n + len(seen), seed)
+        if json.dumps(p, sort_keys=True) not in seen
+    ][:n]
+    for i, point in enumerate(fresh):
+        t0 = time.perf_counter()
+        spec = study.spec(point)
+        acc = val_accuracy(spec)
+        cand = dataclasses.asdict(candidate(spec))
+        data["records"].append({"point": point, "candidate": cand, "accuracy": round(acc, 6)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"[{i + 1}/{n}] {acc:.4f} in {time.perf_counter() - t0:.1f} s: {point}", flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def agreement(
+    measured: Sequence[float], predicted: Sequence[float], labels: Sequence[Any], worst: int = 5
+) -> dict[str, Any]:
+    """Share of predictions within +/-10% of the measurement, Kendall tau, and the worst misses
+    (relative error, with what was predicted: the config)."""
+    from scipy.stats import kendalltau
+
+    m, p = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
+    rel = p / m - 1
+    order = np.argsort(-np.abs(rel))[:worst]
+    tau = float(kendalltau(m, p).statistic) if len(m) > 1 else float("nan")
+    return {
+        "n": len(m),
+        "within_10pct": round(float(np.mean(np.abs(rel) <= 0.10)), 4),
+        "kendall_tau": round(tau, 4),
+        "median_abs_error_pct": round(100 * float(np.median(np.abs(rel))), 2),
+        "worst": [
+            {
+                "measured": round(float(m[i]), 6),
+                "predicted": round(float(p[i]), 6),
+                "error_pct": round(100 * float(rel[i]), 2),
+                "config": labels[i],
+            }
+            for i in order
+        ],
+    }
+
+
+def accuracy_check(path: Path, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """k-fold cross-validation of each predictor kind on the data file: every candidate is
+    predicted by a predictor fitted on the other folds. Also per precision."""
+    from sklearn.model_selection import KFold
+
+    from vitsweep.predict.accuracy import KINDS
+
+    cands, acc, mach = accuracy_records(path)
+    points = [r["point"] for r in json.loads(path.read_text())["records"]]
+    out: dict[str, Any] = {"data": str(path.name), "machine": mach, "n": len(cands), "kinds": {}}
+    for kind in KINDS:
+        pred = np.zeros(len(cands))
+        t0 = time.perf_counter()
+        for train, test in KFold(folds, shuffle=True, random_state=seed).split(acc):
+            model = AccuracyPredictor(kind=kind, seed=seed)
+            model.fit([cands[i] for i in train], acc[train])
+            pred[test] = model.predict([cands[i] for i in test])
+        row = agreement(acc, pred, points)
+        row["mae_points"] = round(100 * float(np.mean(np.abs(pred - acc))), 3)
+        row["fit_s"] = round(time.perf_counter() - t0, 2)
+        row["per_precision"] = {}
+        for prec in sorted({c.precision for c in cands}):
+            idx = [i for i, c in enumerate(cands) if c.precision == prec]
+            sub = agreement(acc[idx], pred[idx], [points[i] for i in idx], worst=0)
+            row["per_precision"][prec] = {k: sub[k] for k in ("n", "kendall_tau")}
+        out["kinds"][kind] = row
+    out["accuracy_range"] = [round(float(acc.min()), 4), round(float(acc.max()), 4)]
+    return out
+
+
+# ---------------------------------------------------------------------------------- cost
+
+
+def measure_whole(spec: TrialSpec) -> tuple[float, float]:
+    """(throughput, latency_ms) of the trial's model timed whole by the product's protocol,
+    compiled (int8) for the two timed batch sizes only."""
+    from vitsweep import measure, trial
+
+    built = trial.build(spec)
+    ms = spec.measure
+    shape = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
+    with measure.thread_scope(ms.threads):
+        run_model, ctx, _ = measure.compile_model(
+            built.model, built.ctx, ms, shape, (ms.batch_size, 1)
+        )
+        stats, batch = measure.measure_throughput(run_model, ctx, shape, ms)
+        lat = measure.measure_latency(run_model, ctx, shape, ms)
+    if batch != ms.batch_size:
+        raise RuntimeError(f"measure.batch_size={ms.batch_size}: ran out of memory at it")
+    return stats.rate, 1e3 * lat.median_step_s
+
+
+def cost_check(
+    study: Study, per_precision: int, seed: int, root: str, log: Any = print
+) -> dict[str, Any]:
+    """Held-out candidates (drawn from the space, `per_precision` of each precision the space
+    holds), predicted from the per-block table, then timed whole."""
+    from vitsweep.predict.cost import CostPredictor, CostTable, Geometry
+
+    base = study.base
+    geometry = Geometry(
+        base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
+    )
+    table = CostTable(root, base.measure, geometry, prop_attn=base.token.prop_attn)
+    predictor = CostPredictor(table, base.measure.batch_size)
+    wanted: dict[str, list[Point]] = {}
+    for point in sample_points(study, 40 * per_precision, seed):
+        prec = str(point.get("precision", base.precision.mode))
+        if len(wanted.setdefault(prec, [])) < per_precision:
+            wanted[prec].append(point)
+    out: dict[str, Any] = {"per_precision": {}}
+    t_table = t_whole = 0.0
+    for prec, points in sorted(wanted.items()):
+        rows = []
+        for point in points:
+            spec = study.spec(point)
+            c = candidate(spec)
+            t0 = time.perf_counter()
+            pred = predictor.predict(c)
+            t1 = time.perf_counter()
+            thr, lat = measure_whole(spec)
+            t_table, t_whole = t_table + t1 - t0, t_whole + time.perf_counter() - t1
+            rows.append((point, thr, pred.throughput, lat, pred.latency_ms))
+            log(
+                f"{prec}: throughput {thr:.0f} predicted {pred.throughput:.0f}; latency "
+                f"{lat:.3f} predicted {pred.latency_ms:.3f} ms  {point}"
+            )
+        labels = [r[0] for r in rows]
+        out["per_precision"][prec] = {
+            "throughput": agreement([r[1] for r in rows], [r[2] for r in rows], labels),
+            "latency_ms": agreement([r[3] for r in rows], [r[4] for r in rows], labels),
+        }
+    out["table_entries"] = len(table.entries)
+    out["table_measured_s"] = round(t_table, 1)
+    out["whole_measured_s"] = round(t_whole, 1)
+    out["table"] = str(table.path)
+    return out
+
+
+def _classes(spec: TrialSpec) -> int:
+    from vitsweep import data
+
+    return data.load(spec.data, data.data_dir(spec.root)).num_classes
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m vitsweep.bench.predictors", description=__doc__)
+    ap.add_argument("--experiment", default="xray")
+    ap.add_argument("--root", default="multirun", help="paths.root (bench JSON, cost table)")
+    ap.add_argument("--quick", action="store_true", help="1 held-out candidate per precision")
+    ap.add_argument("--per-precision", type=int, default=6, help="held-out cost candidates")
+    ap.add_argument("--seed", type=int, default=1000, help="held-out draw (collection: 1)")
+    ap.add_argument("--collect", type=int, default=0, help="first measure N more accuracies")
+    ap.add_argument("--no-cost", action="store_true", help="the accuracy check alone")
+    args = ap.parse_args(argv)
+    data_file = DATA_DIR / f"{args.experiment}_accuracy.json"
+    if args.collect:
+        collect_accuracy(args.experiment, args.collect, 1, args.root, data_file)
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_before": load_average(),
+    }
+    if data_file.exists():
+        result["accuracy"] = accuracy_check(data_file)
+        for kind, row in result["accuracy"]["kinds"].items():
+            print(
+                f"accuracy {kind}: tau {row['kendall_tau']}, MAE {row['mae_points']} pts, "
+                f"within 10% {row['within_10pct']} (n={row['n']})"
+            )
+    if not args.no_cost:
+        overrides = [f"paths.root={args.root}"]
+        if args.quick:
+            overrides += ["measure=quick", "measure.compile=auto"]
+        study = make_study(args.experiment, overrides)
+        per = 1 if args.quick else args.per_precision
+        result["cost"] = cost_check(study, per, args.seed, args.root)
+        result["cost"]["measure"] = dataclasses.asdict(study.base.measure)
+    result["load_average_after"] = load_average()
+    name = "predictors-quick.json" if args.quick else "predictors.json"
+    path = Path(args.root) / "bench" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
