@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -46,7 +47,8 @@ from vitsweep.precision.resolve import (
     resolve_device,
     resolve_precision,
 )
-from vitsweep.precision.tq import apply_tq, coded_layers, finetune, tq_stats
+from vitsweep.precision.retrain import DEFAULT_RECIPE, frozen_copy, retrain
+from vitsweep.precision.tq import apply_tq, coded_layers, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 
@@ -61,6 +63,7 @@ __all__ = [
 
 _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
+RETRAIN_ATTR = "vitsweep_retrain_s"  # seconds a tq model spent retraining (a cost, like compile)
 TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
 
 
@@ -267,7 +270,11 @@ def _latency_inputs(
 
 
 def plan_metrics(model: nn.Module) -> dict[str, float]:
-    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`)."""
+    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`), and the
+    seconds tq's retraining took (`retrain_s`: a cost of its own, like `compile_s`)."""
+    retrain_s = getattr(model, RETRAIN_ATTR, None)
+    if retrain_s is not None:
+        return {"retrain_s": round(retrain_s, 3)}
     plan = getattr(model, PLAN_ATTR, None)
     predicted = None if plan is None else plan.predicted_latency_s
     if predicted is None:
@@ -300,12 +307,14 @@ def _tq(
     if calib is not None:
         batches = calib_batches(calib, spec.calib_batches, calib_batch_size, device)
         inputs = [x for x, _ in batches]
+    recipe = replace(DEFAULT_RECIPE, steps=spec.finetune_steps, batch_size=calib_batch_size)
+    teacher = frozen_copy(model) if spec.finetune_steps > 0 and recipe.distill else None
     apply_tq(model, spec.rate, inputs)
     model.to(device)
     if spec.finetune_steps > 0:
-        finetune(
-            model, calib, spec.finetune_steps, batch_size=calib_batch_size, device=device, seed=seed
-        )
+        assert calib is not None
+        seconds = retrain(model, calib, recipe, teacher=teacher, device=device, seed=seed)
+        setattr(model, RETRAIN_ATTR, seconds)
     stats = tq_stats(model)
     alloc = "output-weighted" if stats.weighted else "weights-only"
     tuned = f", fine-tuned {spec.finetune_steps} steps" if spec.finetune_steps else ""
