@@ -48,7 +48,7 @@ from vitsweep.precision.resolve import (
     resolve_precision,
 )
 from vitsweep.precision.retrain import DEFAULT_RECIPE, frozen_copy, retrain
-from vitsweep.precision.tq import apply_tq, coded_layers, tq_stats
+from vitsweep.precision.tq import apply_tq, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 
@@ -309,7 +309,7 @@ def _tq(
         inputs = [x for x, _ in batches]
     recipe = replace(DEFAULT_RECIPE, steps=spec.finetune_steps, batch_size=calib_batch_size)
     teacher = frozen_copy(model) if spec.finetune_steps > 0 and recipe.distill else None
-    apply_tq(model, spec.rate, inputs)
+    apply_tq(model, spec.rate, inputs, transform=spec.transform, stored=spec.budget == "stored")
     model.to(device)
     if spec.finetune_steps > 0:
         assert calib is not None
@@ -318,11 +318,12 @@ def _tq(
     stats = tq_stats(model)
     alloc = "output-weighted" if stats.weighted else "weights-only"
     tuned = f", fine-tuned {spec.finetune_steps} steps" if spec.finetune_steps else ""
+    klt = sum(not layer.identity for layer in tq_layers(model))
     return (
         model,
         f"tq {stats.rate:.3g} bits/weight ({stats.effective_bits:.3g} with transforms), "
-        f"{alloc} allocation, x{stats.layers} Linear/Conv{tuned}, rebuilt once to fp32 "
-        "(saves bytes, not time)",
+        f"{alloc} allocation, KLT in {klt} of {stats.layers} Linear/Conv{tuned}, rebuilt once "
+        "to fp32 (saves bytes, not time)",
         False,
     )
 
