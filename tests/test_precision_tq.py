@@ -339,8 +339,10 @@ def test_finetuning_lowers_the_loss_and_keeps_the_rate(trained, splits) -> None:
         ({"rate": 8.5}, None, "precision.rate"),
         ({"finetune_steps": 5}, None, "precision.finetune_steps"),
         ({"finetune_steps": -1}, None, "precision.finetune_steps"),
+        ({"transform": "dct"}, None, "precision.transform"),
+        ({"budget": "bytes"}, None, "precision.budget"),
     ],
-    ids=["rate0", "rate-neg", "rate>8", "finetune-no-calib", "finetune-neg"],
+    ids=["rate0", "rate-neg", "rate>8", "finetune-no-calib", "finetune-neg", "transform", "budget"],
 )
 def test_bad_input_is_a_one_line_config_error(kwargs, calib, key: str) -> None:
     base = _subnet()
@@ -453,10 +455,11 @@ def test_uniform_baseline_retrains_through_the_same_loop(trained, splits, bits: 
 
 
 def test_retraining_records_its_seconds_and_distillation_needs_a_teacher(trained, splits) -> None:
-    spec = PrecisionSpec(mode="tq", rate=1.5, finetune_steps=3)
+    spec = PrecisionSpec(mode="tq", rate=1.5, finetune_steps=3, budget="stored", transform="auto")
     model, _ = apply_precision(copy.deepcopy(trained), spec, calib=splits.train)
     metrics = plan_metrics(model)
     assert set(metrics) == {"retrain_s"} and metrics["retrain_s"] > 0
+    assert tq_stats(model).effective_bits <= 1.5  # the stored budget reached the layers
     plain, _ = apply_precision(copy.deepcopy(trained), replace(spec, finetune_steps=0))
     assert "retrain_s" not in plan_metrics(plain)
     with pytest.raises(ValueError, match="teacher"):

@@ -48,7 +48,7 @@ from vitsweep.precision.resolve import (
     resolve_precision,
 )
 from vitsweep.precision.retrain import DEFAULT_RECIPE, frozen_copy, retrain
-from vitsweep.precision.tq import apply_tq, coded_layers, tq_layers, tq_stats
+from vitsweep.precision.tq import TRANSFORMS, apply_tq, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 
@@ -94,6 +94,10 @@ def _validate_tq(spec: PrecisionSpec) -> None:
         )
     if spec.finetune_steps < 0:
         raise ConfigError(f"precision.finetune_steps={spec.finetune_steps}: must be >= 0")
+    if spec.transform not in TRANSFORMS:
+        raise ConfigError(f"precision.transform={spec.transform!r}: valid: {', '.join(TRANSFORMS)}")
+    if spec.budget not in ("coefficients", "stored"):
+        raise ConfigError(f"precision.budget={spec.budget!r}: valid: coefficients, stored")
 
 
 def _float(
