@@ -418,6 +418,9 @@ def test_a_stored_rate_counts_the_transform(trained, splits, rate: float) -> Non
         apply_tq(model, rate, calib, transform=transform, stored=True)
         stats = tq_stats(model)
         assert stats.effective_bits <= rate
+        # ...and so do the bytes that are saved (codes pack to whole bytes: one more a layer).
+        rest = model_bytes(trained) - 4 * stats.weights
+        assert model_bytes(model) - rest <= rate * stats.weights / 8 + stats.layers
         coded[transform] = model
     assert tq_stats(coded["identity"]).effective_bits > rate - 0.25  # the budget is spent
     moments = input_moments(trained, dict(coded_layers(trained)), calib)

@@ -80,13 +80,11 @@ class TQLayer(nn.Module):
         analysis: T.Analysis | None = None,
         gains: torch.Tensor | None = None,
         stored: bool = False,
-        transform_bits: int = T.TRANSFORM_BITS,
     ) -> None:
         """Code `layer`'s weight at `rate` bits per weight. `analysis`: its KLT (or identity,
         `Analysis.of(w, identity=True)`) if already computed; `gains`: per-component output
         gains from calibration (None: weights only); `stored`: `rate` counts every stored bit of
-        the weight (coefficients, transform, steps, depths), not the coefficients alone;
-        `transform_bits`: the kept basis vectors' depth (side information)."""
+        the weight (coefficients, transform, steps, depths), not the coefficients alone."""
         super().__init__()
         w = layer.weight.detach()
         self.weight_shape = tuple(w.shape)
@@ -103,7 +101,6 @@ class TQLayer(nn.Module):
             }
         self.rate = float(rate)
         self.weighted = gains is not None
-        self.transform_bits = int(transform_bits)
         an = analysis or T.Analysis.of(w)
         a, u, self.transposed = an.a, an.basis, an.transposed
         self.rows, self.cols = a.shape  # d (transformed side) x s (coefficients per row)
@@ -119,7 +116,7 @@ class TQLayer(nn.Module):
             basis_scale = torch.zeros(0)
             c = a
         else:
-            basis, basis_scale = T.quantize_basis(u[:, keep], self.transform_bits)
+            basis, basis_scale = T.quantize_basis(u[:, keep])
         # Coefficients against the quantized basis (least squares): exact when all rows are kept.
         if not an.identity and keep.any():
             c = torch.linalg.lstsq(T.dequantize_basis(basis, basis_scale), a).solution
@@ -149,12 +146,12 @@ class TQLayer(nn.Module):
 
     def _stored_bits(self, score, identity: bool) -> torch.Tensor:
         """Depths whose coefficients and side information fit `rate` stored bits per weight:
-        a kept KLT row stores its basis vector (d x transform_bits), its scale and step (fp32)
+        a kept KLT row stores its basis vector (d x TRANSFORM_BITS), its scale and step (fp32)
         and depth (uint8); the identity stores every row's depth, a kept row's step, no basis."""
         total = self.rate * self.rows * self.cols
         if identity:
             return T.allocate_stored(score, total, self.cols, 32, 8 * self.rows)
-        return T.allocate_stored(score, total, self.cols, self.rows * self.transform_bits + 72)
+        return T.allocate_stored(score, total, self.cols, self.rows * T.TRANSFORM_BITS + 72)
 
     # ------------------------------------------------------------------ decoding
 
@@ -256,9 +253,9 @@ class TQLayer(nn.Module):
 
     @property
     def side_bits(self) -> int:
-        basis = self.basis.numel() * self.transform_bits
-        return basis + 8 * sum(
-            t.numel() * t.element_size() for t in (self.bits, self.step, self.basis_scale)
+        return 8 * sum(
+            t.numel() * t.element_size()
+            for t in (self.bits, self.step, self.basis, self.basis_scale)
         )
 
     def extra_repr(self) -> str:
@@ -403,7 +400,6 @@ def apply_tq(
     *,
     transform: str = "klt",
     stored: bool = False,
-    transform_bits: int = T.TRANSFORM_BITS,
 ) -> list[str]:
     """Replace every coded layer (see `coded_layers`) by a TQLayer at `rate` average bits per
     weight; returns the names replaced. Norms, embeddings and tokens stay fp32.
@@ -440,7 +436,6 @@ def apply_tq(
                 analysis=options[identity][name][1],
                 gains=gains[identity].get(name),
                 stored=stored,
-                transform_bits=transform_bits,
             )
             if len(kinds) == 1:
                 best = (0.0, coded)
