@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ from vitsweep.precision.resolve import (
     resolve_device,
     resolve_precision,
 )
-from vitsweep.precision.retrain import DEFAULT_RECIPE, frozen_copy, retrain
+from vitsweep.precision.retrain import frozen_copy, recipe_for, retrain
 from vitsweep.precision.tq import TRANSFORMS, apply_tq, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
@@ -311,7 +310,7 @@ def _tq(
     if calib is not None:
         batches = calib_batches(calib, spec.calib_batches, calib_batch_size, device)
         inputs = [x for x, _ in batches]
-    recipe = replace(DEFAULT_RECIPE, steps=spec.finetune_steps, batch_size=calib_batch_size)
+    recipe = recipe_for(spec.rate, spec.finetune_steps, calib_batch_size)
     teacher = frozen_copy(model) if spec.finetune_steps > 0 and recipe.distill else None
     apply_tq(model, spec.rate, inputs, transform=spec.transform, stored=spec.budget == "stored")
     model.to(device)

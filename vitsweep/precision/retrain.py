@@ -12,7 +12,7 @@ import copy
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -32,15 +32,24 @@ class Recipe:
     batch_size: int = 64
 
 
-# Chosen on val (2026-12-03, xray baseline e192 d6, tq at 1 stored bit + scales, transform=auto,
-# budget=stored, 50 steps of batch 64, every fifth val image: 1,470; post-training 79.66%,
-# fp32 93.33%): lr 1e-4 cosine 81.09%, lr 1e-3 cosine 89.80%, lr 1e-3 constant 91.84%. At 1e-4
-# the latents barely leave their quantization cells in 50 steps; a cosine decay spends half of
-# them at a rate too small to cross one. Distillation from the fp32 model (KL to its softmax),
-# lr 1e-3 cosine: 90.48% against 89.80% on the labels, within the noise of 1,470 images (+-1.5
-# pts) for a teacher forward per step: off. 50 steps is what this comparison could afford on a
-# shared 2-core machine (about 5 s a step there), not a measured optimum.
+# Chosen on val (2026-12-03, xray baseline e192 d6, tq with transform=auto, budget=stored, 50
+# steps of batch 64, every fifth val image: 1,470; fp32 93.33%). At 1 stored bit (+ scales),
+# post-training 79.66%: lr 1e-4 cosine 81.09%, lr 1e-3 cosine 89.80%, lr 1e-3 constant 91.84%;
+# at 1e-4 the latents barely leave their quantization cells in 50 steps, and a cosine decay
+# spends half of them at a rate too small to cross one. Distillation from the fp32 model (KL to
+# its softmax), lr 1e-3 cosine: 90.48% against 89.80% on the labels, within the noise of 1,470
+# images (+-1.5 pts) for a teacher forward per step: off. At 2 stored bits, post-training
+# 91.36%: lr 1e-3 constant 91.16% (it shakes a model that is nearly right), lr 1e-4 constant
+# 92.59%. Hence the rate decides the lr (`recipe_for`). 50 steps is what this comparison could
+# afford on a shared 2-core machine, not a measured optimum.
+LOW_RATE_LR, HIGH_RATE_LR, LOW_RATE_BELOW = 1e-3, 1e-4, 2.0
 DEFAULT_RECIPE = Recipe(steps=0)
+
+
+def recipe_for(rate: float, steps: int, batch_size: int = 64) -> Recipe:
+    """The measured recipe for `steps` at `rate` stored bits per weight (see above)."""
+    lr = LOW_RATE_LR if rate < LOW_RATE_BELOW else HIGH_RATE_LR
+    return replace(DEFAULT_RECIPE, steps=steps, lr=lr, batch_size=batch_size)
 
 
 def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
