@@ -38,6 +38,19 @@ def test_codes_in_range_and_error_falls_with_bits():
     assert errors[-1] < 1e-3 * float(w.pow(2).sum())
 
 
+def test_one_bit_is_sign_times_the_best_scale_per_row():
+    """1 bit: codes +-1 and, per row, the scale no other scale beats (mean |w|: the least-squares
+    scale of a sign pattern); its error sits above the 2-bit quantizer's."""
+    w = _weight()
+    codes, scale = quantize(w, 1)
+    assert codes.dtype == torch.int8 and set(codes.unique().tolist()) <= {-1, 1}
+    assert torch.equal(codes, torch.where(w < 0, -1, 1).to(torch.int8))
+    err = (w - dequant(codes, scale)).pow(2).sum(dim=1)
+    for factor in (0.9, 0.97, 1.03, 1.1):
+        assert torch.all(err < (w - dequant(codes, scale * factor)).pow(2).sum(dim=1))
+    assert perturbation(w, 1) > perturbation(w, 2)
+
+
 def test_clip_search_beats_plain_absmax():
     w = _weight()
     for bits in (4, 6):

@@ -7,6 +7,7 @@ import copy
 import heapq
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -23,11 +24,21 @@ from vitsweep.measure.accuracy import predict
 from vitsweep.measure.cost import count_params
 from vitsweep.models import ViTShape, build_vit
 from vitsweep.models.train import train_briefly
-from vitsweep.precision import apply_precision, model_bytes
+from vitsweep.precision import apply_precision, model_bytes, plan_metrics
 from vitsweep.precision import transform as T
 from vitsweep.precision.knobs import TQ_RATES
 from vitsweep.precision.quantizers import fake_quantize
-from vitsweep.precision.tq import TQLayer, coded_layers, tq_layers, tq_stats
+from vitsweep.precision.retrain import Recipe, retrain
+from vitsweep.precision.tq import (
+    TQLayer,
+    apply_tq,
+    coded_layers,
+    input_moments,
+    output_error,
+    tq_layers,
+    tq_stats,
+)
+from vitsweep.precision.uniform import apply_uniform, uniform_layers
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec, TrialSpec
 from vitsweep.vit_space import conditional
@@ -75,7 +86,7 @@ def _greedy(lam: np.ndarray, budget: int, max_bits: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- maths
 
 
-@pytest.mark.parametrize("rate", [0.5, 1.0, 2.0, 2.5, 3.0, 4.0, 7.0])
+@pytest.mark.parametrize("rate", [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 7.0])
 @pytest.mark.parametrize("n", [16, 96, 384])
 def test_allocation_meets_the_rate_exactly_and_water_fills(rate: float, n: int) -> None:
     lam = _variances(int(rate * 10) + n, n)
@@ -97,6 +108,29 @@ def test_allocation_meets_the_rate_exactly_and_water_fills(rate: float, n: int) 
 def test_allocation_floor_when_rate_times_rows_is_fractional() -> None:
     bits = T.allocate_bits(_variances(0, 7), 2.5)
     assert bits.sum() == math.floor(2.5 * 7) == T.budget_rows(2.5, 7)
+
+
+@pytest.mark.parametrize("rate", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize(("kept_row_bits", "fixed_bits"), [(0, 0), (200, 0), (0, 900)])
+def test_stored_allocation_spends_the_most_that_fits(
+    rate: float, kept_row_bits: int, fixed_bits: int
+) -> None:
+    """Coefficients + side information within the stored budget, and one more of the greedy's
+    bits would not fit; the depths are the greedy's (the same prefix of its order)."""
+    n, cols = 48, 40
+    lam = _variances(7, n)
+    total = rate * n * cols
+    bits = T.allocate_stored(lam, total, cols, kept_row_bits, fixed_bits)
+
+    def cost(b: np.ndarray) -> int:
+        return int(b.sum()) * cols + int(np.count_nonzero(b)) * kept_row_bits + fixed_bits
+
+    assert cost(bits) <= total
+    assert np.array_equal(bits, _greedy(lam, int(bits.sum()), T.MAX_COEFF_BITS))
+    more = _greedy(lam, int(bits.sum()) + 1, T.MAX_COEFF_BITS)
+    assert cost(more) > total
+    if kept_row_bits == fixed_bits == 0:  # no side information: the coefficient allocation
+        assert np.array_equal(bits, T.allocate_bits(lam, rate))
 
 
 def test_packing_round_trips_at_mixed_widths() -> None:
@@ -305,8 +339,10 @@ def test_finetuning_lowers_the_loss_and_keeps_the_rate(trained, splits) -> None:
         ({"rate": 8.5}, None, "precision.rate"),
         ({"finetune_steps": 5}, None, "precision.finetune_steps"),
         ({"finetune_steps": -1}, None, "precision.finetune_steps"),
+        ({"transform": "dct"}, None, "precision.transform"),
+        ({"budget": "bytes"}, None, "precision.budget"),
     ],
-    ids=["rate0", "rate-neg", "rate>8", "finetune-no-calib", "finetune-neg"],
+    ids=["rate0", "rate-neg", "rate>8", "finetune-no-calib", "finetune-neg", "transform", "budget"],
 )
 def test_bad_input_is_a_one_line_config_error(kwargs, calib, key: str) -> None:
     base = _subnet()
@@ -338,3 +374,96 @@ def test_the_rate_is_searched_only_for_tq() -> None:
     )
     dist = study.trials[0].distributions["precision.rate"]
     assert tuple(dist.choices) == TQ_RATES
+
+
+# ----------------------------------------------------------------------------- low rates
+
+
+@pytest.mark.parametrize("rate", [1.0, 1.5])
+@pytest.mark.parametrize("transform", ["klt", "identity", "auto"])
+def test_rates_down_to_one_round_trip(trained, splits, rate: float, transform: str) -> None:
+    """Rates 1 and 1.5, with either transform or the per-layer choice: the coefficient rate is
+    the one asked (bar a row-bit floor), the model keeps the float model's signal, and a reload
+    of its state_dict onto a layer tree coded from zeroed weights runs the same logits."""
+    calib = [splits.train.tensors[0][:64]]
+    model = copy.deepcopy(trained)
+    apply_tq(model, rate, calib, transform=transform)
+    stats = tq_stats(model)
+    assert stats.rate == pytest.approx(rate, abs=0.02)
+    kinds = {layer.identity for layer in tq_layers(model)}
+    assert kinds == {"klt": {False}, "identity": {True}}.get(transform, kinds)
+    x = splits.test.tensors[0][:64]
+    with torch.no_grad():
+        ref, out = trained(x), model(x)
+    assert float((out - ref).norm() / ref.norm()) < 0.9
+    skeleton = copy.deepcopy(trained)
+    with torch.no_grad():
+        for p in skeleton.parameters():
+            p.zero_()
+    apply_tq(skeleton, rate, calib, transform="klt" if transform == "identity" else "identity")
+    skeleton.load_state_dict(model.state_dict(), strict=True)
+    assert [m.identity for m in tq_layers(skeleton)] == [m.identity for m in tq_layers(model)]
+    with torch.no_grad():
+        assert torch.equal(skeleton(x), out)
+
+
+@pytest.mark.parametrize("rate", [1.0, 1.5, 2.0])
+def test_a_stored_rate_counts_the_transform(trained, splits, rate: float) -> None:
+    """`stored`: every bit the coded weights store, transforms included, fits the rate, and the
+    per-layer choice is never worse than either pure coding in output error at that budget."""
+    calib = [splits.train.tensors[0][:64]]
+    coded = {}
+    for transform in ("klt", "identity", "auto"):
+        model = copy.deepcopy(trained)
+        apply_tq(model, rate, calib, transform=transform, stored=True)
+        stats = tq_stats(model)
+        assert stats.effective_bits <= rate
+        # ...and so do the bytes that are saved (codes pack to whole bytes: one more a layer).
+        rest = model_bytes(trained) - 4 * stats.weights
+        assert model_bytes(model) - rest <= rate * stats.weights / 8 + stats.layers
+        coded[transform] = model
+    assert tq_stats(coded["identity"]).effective_bits > rate - 0.25  # the budget is spent
+    moments = input_moments(trained, dict(coded_layers(trained)), calib)
+    for (name, layer), k, i, a in zip(
+        coded_layers(trained),
+        *(tq_layers(coded[t]) for t in ("klt", "identity", "auto")),
+        strict=True,
+    ):
+        errors = [output_error(layer.weight, m, moments.get(name)) for m in (k, i, a)]
+        assert errors[2] == min(errors[:2])
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_uniform_baseline_retrains_through_the_same_loop(trained, splits, bits: int) -> None:
+    """The baseline tq is judged against: per-channel codes (1 bit: +-1) retrained by the loop
+    tq uses lower the train loss, keep their code set and scales, and run what they store."""
+    model = copy.deepcopy(trained)
+    apply_uniform(model, bits, coded_layers(model))
+    layers = uniform_layers(model)
+    scales = [m.scale.clone() for m in layers]
+    x, y = splits.train.tensors
+    with torch.no_grad():
+        before = float(F.cross_entropy(model(x), y))
+    retrain(model, splits.train, Recipe(steps=30, lr=1e-3))
+    with torch.no_grad():
+        after = float(F.cross_entropy(model(x), y))
+    assert after < 0.95 * before
+    top = 1 if bits == 1 else 2 ** (bits - 1) - 1
+    for m, s in zip(layers, scales, strict=True):
+        assert m.latent is None and torch.equal(m.scale, s)
+        assert int(m.codes.abs().max()) <= top and (bits > 1 or int(m.codes.abs().min()) == 1)
+        shape = (-1,) + (1,) * (m.codes.dim() - 1)
+        assert torch.equal(m.weight, m.codes.float() * s.reshape(shape))
+    assert all(m.stored_bits == bits * m.numel + 32 * m.scale.numel() for m in layers)
+
+
+def test_retraining_records_its_seconds_and_distillation_needs_a_teacher(trained, splits) -> None:
+    spec = PrecisionSpec(mode="tq", rate=1.5, finetune_steps=3, budget="stored", transform="auto")
+    model, _ = apply_precision(copy.deepcopy(trained), spec, calib=splits.train)
+    metrics = plan_metrics(model)
+    assert set(metrics) == {"retrain_s"} and metrics["retrain_s"] > 0
+    assert tq_stats(model).effective_bits <= 1.5  # the stored budget reached the layers
+    plain, _ = apply_precision(copy.deepcopy(trained), replace(spec, finetune_steps=0))
+    assert "retrain_s" not in plan_metrics(plain)
+    with pytest.raises(ValueError, match="teacher"):
+        retrain(copy.deepcopy(plain), splits.train, Recipe(steps=1, distill=True))

@@ -213,6 +213,12 @@ class PrecisionSpec:
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
+    # tq: what `rate` counts: the coefficients alone, or every stored bit of the coded weights
+    # (transforms, steps and depths included: the bytes a uniform quantizer is compared at)
+    budget: Literal["coefficients", "stored"] = "coefficients"
+    # tq: decorrelate every layer (klt), none (identity: rows coded as they are, nothing stored
+    # beside them), or per layer whichever has the lower output error at the budget (auto)
+    transform: Literal["klt", "identity", "auto"] = "klt"
     finetune_steps: int = 0  # tq: optional fine-tuning after quantization
 
     def __post_init__(self) -> None:

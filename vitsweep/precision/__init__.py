@@ -47,7 +47,8 @@ from vitsweep.precision.resolve import (
     resolve_device,
     resolve_precision,
 )
-from vitsweep.precision.tq import apply_tq, coded_layers, finetune, tq_stats
+from vitsweep.precision.retrain import frozen_copy, recipe_for, retrain
+from vitsweep.precision.tq import TRANSFORMS, apply_tq, coded_layers, tq_layers, tq_stats
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 
@@ -63,6 +64,7 @@ __all__ = [
 _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
 ACCURACY_ATTR = "vitsweep_accuracy_model"  # a simulation the accuracy is measured on
+RETRAIN_ATTR = "vitsweep_retrain_s"  # seconds a tq model spent retraining (a cost, like compile)
 TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
 
 
@@ -93,6 +95,10 @@ def _validate_tq(spec: PrecisionSpec) -> None:
         )
     if spec.finetune_steps < 0:
         raise ConfigError(f"precision.finetune_steps={spec.finetune_steps}: must be >= 0")
+    if spec.transform not in TRANSFORMS:
+        raise ConfigError(f"precision.transform={spec.transform!r}: valid: {', '.join(TRANSFORMS)}")
+    if spec.budget not in ("coefficients", "stored"):
+        raise ConfigError(f"precision.budget={spec.budget!r}: valid: coefficients, stored")
 
 
 def _float(
@@ -313,7 +319,11 @@ def _latency_inputs(
 
 
 def plan_metrics(model: nn.Module) -> dict[str, float]:
-    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`)."""
+    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`), and the
+    seconds tq's retraining took (`retrain_s`: a cost of its own, like `compile_s`)."""
+    retrain_s = getattr(model, RETRAIN_ATTR, None)
+    if retrain_s is not None:
+        return {"retrain_s": round(retrain_s, 3)}
     plan = getattr(model, PLAN_ATTR, None)
     predicted = None if plan is None else plan.predicted_latency_s
     if predicted is None:
@@ -346,20 +356,23 @@ def _tq(
     if calib is not None:
         batches = calib_batches(calib, spec.calib_batches, calib_batch_size, device)
         inputs = [x for x, _ in batches]
-    apply_tq(model, spec.rate, inputs)
+    recipe = recipe_for(spec.rate, spec.finetune_steps, calib_batch_size)
+    teacher = frozen_copy(model) if spec.finetune_steps > 0 and recipe.distill else None
+    apply_tq(model, spec.rate, inputs, transform=spec.transform, stored=spec.budget == "stored")
     model.to(device)
     if spec.finetune_steps > 0:
-        finetune(
-            model, calib, spec.finetune_steps, batch_size=calib_batch_size, device=device, seed=seed
-        )
+        assert calib is not None
+        seconds = retrain(model, calib, recipe, teacher=teacher, device=device, seed=seed)
+        setattr(model, RETRAIN_ATTR, seconds)
     stats = tq_stats(model)
     alloc = "output-weighted" if stats.weighted else "weights-only"
     tuned = f", fine-tuned {spec.finetune_steps} steps" if spec.finetune_steps else ""
+    klt = sum(not layer.identity for layer in tq_layers(model))
     return (
         model,
         f"tq {stats.rate:.3g} bits/weight ({stats.effective_bits:.3g} with transforms), "
-        f"{alloc} allocation, x{stats.layers} Linear/Conv{tuned}, rebuilt once to fp32 "
-        "(saves bytes, not time)",
+        f"{alloc} allocation, KLT in {klt} of {stats.layers} Linear/Conv{tuned}, rebuilt once "
+        "to fp32 (saves bytes, not time)",
         False,
     )
 

@@ -18,9 +18,9 @@ class Knob:
     step: float | None = None
 
 
-# tq's rates: under 2 bits accuracy collapses without long retraining; from about 6 bits the
-# coefficients plus the 8-bit transform outweigh int8 on a ViT's layers.
-TQ_RATES = (2.0, 3.0, 4.0)
+# tq's rates, in stored bits per weight (conf/precision/tq.yaml: budget=stored, transform=auto):
+# 1 to 3 bits, where tq competes with 1-3 bit uniform codes; from 4 bits int8's speed is near.
+TQ_RATES = (1.0, 1.5, 2.0, 3.0)
 
 # mixed's latency budgets: on the xray baseline (Xeon, no AMX) the all-int8 program ran batch 1
 # at 0.6-0.9x the fp32 model's, so these span "no slower than fp32" to "about int8's".

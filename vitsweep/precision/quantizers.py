@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
+MIN_BITS, MAX_BITS = 2, 8  # the symmetric midtread quantizer's range (what mixed may choose)
+SIGN_BITS = 1  # `quantize` at 1 bit: sign + scale, a baseline rather than a mixed option
 # Clipping ratios tried per row: at 4 bits clipping the largest weights lowers ||W - Q(W)||^2.
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
 
@@ -23,10 +24,23 @@ def qmax(bits: int) -> int:
 
 
 @torch.no_grad()
+def quantize_sign(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 bit: (codes +-1 int8, scale fp32 per output row). The scale mean|w| of a row is the one
+    that minimises ||w - scale * sign(w)||^2; a symmetric midtread quantizer has no 1-bit form
+    (its one code would be zero), so this is the sign + scale binarisation of XNOR-Net/BWN."""
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    codes = torch.where(w < 0, -1, 1).to(torch.int8)
+    return codes.reshape(weight.shape), w.abs().mean(dim=1).clamp_min(1e-12)
+
+
+@torch.no_grad()
 def quantize(
     weight: torch.Tensor, bits: int, clip_grid: tuple[float, ...] = CLIP_GRID
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes int8 of weight's shape, scale fp32 per output row) minimising each row's error."""
+    """(codes int8 of weight's shape, scale fp32 per output row) minimising each row's error;
+    bits=1 is sign + scale (`quantize_sign`)."""
+    if bits == SIGN_BITS:
+        return quantize_sign(weight)
     top = qmax(bits)
     w = weight.detach().float().reshape(weight.shape[0], -1)
     amax = w.abs().amax(dim=1).clamp_min(1e-12)

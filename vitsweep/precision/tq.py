@@ -9,26 +9,25 @@ the weight is rebuilt once (when the layer is made, loaded or fine-tuned) into a
 buffer and the layer runs one fp32 GEMM / conv: tq saves storage, not time, and `precision_exec`
 says so. `model_bytes` counts the state_dict, i.e. the stored code and never the runtime copy.
 
-Fine-tuning (`finetune`): quantization-aware, in the transform domain. Each layer's kept
-coefficients become a float latent; the forward quantizes them with the layer's own bits and
-steps and passes the gradient straight through (STE), so the network learns around the exact
-values that will be stored, and at the end the latents are quantized by that very same function:
-the model evaluated after fine-tuning is bit for bit the one stored, at the same rate. Fine-tuning
-float weights and re-quantizing them instead would undo the adaptation (the float optimum moves
-little in a few steps, and re-quantization puts the same error back), which is why it is not done.
-The transform, the allocation and the steps stay fixed, so the rate cannot drift.
+Fine-tuning (`retrain.retrain`, the loop the uniform baseline is retrained with too):
+quantization-aware, in the transform domain. Each layer's kept coefficients become a float
+latent; the forward quantizes them with the layer's own bits and steps and passes the gradient
+straight through (STE), so the network learns around the exact values that will be stored, and
+at the end the latents are quantized by that very same function: the model evaluated after
+fine-tuning is bit for bit the one stored, at the same rate. Fine-tuning float weights and
+re-quantizing them instead would undo the adaptation (the float optimum moves little in a few
+steps, and re-quantization puts the same error back), which is why it is not done. The
+transform, the allocation and the steps stay fixed, so the rate cannot drift.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from vitsweep.precision import transform as T
 from vitsweep.precision.mixed import set_module
@@ -80,9 +79,12 @@ class TQLayer(nn.Module):
         *,
         analysis: T.Analysis | None = None,
         gains: torch.Tensor | None = None,
+        stored: bool = False,
     ) -> None:
-        """Code `layer`'s weight at `rate` bits per weight. `analysis`: its KLT if already
-        computed; `gains`: per-component output gains from calibration (None: weights only)."""
+        """Code `layer`'s weight at `rate` bits per weight. `analysis`: its KLT (or identity,
+        `Analysis.of(w, identity=True)`) if already computed; `gains`: per-component output
+        gains from calibration (None: weights only); `stored`: `rate` counts every stored bit of
+        the weight (coefficients, transform, steps, depths), not the coefficients alone."""
         super().__init__()
         w = layer.weight.detach()
         self.weight_shape = tuple(w.shape)
@@ -103,15 +105,26 @@ class TQLayer(nn.Module):
         a, u, self.transposed = an.a, an.basis, an.transposed
         self.rows, self.cols = a.shape  # d (transformed side) x s (coefficients per row)
         score = an.variances if gains is None else an.variances * gains.to(torch.float64).cpu()
-        bits = torch.from_numpy(T.allocate_bits(score.numpy(), rate))
-        keep = bits > 0
-        basis, basis_scale = T.quantize_basis(u[:, keep])
+        if stored:
+            bits = torch.from_numpy(self._stored_bits(score.numpy(), an.identity))
+        else:
+            bits = torch.from_numpy(T.allocate_bits(score.numpy(), rate))
+        # Identity: every row keeps its depth (0 included), a row with bits its step; no basis.
+        keep = torch.ones_like(bits, dtype=torch.bool) if an.identity else bits > 0
+        if an.identity:
+            basis = torch.zeros(0, dtype=torch.int8)
+            basis_scale = torch.zeros(0)
+            c = a
+        else:
+            basis, basis_scale = T.quantize_basis(u[:, keep])
         # Coefficients against the quantized basis (least squares): exact when all rows are kept.
-        if keep.any():
+        if not an.identity and keep.any():
             c = torch.linalg.lstsq(T.dequantize_basis(basis, basis_scale), a).solution
-        else:  # a budget under one bit per row: the layer codes to zero
+        elif not an.identity:  # a budget under one bit per row: the layer codes to zero
             c = a.new_zeros(0, self.cols)
         codes, step = T.quantize_rows(c, bits[keep])
+        if an.identity:  # a 0-bit row stores its depth (0) but no step
+            step = step[bits > 0]
         device = w.device
         self.register_buffer("bits", bits[keep].to(torch.uint8).to(device))
         self.register_buffer("codes", T.pack_rows(codes, bits[keep]).to(device))
@@ -125,17 +138,44 @@ class TQLayer(nn.Module):
         self.latent: nn.Parameter | None = None  # float coefficients while fine-tuning
         self.refresh()
 
+    @property
+    def identity(self) -> bool:
+        """No transform: the basis buffer is empty and 1-D (a KLT's is d x kept, even d x 0), so
+        a reload onto a layer coded the other way takes the saved kind with the saved shapes."""
+        return self.basis.dim() == 1
+
+    def _stored_bits(self, score, identity: bool) -> torch.Tensor:
+        """Depths whose coefficients and side information fit `rate` stored bits per weight:
+        a kept KLT row stores its basis vector (d x TRANSFORM_BITS), its scale and step (fp32)
+        and depth (uint8); the identity stores every row's depth, a kept row's step, no basis."""
+        total = self.rate * self.rows * self.cols
+        if identity:
+            return T.allocate_stored(score, total, self.cols, 32, 8 * self.rows)
+        return T.allocate_stored(score, total, self.cols, self.rows * T.TRANSFORM_BITS + 72)
+
     # ------------------------------------------------------------------ decoding
 
     def coefficients(self) -> torch.Tensor:
         """The dequantized kept coefficients, k x s (fp32)."""
         codes = T.unpack_rows(self.codes, self.bits, self.cols).to(self.step.device)
-        return T.dequantize_rows(codes, self.bits, self.step)
+        return T.dequantize_rows(codes, self.bits, self.row_steps())
+
+    def row_steps(self) -> torch.Tensor:
+        """One step per row of `bits` (0 for a 0-bit row): the identity stores steps only for
+        its rows with bits, a KLT only has such rows."""
+        if self.step.numel() == self.bits.numel():
+            return self.step
+        full = self.step.new_zeros(self.bits.shape)
+        full[self.bits > 0] = self.step
+        return full
 
     def rebuild(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Weight (fp32, the layer's shape) = quantized basis @ coefficients, back in place."""
-        u = (self.basis.float() * self.basis_scale[None, :]).to(coefficients.device)
-        a = u @ coefficients
+        if self.identity:
+            a = coefficients
+        else:
+            u = (self.basis.float() * self.basis_scale[None, :]).to(coefficients.device)
+            a = u @ coefficients
         return (a.t() if self.transposed else a).reshape(self.weight_shape)
 
     @torch.no_grad()
@@ -164,8 +204,9 @@ class TQLayer(nn.Module):
         """Q(latent) with the layer's fixed bits and steps; identity gradient (STE)."""
         assert self.latent is not None
         half = 2.0 ** (self.bits.float() - 1)[:, None]
-        q = torch.floor(self.latent / self.step[:, None]).clamp(-half, half - 1)
-        value = (q + 0.5) * self.step[:, None]
+        step = self.row_steps()[:, None].clamp_min(1e-30)  # 0-bit rows (identity): value 0
+        q = torch.floor(self.latent / step).clamp(-half, half - 1)
+        value = torch.where(self.bits[:, None] > 0, (q + 0.5) * step, 0.0)
         return self.latent + (value - self.latent).detach()
 
     @torch.no_grad()
@@ -173,8 +214,9 @@ class TQLayer(nn.Module):
         """Store Q(latent) -- the very values the last training step used -- and drop it."""
         assert self.latent is not None
         half = 2.0 ** (self.bits.float() - 1)[:, None]
-        q = torch.floor(self.latent / self.step[:, None]).clamp(-half, half - 1)
-        codes = (q + half).to(torch.uint8).cpu()
+        step = self.row_steps()[:, None].clamp_min(1e-30)
+        q = torch.floor(self.latent / step).clamp(-half, half - 1)
+        codes = torch.where(self.bits[:, None] > 0, q + half, 0.0).to(torch.uint8).cpu()
         self.codes = T.pack_rows(codes, self.bits.cpu()).to(self.codes.device)
         self.latent = None
         self.refresh()
@@ -255,54 +297,6 @@ def tq_stats(model: nn.Module) -> TQStats:
     )
 
 
-def _cycle(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for _ in itertools.count():
-        yield from loader
-
-
-def finetune(
-    model: nn.Module,
-    data: Dataset,
-    steps: int,
-    *,
-    batch_size: int = 64,
-    lr: float = 1e-4,
-    device: str = "cpu",
-    seed: int = 0,
-) -> None:
-    """`steps` AdamW steps of cross-entropy on `data` through the quantized forward (STE).
-
-    Trained: every TQ layer's latent coefficients, and the float parameters left (biases, norms,
-    embeddings), which are stored fp32 anyway. The model stays in eval mode, so BatchNorm keeps
-    its running statistics and dropout stays off: a few hundred small-batch steps would make
-    running statistics noisy, and the point is to correct quantization error, not to regularise.
-    Cosine-decayed learning rate, no weight decay (the steps are there to move coefficients
-    across quantization cells where the loss asks, not to shrink them). Ends with every latent
-    quantized back.
-    """
-    layers = tq_layers(model)
-    latents = [layer.begin_finetune() for layer in layers]
-    others = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in latents)]
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen, drop_last=False)
-    opt = torch.optim.AdamW([*latents, *others], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.eval()
-    try:
-        with torch.enable_grad():
-            for (x, y), _ in zip(_cycle(loader), range(steps), strict=False):
-                loss = F.cross_entropy(model(x.to(device)).float(), y.to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    finally:
-        for layer in layers:
-            layer.end_finetune()
-        for p in others:
-            p.grad = None
-
-
 def _project(layer: nn.Module, x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor | None:
     """f_i . x for every component filter and every input vector the layer sees (tokens, or
     conv patches via the conv itself); channels first. None: grouped conv, no single input."""
@@ -321,30 +315,28 @@ def _project(layer: nn.Module, x: torch.Tensor, filters: torch.Tensor) -> torch.
     return y.transpose(0, 1).reshape(f.shape[0], -1)
 
 
+Measure = Callable[[str, nn.Module, torch.Tensor], tuple[torch.Tensor, int] | None]
+
+
 @torch.no_grad()
-def output_gains(
-    model: nn.Module,
-    layers: dict[str, tuple[nn.Module, T.Analysis]],
-    batches: list[torch.Tensor],
+def _input_means(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor], measure: Measure
 ) -> dict[str, torch.Tensor]:
-    """g_i = E[(f_i . x)^2] per component of every layer, from forwards of the float model on
-    `batches` (all layers measured in one pass, before any is coded). Grouped convs are left out
-    (their components see different inputs) and get no entry: they are coded weights-only."""
-    filters = {name: an.input_filters() for name, (_, an) in layers.items()}
+    """Per layer, the mean of `measure(name, layer, its input)` -- a (sum, count) or None to
+    skip -- over forwards of the float model on `batches`, all layers in one pass."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def hook(name: str):
         def record(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-            p = _project(mod, inputs[0], filters[name])
-            if p is None:
-                return
-            sums[name] = sums.get(name, 0) + p.double().pow(2).sum(dim=1).cpu()
-            counts[name] = counts.get(name, 0) + p.shape[1]
+            found = measure(name, mod, inputs[0])
+            if found is not None:
+                sums[name] = sums.get(name, 0) + found[0]
+                counts[name] = counts.get(name, 0) + found[1]
 
         return record
 
-    handles = [m.register_forward_hook(hook(name)) for name, (m, _) in layers.items()]
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
     try:
         for x in batches:
             model(x)
@@ -354,18 +346,103 @@ def output_gains(
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def apply_tq(model: nn.Module, rate: float, calib: list[torch.Tensor] | None = None) -> list[str]:
+def output_gains(
+    model: nn.Module,
+    layers: dict[str, tuple[nn.Module, T.Analysis]],
+    batches: list[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """g_i = E[(f_i . x)^2] per component of every layer, from forwards of the float model on
+    `batches` (all layers measured in one pass, before any is coded). Grouped convs are left out
+    (their components see different inputs) and get no entry: they are coded weights-only."""
+    filters = {name: an.input_filters() for name, (_, an) in layers.items()}
+
+    def energy(name: str, mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        p = _project(mod, x, filters[name])
+        return None if p is None else (p.double().pow(2).sum(dim=1).cpu(), p.shape[1])
+
+    return _input_means(model, {n: m for n, (m, _) in layers.items()}, batches, energy)
+
+
+def input_moments(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """E[x x^T] of the inputs every nn.Linear of `layers` sees (n_in x n_in, float64), from
+    forwards of the float model: the output error of a coded weight W - W^ is then exactly
+    tr((W - W^) E[x x^T] (W - W^)^T) on these inputs. Convs get no entry."""
+
+    def moments(name: str, mod: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        if not isinstance(mod, nn.Linear):
+            return None
+        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
+        return x.t() @ x, x.shape[0]
+
+    return _input_means(model, layers, batches, moments)
+
+
+def output_error(float_weight: torch.Tensor, coded: TQLayer, moments: torch.Tensor | None) -> float:
+    """The coded layer's output error on the calibration inputs, tr(E M E^T) with E the weight
+    error and M = E[x x^T]; the weights' squared error without moments (convs, no data)."""
+    e = (coded.weight.detach().double().cpu() - float_weight.detach().double().cpu()).reshape(
+        float_weight.shape[0], -1
+    )
+    if moments is None:
+        return float(e.pow(2).sum())
+    return float(((e @ moments) * e).sum())
+
+
+TRANSFORMS = ("klt", "identity", "auto")
+
+
+def apply_tq(
+    model: nn.Module,
+    rate: float,
+    calib: list[torch.Tensor] | None = None,
+    *,
+    transform: str = "klt",
+    stored: bool = False,
+) -> list[str]:
     """Replace every coded layer (see `coded_layers`) by a TQLayer at `rate` average bits per
     weight; returns the names replaced. Norms, embeddings and tokens stay fp32.
 
     `calib` (input batches): bits are allocated on the variances seen at each layer's output
     (see `transform.Analysis.input_filters`); None: on the weights' own variances.
+    `transform`: `klt` decorrelates every layer, `identity` none (the rows coded as they are,
+    no transform stored), `auto` codes each layer both ways and keeps the one whose output
+    error (`output_error`, on `calib`) is lower -- at equal stored bits when `stored`, so a
+    transform is kept only where its rate-distortion gain pays for its bytes.
+    `stored`: `rate` counts every stored bit of the coded weights, transforms included.
     """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"apply_tq: transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
     found = coded_layers(model)
     if any(not name for name, _ in found):
         raise ValueError("apply_tq: the model itself is a single layer; wrap it in a module")
-    layers = {name: (layer, T.Analysis.of(layer.weight)) for name, layer in found}
-    gains = output_gains(model, layers, calib) if calib else {}
-    for name, (layer, an) in layers.items():
-        set_module(model, name, TQLayer(layer, rate, analysis=an, gains=gains.get(name)))
-    return list(layers)
+    kinds = {"klt": (False,), "identity": (True,), "auto": (False, True)}[transform]
+    options: dict[bool, dict[str, tuple[nn.Module, T.Analysis]]] = {
+        identity: {name: (layer, T.Analysis.of(layer.weight, identity)) for name, layer in found}
+        for identity in kinds
+    }
+    gains = {
+        identity: output_gains(model, layers, calib) if calib else {}
+        for identity, layers in options.items()
+    }
+    moments = input_moments(model, dict(found), calib) if calib and len(kinds) > 1 else {}
+    for name, layer in found:
+        best: tuple[float, TQLayer] | None = None
+        for identity in kinds:
+            coded = TQLayer(
+                layer,
+                rate,
+                analysis=options[identity][name][1],
+                gains=gains[identity].get(name),
+                stored=stored,
+            )
+            if len(kinds) == 1:
+                best = (0.0, coded)
+                break
+            err = output_error(layer.weight, coded, moments.get(name))
+            if best is None or err < best[0]:
+                best = (err, coded)
+        assert best is not None
+        set_module(model, name, best[1])
+    return [name for name, _ in found]

@@ -82,11 +82,15 @@ class Analysis:
     a: torch.Tensor  # d x s float64, as `as_matrix` gives it
     transposed: bool
     basis: torch.Tensor  # d x d, columns = components
-    variances: torch.Tensor  # (d,), decreasing
+    variances: torch.Tensor  # (d,), decreasing for the KLT; the rows' own for the identity
+    identity: bool = False  # no transform: the rows of A coded as they are, nothing stored
 
     @classmethod
-    def of(cls, weight: torch.Tensor) -> Analysis:
+    def of(cls, weight: torch.Tensor, identity: bool = False) -> Analysis:
         a, transposed = as_matrix(weight.cpu())
+        if identity:
+            eye = torch.eye(a.shape[0], dtype=torch.float64)
+            return cls(a, transposed, eye, a.pow(2).sum(dim=1) / a.shape[1], True)
         u, lam = klt(a)
         return cls(a, transposed, u, lam)
 
@@ -143,24 +147,54 @@ def budget_rows(rate: float, rows: int) -> int:
     return math.floor(rate * rows + 1e-9)
 
 
+def _greedy_rows(lam: np.ndarray, max_bits: int) -> np.ndarray:
+    """The rows of the greedy's candidate bits in the order it takes them: the k-th bit of row i
+    removes distortion in proportion to lambda_i 4^-(k-1); one stable sort of those candidates
+    (ties: lower k, then lower i, so each row's bits are a prefix) is the greedy's whole run."""
+    k = np.arange(max_bits)
+    gain = lam[:, None] * 4.0 ** (-k[None, :])  # (rows, max_bits)
+    rows = np.broadcast_to(np.arange(lam.size)[:, None], gain.shape)
+    order = np.lexsort((rows.ravel(), np.broadcast_to(k, gain.shape).ravel(), -gain.ravel()))
+    return rows.ravel()[order]
+
+
 def allocate_bits(variances: np.ndarray, rate: float, max_bits: int = MAX_COEFF_BITS) -> np.ndarray:
     """Integer bits per row, sum == `budget_rows(rate, rows)`, each in 0..max_bits.
 
-    Greedy marginal return: the k-th bit of row i removes distortion in proportion to
-    lambda_i 4^-(k-1); taking the `budget` largest of those candidates (ties: lower k, then
-    lower i, so each row's bits are a prefix) is the greedy's answer in one stable sort. Every
-    row whose variance is below the continuous water level gets 0 bits: all candidates taken are
-    >= the smallest one taken, which is >= theta.
+    Greedy marginal return (`_greedy_rows`): taking the `budget` largest candidates is the
+    greedy's answer. Every row whose variance is below the continuous water level gets 0 bits:
+    all candidates taken are >= the smallest one taken, which is >= theta.
     """
     lam = np.asarray(variances, dtype=np.float64)
     if not 0 < rate <= max_bits:
         raise ValueError(f"rate={rate}: need 0 < rate <= {max_bits}")
     budget = budget_rows(rate, lam.size)
-    k = np.arange(max_bits)
-    gain = lam[:, None] * 4.0 ** (-k[None, :])  # (rows, max_bits)
-    rows = np.broadcast_to(np.arange(lam.size)[:, None], gain.shape)
-    order = np.lexsort((rows.ravel(), np.broadcast_to(k, gain.shape).ravel(), -gain.ravel()))
-    return np.bincount(rows.ravel()[order[:budget]], minlength=lam.size).astype(np.int64)
+    taken = _greedy_rows(lam, max_bits)[:budget]
+    return np.bincount(taken, minlength=lam.size).astype(np.int64)
+
+
+def allocate_stored(
+    variances: np.ndarray,
+    total_bits: float,
+    cols: int,
+    kept_row_bits: int,
+    fixed_bits: int = 0,
+    max_bits: int = MAX_COEFF_BITS,
+) -> np.ndarray:
+    """Integer bits per row for a budget of `total_bits` *stored* bits: the greedy's longest run
+    whose coefficients (cols per row-bit) plus side information fit, where every row that
+    receives a bit costs `kept_row_bits` more (its basis vector, scale, step, depth) and
+    `fixed_bits` are owed whatever is kept. The rows' depths are a prefix of `allocate_bits`'s
+    order, so the same rate-distortion argument holds; a budget the side cannot fit codes to 0.
+    """
+    lam = np.asarray(variances, dtype=np.float64)
+    order = _greedy_rows(lam, max_bits)
+    first = np.zeros(order.size, dtype=np.int64)  # 1 where a candidate opens a new row
+    first[np.unique(order, return_index=True)[1]] = 1
+    taken = np.arange(1, order.size + 1)
+    cost = taken * cols + np.cumsum(first) * kept_row_bits + fixed_bits
+    fits = int(np.searchsorted(cost, total_bits, side="right"))  # cost is increasing
+    return np.bincount(order[:fits], minlength=lam.size).astype(np.int64)
 
 
 def quantize_rows(
