@@ -65,7 +65,7 @@ def test_every_layer_option_is_timed_once_per_machine_and_kept(measured, base) -
     )
     stamp = table.path.stat().st_mtime_ns
     again = LatencyTable(root, QUICK)
-    assert again.seconds(base.blocks[0].mlp.fc1, 17, 4) == table.entries[next(
+    assert again.seconds(base.blocks[0].mlp.fc1, 17, 4, "auto") == table.entries[next(
         k for k in table.entries if k.startswith("in=32,out=128") and ",bits=4," in k
     )]  # fmt: skip
     assert table.path.stat().st_mtime_ns == stamp  # read back, not measured again

@@ -16,6 +16,7 @@ from vitsweep.measure.accuracy import predict
 from vitsweep.measure.cost import count_params
 from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
+from vitsweep.precision.int4 import Int4Linear
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec
@@ -132,8 +133,9 @@ def test_mixed_close_to_fp32_and_within_budget(trained, splits, kind_budget):
     # PT2E (x86 CPUs): the packed layers are inside the exported program, no modules any more;
     # precision_exec counts them either way, and names the program of the 8-bit layers.
     low = sum(b < 8 for b in plan.bits.values())
-    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    listed = re.findall(r"\d-bit packed\+dequantized x(\d+)", ctx.precision_exec)
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear | Int4Linear)]
+    kernels = r"packed\+dequantized|aten int4 kernel \(bf16 in, group \d+\)"
+    listed = re.findall(rf"\d-bit (?:{kernels}) x(\d+)", ctx.precision_exec)
     assert sum(int(n) for n in listed) == low
     if isinstance(model, torch.fx.GraphModule):
         assert "; 8-bit: int8 static pt2e x86-inductor" in ctx.precision_exec and not packed

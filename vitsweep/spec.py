@@ -210,6 +210,9 @@ class PrecisionSpec:
     # mixed, act_bits < 8: auto = per activation the kind its distribution favours (uniform,
     # log2 after softmax, two-range after GELU); uniform = uniform everywhere
     act_quantizers: Literal["auto", "uniform"] = "auto"
+    # mixed: how 4-bit layers run; auto = aten's int4 CPU kernel where it takes the shape
+    # (precision/int4.py), else packed+dequantized; packed = always packed+dequantized
+    low_bit_kernel: Literal["auto", "packed"] = "auto"
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
@@ -246,6 +249,12 @@ class PrecisionSpec:
             "precision.act_quantizers",
             self.act_quantizers,
             "valid: auto, uniform",
+        )
+        require(
+            self.low_bit_kernel in ("auto", "packed"),
+            "precision.low_bit_kernel",
+            self.low_bit_kernel,
+            "valid: auto, packed",
         )
         require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
         require(

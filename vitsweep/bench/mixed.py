@@ -89,6 +89,11 @@ def latency_section(quick: bool = False) -> list[Section]:
                 except ConfigError as err:  # a budget the ILP cannot meet: say so in the row
                     row = {"plan": name, "executes": f"infeasible: {err}"}
                 rows.append(row)
+        if not quick:  # the same byte budget with every 4-bit layer packed+dequantized
+            name = f"mixed b={LATENCY_GRID_BUDGETS[0]:g} l=none 4-bit packed"
+            overrides = ["precision=mixed", f"precision.budget_ratio={LATENCY_GRID_BUDGETS[0]}",
+                         "precision.low_bit_kernel=packed"]  # fmt: skip
+            rows.append(_trial_row(name, measured(overrides), fp32_flags)[0])
         acts = {
             kinds: _trial_row(
                 f"mixed b=0.25 act 4-bit {kinds}",

@@ -32,6 +32,7 @@ from vitsweep.precision.mixed import (
     MixedPlan,
     apply_plan,
     calib_batches,
+    executed_weight,
     other_linears,
     plan_mixed,
     searched_linears,
@@ -234,7 +235,7 @@ def _mixed(
     simulation = None
     if spec.act_bits < 8:
         assert calib is not None  # checked with the plan above
-        simulation = _simulation(model, plan, spec, calib, calib_batch_size, device)
+        simulation = _simulation(model, plan, spec, calib, calib_batch_size, device, eager)
     if backend == "pt2e":
         eight = [n for n, b in plan.bits.items() if b == 8] + [n for n, _ in other_linears(model)]
         packed_only = copy.deepcopy(model)
@@ -259,14 +260,19 @@ def _simulation(
     calib: Dataset,
     batch_size: int,
     device: str,
+    backend: str,
 ) -> tuple[nn.Module, str]:
     """The plan with `act_bits` activations, simulated on a float copy (precision/act_quant.py):
     what the trial's accuracy is measured on; returns it and its precision_exec part."""
     sim = copy.deepcopy(model)
     weight_bits = {**plan.bits, **{n: 8 for n, _ in other_linears(sim)}}
+    weights = {
+        name: executed_weight(sim.get_submodule(name), b, backend, device, plan.low_bit_kernel)
+        for name, b in weight_bits.items()
+    }
     batches = [x for x, _ in calib_batches(calib, spec.calib_batches, batch_size, device)]
     kinds = act_quant.KINDS if spec.act_quantizers == "auto" else ("uniform",)
-    chosen = act_quant.simulate(sim, weight_bits, spec.act_bits, kinds, batches)
+    chosen = act_quant.simulate(sim, weights, spec.act_bits, kinds, batches)
     return sim, act_quant.label(chosen, spec.act_bits)
 
 
@@ -312,9 +318,9 @@ def _latency_inputs(
     extra = np.zeros((len(names), len(spec.bits)))
     for i, name in enumerate(names):
         layer = model.get_submodule(name)
-        eight = table.seconds(layer, rows[name], 8)
+        eight = table.seconds(layer, rows[name], 8, spec.low_bit_kernel)
         for j, bits in enumerate(spec.bits):
-            extra[i, j] = table.seconds(layer, rows[name], bits) - eight
+            extra[i, j] = table.seconds(layer, rows[name], bits, spec.low_bit_kernel) - eight
     return LatencyInputs(extra, fp32_s, int8_s)
 
 

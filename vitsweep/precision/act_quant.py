@@ -190,21 +190,18 @@ def _insert(model: nn.Module) -> list[ActFakeQuant]:
 
 def simulate(
     model: nn.Module,
-    weight_bits: dict[str, int],
+    weights: dict[str, torch.Tensor],
     act_bits: int,
     kinds: tuple[str, ...],
     batches: list[torch.Tensor],
 ) -> dict[str, ActQuantizer]:
     """Turn `model` (float, changed in place) into the simulation of a mixed plan at `act_bits`
-    activations: each named Linear's weight as Q_b(W) at its bits (the quantizer the real
-    layers use), then a quantizer per activation chosen on the float activations of `batches`.
-    Returns site -> quantizer."""
-    from vitsweep.precision.quantizers import fake_quantize
-
+    activations: each named Linear's weight replaced by `weights` (what the plan's real layers
+    compute with), then a quantizer per activation chosen on the float activations of
+    `batches`. Returns site -> quantizer."""
     with torch.no_grad():
-        for name, bits in weight_bits.items():
-            layer = model.get_submodule(name)
-            layer.weight.copy_(fake_quantize(layer.weight, bits))
+        for name, weight in weights.items():
+            model.get_submodule(name).weight.copy_(weight)
     sites = _insert(model)
     model.eval()
     with torch.inference_mode():

@@ -2,15 +2,22 @@
 executes, measured on this machine and kept per machine.
 
 How a layer executes decides what it costs, so each entry is that layer alone, run the way the
-trial runs it: at 8 bits its own PT2E int8 program, below 8 bits packed and dequantized into an
-fp32 GEMM; both compiled by inductor, as the trial compiles its whole program. The input is the
-rows the layer really sees at batch 1 (after ToMe, when it merges). One program runs the layer
-`REPEATS` times on distinct slices and the time is divided by that: a compiled call costs about
-200 us of guards and dispatch here, more than a 192x192 layer's work, so a program of one layer
-measured mostly the call (4-bit 192x192 read faster than its 8-bit; measured on the Xeon @2.80GHz,
-the per-layer times fell from 390-450 us to 160-230 us with 16 repeats). Timings use the product's
-protocol (`measure.speed.timed_repeats`) and are cached by (CPU, threads, torch) and layer
-shape under `<root>/latency/`, like the supernets under `<root>/supernets/`.
+trial runs it: at 8 bits its own PT2E int8 program; at 4 bits aten's int4 kernel where the plan
+uses it (`mixed.low_bit_layer`); else packed and dequantized into an fp32 GEMM; all compiled by
+inductor, as the trial compiles its whole program. The input is the rows the layer really sees
+at batch 1 (after ToMe, when it merges).
+
+One program runs `REPEATS` copies of the layer, each on its own slice, and the time is divided
+by that: a compiled call costs about 200 us of guards and dispatch here, more than a 192x192
+layer's work, so a program of one layer measured mostly the call. The copies must be distinct
+modules: with one module applied 16 times, inductor computed its weight-only work once for all
+16 (common subexpressions), and a packed layer's unpacking, which inductor's freezing does not
+fold (it keeps integer-to-float weight conversions unfolded), was priced at 1/16 of its cost.
+Measured on the Xeon @2.80GHz, load 0.4-1.3, 65 rows: packed 4-bit 192x768 read 217 us shared,
+564 us distinct; 768x192 202 against 613 us; int8 barely moved (238/224, 232/193). That is why
+plans with 4-bit layers ran 62% slower than predicted. Timings use the product's protocol
+(`measure.speed.timed_repeats`) and are cached by (CPU, threads, torch) and layer shape under
+`<root>/latency/`, like the supernets under `<root>/supernets/`.
 
 The plan's predicted latency = the all-8-bit model measured whole at batch 1 + for each layer
 (its option's time - its 8-bit time). The anchor is measured, so what the table cannot see
@@ -32,8 +39,7 @@ from vitsweep.files import write_text
 from vitsweep.measure.compile import compile_program
 from vitsweep.measure.host import machine_file, read_table
 from vitsweep.measure.speed import thread_scope, timed_repeats
-from vitsweep.precision.mixed import macs_per_image
-from vitsweep.precision.packed import PackedLinear
+from vitsweep.precision.mixed import low_bit_kind, low_bit_layer, macs_per_image
 from vitsweep.precision.pt2e import quantize_pt2e
 from vitsweep.spec import MeasureSpec
 
@@ -53,18 +59,18 @@ def batch1_seconds(fn: Callable[[], object], timing: MeasureSpec) -> float:
     return timed_repeats(fn, lambda: None, timing, 1).median_step_s
 
 
-REPEATS = 16  # layer executions per timed program call (see the module docstring)
+REPEATS = 16  # layer executions (distinct copies) per timed program call; see the docstring
 
 
-class _Repeated(nn.Module):
-    """The layer applied to each slice of a (REPEATS, 1, rows, in) input, in one graph."""
+class _Copies(nn.Module):
+    """Copy k of the layer applied to slice k of a (REPEATS, 1, rows, in) input, in one graph."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
-        self.layer = layer
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.layer(x[k]) for k in range(x.shape[0])])
+        return torch.stack([layer(x[k]) for k, layer in enumerate(self.layers)])
 
 
 class LatencyTable:
@@ -77,28 +83,40 @@ class LatencyTable:
             self.path, "latency table", "delete it and the next mixed trial measures it again"
         )
 
-    def seconds(self, layer: nn.Linear, rows: int, bits: int) -> float:
-        """One batch-1 execution of `layer` on `rows` rows at `bits` (8: PT2E int8)."""
+    def seconds(self, layer: nn.Linear, rows: int, bits: int, low_bit_kernel: str) -> float:
+        """One batch-1 execution of `layer` on `rows` rows at `bits` (8: PT2E int8; below:
+        as `low_bit_kernel` runs it)."""
         bias = layer.bias is not None
+        kind = "pt2e" if bits == 8 else low_bit_kind(layer, bits, "cpu", low_bit_kernel).__name__
         key = (
             f"in={layer.in_features},out={layer.out_features},bias={bias},rows={rows},"
-            f"bits={bits},repeats={REPEATS}"
+            f"bits={bits},kernel={kind},copies={REPEATS}"
         )
         if key not in self.entries:
-            self.entries[key] = self._measure(layer, rows, bits)
+            self.entries[key] = self._measure(layer, rows, bits, low_bit_kernel)
             if self.path is not None:
                 write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
         return self.entries[key]
 
-    def _measure(self, layer: nn.Linear, rows: int, bits: int) -> float:
+    @staticmethod
+    def _low(layer: nn.Linear, bits: int, low_bit_kernel: str) -> nn.Module:
+        return low_bit_layer(copy.deepcopy(layer).float().cpu(), bits, "cpu", low_bit_kernel)
+
+    def program(
+        self, layer: nn.Linear, rows: int, bits: int, low_bit_kernel: str
+    ) -> tuple[nn.Module, torch.Tensor]:
+        """(module, input): `REPEATS` distinct copies of the layer as it executes at `bits`,
+        each on its own slice of the input; what `seconds` compiles and times."""
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(REPEATS, 1, rows, layer.in_features, generator=gen)
-        one = copy.deepcopy(layer).float().cpu()
-        module = (
-            quantize_pt2e(_Repeated(one).eval(), [x, x.neg()])
-            if bits == 8
-            else _Repeated(PackedLinear.from_linear(one, bits)).eval()
-        )
+        if bits == 8:
+            copies = [copy.deepcopy(layer).float().cpu() for _ in range(REPEATS)]
+            return quantize_pt2e(_Copies(copies).eval(), [x, x.neg()]), x
+        low = [self._low(layer, bits, low_bit_kernel) for _ in range(REPEATS)]
+        return _Copies(low).eval(), x
+
+    def _measure(self, layer: nn.Linear, rows: int, bits: int, low_bit_kernel: str) -> float:
+        module, x = self.program(layer, rows, bits, low_bit_kernel)
         run = compile_program(module)
         with thread_scope(self.timing.threads), torch.inference_mode():
             return batch1_seconds(lambda: run(x), self.timing) / REPEATS

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.hessian import hutchinson_trace
 from vitsweep.precision.ilp import Budget, BudgetInfeasible, choose_within
+from vitsweep.precision.int4 import Int4Linear, supports
 from vitsweep.precision.int8 import backend_label, eager_backend, int8_linear
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.spec import ConfigError, PrecisionSpec
@@ -61,6 +62,8 @@ class MixedPlan:
     latency_ratio: float | None = None  # batch-1 latency budget over the fp32 model's
     fp32_latency_s: float | None = None  # the float model, batch 1, as measured at planning
     int8_latency_s: float | None = None  # the all-8-bit PT2E program, the prediction's anchor
+    # how 4-bit layers execute (`precision.low_bit_kernel`); plans stored before it: packed
+    low_bit_kernel: str = "packed"
 
     @classmethod
     def from_dict(cls, d: dict) -> MixedPlan:
@@ -85,6 +88,7 @@ class MixedPlan:
             reference=float(d["reference"]),
             fixed=float(d["fixed"]),
             layers=layers,
+            low_bit_kernel=str(d.get("low_bit_kernel", "packed")),
             **{k: None if v is None else float(v) for k, v in optional.items()},
         )
 
@@ -239,20 +243,56 @@ def _int8_bytes(layer: nn.Linear, backend: str, device: str) -> int:
     return model_bytes(int8_linear(layer, backend, device))
 
 
-def _convert(layer: nn.Linear, bits: int, backend: str, device: str) -> nn.Module:
+def convert_layer(
+    layer: nn.Linear, bits: int, backend: str, device: str, low_bit_kernel: str
+) -> nn.Module:
+    """The layer as it executes at `bits`: 8 on eager int8 kernels; 4 on aten's int4 CPU kernel
+    where `low_bit_kernel` is auto and the kernel takes the shape; else packed+dequantized."""
     if bits == 8:
         return int8_linear(layer, backend, device)
+    return low_bit_layer(layer, bits, device, low_bit_kernel)
+
+
+def low_bit_kind(layer: nn.Linear, bits: int, device: str, low_bit_kernel: str) -> type:
+    """How `layer` runs at `bits` < 8: Int4Linear or PackedLinear (see `convert_layer`)."""
+    if bits == 4 and low_bit_kernel == "auto" and supports(layer, device):
+        return Int4Linear
+    return PackedLinear
+
+
+def low_bit_layer(layer: nn.Linear, bits: int, device: str, low_bit_kernel: str) -> nn.Module:
+    """The layer at `bits` < 8, on the int4 kernel or packed (see `convert_layer`)."""
+    if low_bit_kind(layer, bits, device, low_bit_kernel) is Int4Linear:
+        return Int4Linear.from_linear(layer).to(device)
     return PackedLinear.from_linear(layer, bits).to(device)
 
 
-def _dequantized(module: nn.Module) -> torch.Tensor:
-    """The float weight a converted layer computes with."""
+def _dequantized(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The float weight a layer converted from `weight` computes with."""
+    if isinstance(module, Int4Linear):
+        return Int4Linear.fake_quantize(weight)
     if isinstance(module, PackedLinear):
         return module.dequantized_weight()
     if hasattr(module, "weight_t"):  # IntMMLinear
         w = module.weight_t[: module.in_features, : module.out_features].t().float()
         return w * module.scale[:, None]
     return module.weight().dequantize()  # torch.ao dynamic Linear
+
+
+def low_bit_label(module: nn.Module, bits: int) -> str:
+    """A sub-8-bit layer's kernel, in precision_exec's words."""
+    if isinstance(module, Int4Linear):
+        return f"{bits}-bit aten int4 kernel (bf16 in, group {module.group})"
+    return f"{bits}-bit packed+dequantized"
+
+
+def executed_weight(
+    layer: nn.Linear, bits: int, backend: str, device: str, low_bit_kernel: str
+) -> torch.Tensor:
+    """The float weight `layer` computes with once converted at `bits` (what its sensitivity
+    and a simulation of the plan use)."""
+    conv = convert_layer(layer, bits, backend, device, low_bit_kernel)
+    return _dequantized(conv, layer.weight.detach().float()).to(layer.weight.device)
 
 
 def plan_mixed(
@@ -289,11 +329,13 @@ def plan_mixed(
     cost = np.zeros_like(sens)
     if spec.budget_kind == "bops":
         macs = macs_per_image(model, batches[0][0])
+    kernel = spec.low_bit_kernel
     for i, (name, layer) in enumerate(searched):
         w = layer.weight.detach().float()
         for j, bits in enumerate(candidates):
-            conv = _convert(layer, bits, eager_backend(device, backend), device)
-            sens[i, j] = mean_trace[i] * float((w - _dequantized(conv).to(w.device)).pow(2).sum())
+            conv = convert_layer(layer, bits, eager_backend(device, backend), device, kernel)
+            deq = _dequantized(conv, w).to(w.device)
+            sens[i, j] = mean_trace[i] * float((w - deq).pow(2).sum())
             if spec.budget_kind == "bytes":
                 pt2e = bits == 8 and backend == "pt2e"
                 cost[i, j] = pt2e_linear_bytes(layer) if pt2e else model_bytes(conv)
@@ -340,8 +382,9 @@ def plan_mixed(
         "int8_latency_s": latency.int8_s,
     }  # fmt: skip
     return MixedPlan(
-        candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers, **timed
-    )
+        candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers,
+        low_bit_kernel=kernel, **timed,
+    )  # fmt: skip
 
 
 def _infeasible(
@@ -384,25 +427,28 @@ def apply_plan(
 ) -> str:
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
-    Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits) or PackedLinear (2..7 bits);
-    other nn.Linear -> int8-kernel Linear; everything else untouched (fp32).
+    Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits), Int4Linear (4 bits, where
+    the plan's `low_bit_kernel` and the shape allow) or PackedLinear (2..7 bits); other nn.Linear
+    -> int8-kernel Linear; everything else untouched (fp32).
     `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
     in one exported program.
     """
     bits = plan.bits
+    low: Counter[tuple[int, str]] = Counter()
     for name, layer in searched_linears(model):
         if bits[name] < 8 or eight_bit:
-            set_module(model, name, _convert(layer, bits[name], backend, device))
+            new = convert_layer(layer, bits[name], backend, device, plan.low_bit_kernel)
+            set_module(model, name, new)
+            if bits[name] < 8:
+                low[bits[name], low_bit_label(new, bits[name])] += 1
     others = other_linears(model)
     if eight_bit:
         for name, layer in others:
             set_module(model, name, int8_linear(layer, backend, device))
-    counts = Counter(bits.values())
     kernels = backend_label(backend, device) if eight_bit else "(PT2E)"
-    parts = [f"8-bit {kernels} x{counts.get(8, 0) + len(others)}"]
-    parts += [
-        f"{b}-bit packed+dequantized x{counts[b]}" for b in sorted(counts, reverse=True) if b < 8
-    ]
+    eights = sum(b == 8 for b in bits.values()) + len(others)
+    parts = [f"8-bit {kernels} x{eights}"]
+    parts += [f"{text} x{n}" for (_, text), n in sorted(low.items(), reverse=True)]
     return (
         f"mixed {plan.budget_kind}<={plan.budget_ratio:g}: "
         + ", ".join(parts)
