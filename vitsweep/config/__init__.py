@@ -36,6 +36,7 @@ from vitsweep.spec import (
     DataSpec,
     MeasureSpec,
     PrecisionSpec,
+    RuntimeSpec,
     TokenSpec,
     TrackingSpec,
     TrainSpec,
@@ -51,6 +52,7 @@ TRIAL_GROUPS: dict[str, type] = {
     "precision": PrecisionSpec,
     "measure": MeasureSpec,
     "train": TrainSpec,
+    "runtime": RuntimeSpec,
 }
 # A user's app learns its Optuna trial number from the environment, its config left alone.
 ENV_NUMBER_OVERRIDE = "++hydra.job.env_set.VITSWEEP_TRIAL_NUMBER='{n}'"
