@@ -92,3 +92,74 @@ def test_a_model_that_cannot_be_exported_fails_with_the_reason(digits16):
             Untraceable(), RuntimeSpec(name="onnxruntime"), PrecisionSpec(), calib=digits16.train,
             threads=1,
         )  # fmt: skip
+
+
+# ------------------------------------------------------------- through the product's trial path
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory) -> dict[str, tuple]:
+    """One smoke trial per runtime (same cached weights, ToMe r=2, fp32): spec, resolved
+    config and the metrics `trial.run` returned."""
+    from vitsweep import config, trial
+
+    root = tmp_path_factory.mktemp("runtime-trials")
+    out = {}
+    for name in ("torch", "onnxruntime", "openvino"):
+        overrides = ["experiment=smoke", "tracking=none", f"paths.root={root}", "token.r=2"]
+        cfg = config.compose([*overrides, f"runtime={name}"])
+        spec = config.trial_spec(cfg)
+        out[name] = (spec, config.trial_config(cfg), trial.run(spec).as_dict())
+    return out
+
+
+@pytest.mark.slow
+def test_an_onnxruntime_trial_records_deploy_bytes_compile_s_and_per_image_results(trials):
+    from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags
+    from vitsweep.measure.deploy import installed_bytes, requirement_closure
+
+    m, base = trials["onnxruntime"][2], trials["torch"][2]
+    assert m["runtime"] == "onnxruntime" and base["runtime"] == "torch"
+    assert m["precision_exec"].startswith("onnxruntime ") and "fp32" in m["precision_exec"]
+    assert m["compile_s"] > 0  # export + session: a cost of its own, outside throughput
+    assert m["model_bytes"] >= 4 * m["params"]  # every fp32 weight is in the ONNX file
+    assert "numpy" in requirement_closure(("onnxruntime",))
+    assert m["deploy_bytes"] == m["model_bytes"] + installed_bytes(("onnxruntime",))
+    assert base["deploy_bytes"] == base["model_bytes"] + installed_bytes(("torch",))
+
+    flags = {
+        k: unpack_flags(t[TEST_FLAGS_KEY], t["test_accuracy_n"])
+        for k, t in (("ort", m), ("pt", base))
+    }
+    assert flags["ort"].mean() == m["test_accuracy"]
+    # the same images, so the paired difference works across runtimes; fp32 on both sides
+    # differs at most on near-ties
+    paired = paired_difference(flags["ort"], flags["pt"])
+    print(f"onnxruntime - torch fp32, test: {paired}")
+    assert paired.n == len(flags["pt"]) and paired.a_only + paired.b_only <= max(1, paired.n // 100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUNTIMES)
+def test_the_exported_artefact_loads_without_torch_and_reproduces_test_accuracy(
+    name: str, trials, tmp_path
+):
+    import subprocess
+    import sys
+
+    from vitsweep.export import export_trial
+
+    spec, cfg, metrics = trials[name]
+    out = tmp_path / f"trial-{name}"
+    result = export_trial(spec, config=cfg, metrics=metrics, study="smoke", number=1, out_dir=out)
+    assert result.ok, [str(c) for c in result.checks]
+    shipped = {"onnxruntime": {"model.onnx"}, "openvino": {"model.xml", "model.bin"}}[name]
+    assert shipped <= {p.name for p in out.iterdir()}
+    code = (
+        f"import sys; sys.path.insert(0, {str(out)!r}); import load; "
+        "acc = load.test_accuracy(load.load()); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(repr(acc))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip()) == metrics["test_accuracy"]

@@ -198,6 +198,7 @@ def run(spec: TrialSpec) -> Metrics:
             **acc,
             **cost,
             "runtime": spec.runtime.name,
+            **runtime.file_metrics(model),
             "precision_exec": ctx.precision_exec,
             **precision.plan_metrics(model),
             "compile_s": compile_s,  # apart: never inside throughput or latency

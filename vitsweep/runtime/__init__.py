@@ -30,8 +30,11 @@ __all__ = [
     "cost_model",
     "deploy",
     "distributions",
+    "file_metrics",
     "is_deployed",
+    "load",
     "stored_bytes",
+    "weights_bytes",
 ]
 
 RUNTIMES = tuple(RUNTIME_PRECISIONS)
@@ -58,6 +61,18 @@ def cost_model(model: nn.Module) -> nn.Module:
 def stored_bytes(model: RuntimeModule) -> int:
     """The runtime's model files as stored (`model_bytes` of a deployed candidate)."""
     return file_bytes(model.deployed.files)
+
+
+def weights_bytes(model: RuntimeModule) -> int:
+    """The files but OpenVINO's `.xml` graph, whose auto-generated layer names come from a
+    process-wide counter (`ShapeOf_6389` in one process, `ShapeOf_29237` in the next): the
+    same model's xml differs by some hundred bytes between processes, its `.bin` does not."""
+    return file_bytes(tuple(f for f in model.deployed.files if f.suffix != ".xml"))
+
+
+def file_metrics(model: nn.Module) -> dict[str, int]:
+    """What a trial records about a deployed model's files beside `model_bytes`."""
+    return {"weights_bytes": weights_bytes(model)} if isinstance(model, RuntimeModule) else {}
 
 
 def _batches(precision: PrecisionSpec, calib: Dataset, batch_size: int) -> list:
@@ -115,17 +130,26 @@ def deploy(
             f"runtime={name} could not take the model: {onnx_export.reason(err)}"
         ) from err
     seconds = time.perf_counter() - start
-    deployed = Deployed(name, files, text, seconds, distributions(name))
+    deployed = Deployed(name, files, text, seconds, distributions(name), threads, precision.mode)
     ctx = RunContext(device="cpu", precision_exec=text)
     return RuntimeModule(run, deployed, model, workdir), ctx
+
+
+def load(deployed: Deployed) -> tuple[RuntimeModule, RunContext]:
+    """A session on files written before (an export), opened as `deploy` opened it."""
+    if deployed.runtime == "onnxruntime":
+        run = ort.runner(ort.session(deployed.files[0], deployed.threads))
+    else:
+        run = ov.runner(ov.compile_ir(deployed.files[0], deployed.mode, deployed.threads))
+    return RuntimeModule(run, deployed, None), RunContext(precision_exec=deployed.precision_exec)
 
 
 def _onnxruntime(fp32: Path, mode: str, batches: list, threads: int):
     file, detail = fp32, "fp32"
     if mode == "int8":
-        file = fp32.with_name("model.int8.onnx")
-        detail = ort.quantize_int8(fp32, file, batches)
-        fp32.unlink()  # a station ships the quantized file only
+        quantized = fp32.with_name("model.int8.onnx")
+        detail = ort.quantize_int8(fp32, quantized, batches)
+        quantized.replace(fp32)  # a station ships the quantized file only, as model.onnx
     sess = ort.session(file, threads)
     return ort.runner(sess), (file,), ort.label(detail)
 

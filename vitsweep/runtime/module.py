@@ -27,6 +27,8 @@ class Deployed:
     precision_exec: str  # what runs, in the runtime's words
     seconds: float  # export + quantization + session creation: the trial's compile_s
     distributions: tuple[str, ...]  # the installed packages a station needs to run `files`
+    threads: int  # intra-op threads the session runs (the trial's measure.threads)
+    mode: str  # precision.mode it was made for (OpenVINO's precision hint follows it)
 
 
 class RuntimeModule(nn.Module):
@@ -43,7 +45,7 @@ class RuntimeModule(nn.Module):
         self,
         run: Callable[[np.ndarray], np.ndarray],
         deployed: Deployed,
-        source: nn.Module,
+        source: nn.Module | None,
         workdir: Path | None = None,
     ) -> None:
         super().__init__()
