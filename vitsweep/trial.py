@@ -167,10 +167,27 @@ def deploy_bytes(spec: TrialSpec, model: nn.Module, ctx: RunContext) -> int:
 
 
 def run(spec: TrialSpec) -> Metrics:
-    from vitsweep import measure, precision, runtime
+    from vitsweep import runtime
 
     t0 = time.perf_counter()
     built, run_model, ctx, compile_s = ready(spec)
+    try:
+        return _measured(spec, built, run_model, ctx, compile_s, t0)
+    finally:
+        if runtime.is_deployed(built.model):  # its files are measured: sizes are recorded
+            built.model.discard_files()
+
+
+def _measured(
+    spec: TrialSpec,
+    built: Built,
+    run_model: nn.Module,
+    ctx: RunContext,
+    compile_s: float,
+    t0: float,
+) -> Metrics:
+    from vitsweep import measure, precision, runtime
+
     model, splits = built.model, built.splits
     judged = precision.accuracy_model(model, run_model)  # a simulation, where one was asked
     acc = accuracy_metrics(

@@ -9,6 +9,7 @@ measurement then runs like any torch model. `runtime=torch` never comes here: pr
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -115,17 +116,18 @@ def deploy(
 
     workdir = Path(tempfile.mkdtemp(prefix=f"vitsweep-{name}-"))
     start = time.perf_counter()
-    fp32 = onnx_export.export_onnx(
-        model, torch.from_numpy(batches[0]), workdir / "model.onnx", runtime.opset
-    )
     try:
+        fp32 = onnx_export.export_onnx(
+            model, torch.from_numpy(batches[0]), workdir / "model.onnx", runtime.opset
+        )
         if name == "onnxruntime":
             run, files, text = _onnxruntime(fp32, precision.mode, batches, threads)
         else:
             run, files, text = _openvino(fp32, precision.mode, batches, threads)
-    except (ConfigError, ExportFailed):
-        raise
     except Exception as err:  # the runtimes' converters and quantizers share no error type
+        shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(err, ConfigError | ExportFailed):
+            raise
         raise ExportFailed(
             f"runtime={name} could not take the model: {onnx_export.reason(err)}"
         ) from err

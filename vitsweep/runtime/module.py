@@ -53,8 +53,16 @@ class RuntimeModule(nn.Module):
         self.deployed = deployed
         self.foreign_runtime = deployed.runtime
         object.__setattr__(self, "source", source)  # not a submodule: not this model's state
-        if workdir is not None:  # the exported files live as long as the session does
-            weakref.finalize(self, shutil.rmtree, str(workdir), True)
+        # the exported files live as long as the session does, or until `discard_files`
+        self._cleanup = (
+            weakref.finalize(self, shutil.rmtree, str(workdir), True) if workdir else None
+        )
+
+    def discard_files(self) -> None:
+        """Delete the exported files now (the session keeps running): a sweep's trials run in
+        processes that exit without finalizers, and a ViT-S/16 ONNX file is 88 MB."""
+        if self._cleanup is not None:
+            self._cleanup()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
