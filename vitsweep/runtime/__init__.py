@@ -161,7 +161,11 @@ def _openvino(fp32: Path, mode: str, batches: list, threads: int):
     detail = "fp32 IR" if mode != "int8" else ""
     if mode == "int8":
         model, fq = ov.quantize_int8(model, batches)
-        detail = f"NNCF int8 PTQ (transformer preset, {fq} FakeQuantize, {len(batches)} batches)"
+        n = len(batches)
+        detail = (
+            f"NNCF int8 PTQ (transformer preset, {fq} FakeQuantize, {n} calibration "
+            f"batch{'es' if n != 1 else ''})"
+        )
     files = ov.save(model, fp32.with_name("model.xml"))
     fp32.unlink()
     compiled = ov.compile_ir(files[0], mode, threads)

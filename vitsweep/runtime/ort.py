@@ -91,9 +91,10 @@ def quantize_int8(fp32: Path, out: Path, batches: Sequence[np.ndarray]) -> str:
         calibrate_method=CalibrationMethod.MinMax,
     )
     pre.unlink()
+    n = len(batches)
     return (
-        f"QDQ int8 (QInt8 per-channel weights, QUInt8 activations, MinMax on {len(batches)} "
-        f"batches), {len(nodes)} Linear MatMul/Gemm, rest fp32"
+        f"QDQ int8 (QInt8 per-channel weights, QUInt8 activations, MinMax on {n} calibration "
+        f"batch{'es' if n != 1 else ''}), {len(nodes)} Linear MatMul/Gemm, rest fp32"
     )
 
 
