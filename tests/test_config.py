@@ -10,7 +10,9 @@ from tests.conftest import run_cli
 from vitsweep import config
 from vitsweep.search.space import parse_space
 
-GROUPS = ["data", "arch", "token", "precision", "measure", "train", "tracking", "experiment"]
+GROUPS = [
+    "data", "arch", "token", "precision", "measure", "train", "runtime", "tracking", "experiment"
+]  # fmt: skip
 
 
 def options(group: str) -> list[str]:
@@ -27,7 +29,7 @@ def test_every_option_composes_to_a_spec(group: str) -> None:
         ctx = config.sweep_context(cfg, cfg.hydra.sweeper)
         assert spec.root == "multirun"
         assert ctx.sweeper.n_trials >= 1
-        if group in ("data", "token", "precision"):
+        if group in ("data", "token", "precision", "runtime"):
             assert getattr(spec, group).__class__.__name__.lower().startswith(group)
 
 
@@ -65,7 +67,41 @@ BAD = {
     "train.teacher.embed_dimm=3": "train.teacher.embed_dimm: unknown key; valid: kind, timm_name",
     "train.teacher=null": "train.teacher=None: train.distill=teacher needs a teacher",
     "train.distill_weight=2": "train.distill_weight=2.0: must be in [0, 1]",
+    "runtime=tensorrt": "runtime=tensorrt: no such option; valid: onnxruntime, openvino, torch",
+    "runtime.name=trt": "runtime.name='trt': valid: torch, onnxruntime, openvino",
+    "runtime.opset=13": "runtime.opset=13: must be >= 16",
 }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["runtime=onnxruntime", "precision=bf16"], "precision.mode=bf16: not run by runtime="
+         "onnxruntime; valid there: fp32, int8"),
+        (["runtime=openvino", "precision=mixed"], "precision.mode=mixed: not run by runtime="
+         "openvino; valid there: fp32, bf16, fp16, int8"),
+        (["runtime=onnxruntime", "precision=int8", "precision.int8_scheme=dynamic"],
+         "precision.int8_scheme=dynamic: runtime=onnxruntime quantizes static int8 only"),
+    ],
+)  # fmt: skip
+def test_a_runtime_refuses_a_precision_it_does_not_run_in_one_line(
+    overrides: list[str], message: str, capsys
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        config.check(overrides)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"vitsweep: error: {message}"), err
+
+
+def test_runtime_is_searchable_like_the_other_axes() -> None:
+    cfg = config.compose(["experiment=smoke"])
+    assert config.trial_spec(cfg).runtime.name == "torch"  # today's behaviour by default
+    sweep = "runtime=choice(torch,onnxruntime,openvino)"
+    config.check(["-m", "experiment=smoke", sweep])  # a launch with it is accepted
+    ctx = config.sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([sweep])
+    dist = ctx.space.distributions["runtime"]
+    assert list(dist.choices) == ["torch", "onnxruntime", "openvino"]
 
 
 @pytest.mark.parametrize("override", sorted(BAD))

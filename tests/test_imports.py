@@ -1,7 +1,7 @@
 """The import graph, read with `ast` (module level and inside functions): imports run one way.
 
     app (CLI) -> config (the doorway, and the Hydra sweeper) -> search, track -> trial, export
-    -> the rooms that are searched and judged (data, models, tome, precision, measure)
+    -> the rooms that are searched and judged (data, models, tome, precision, measure, runtime)
     -> the shared base (spec, errors, record, runctx, hypervolume, files)
 
 search hands finished trials to a Recorder and never imports track; track never imports search;
@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"spec", "errors", "record", "runctx", "hypervolume", "files", "stats"}
-ROOMS = {"data", "models", "tome", "precision", "measure"}
+ROOMS = {"data", "models", "tome", "precision", "measure", "runtime"}
 # package -> the vitsweep packages it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
     **{b: BASE for b in BASE},

@@ -96,11 +96,12 @@ def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
     """The model `spec` builds, run as the trial ran it (`trial.ready`: compiled per
     `measure.compile`)."""
     from vitsweep.measure import host_reference
+    from vitsweep.runtime import cost_model
 
     built, run_model, ctx, _ = trial.ready(spec)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
     reference = host_reference(spec.root, spec.measure, ctx.device)
-    return built, _Ready(run_model, ctx, sample, spec, built.model, reference)
+    return built, _Ready(run_model, ctx, sample, spec, cost_model(built.model), reference)
 
 
 def _flagged(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:

@@ -14,6 +14,12 @@ What an export directory holds (`<paths.root>/<study>/export/trial-<n>/`):
 - `config.yaml` (the trial's resolved config, passwords masked), `metrics.json` (the trial's
   metrics as stored in the study), `README.md` and `load.py` (the loading code).
 
+A trial run on another runtime (`runtime=onnxruntime|openvino`, issue #34) ships that runtime's
+artefact instead: `model.onnx`, or OpenVINO IR `model.xml` + `model.bin`, with `runtime.json`
+(how the session was opened), `check.npz` (the test split's images and labels) and a `load.py`
+that needs only the runtime and numpy; it is re-measured both through vitsweep and by running
+that `load.py` in a fresh process, before it is kept.
+
 Why rebuild-then-load rather than pickling the module: a pickle ties the file to class paths and
 runs code on load; the recipe + state_dict survives refactors and is safe to open.
 Nothing here sees Hydra or Optuna: the CLI (`vitsweep-export`) resolves the study and the trial.
@@ -38,6 +44,8 @@ from vitsweep.spec import ConfigError, TrialSpec
 
 FORMAT = "vitsweep-export/1"
 MODEL_FILE = "model.pt"
+RUNTIME_FILE = "runtime.json"  # a runtime artefact's record (runtime, files, threads, spec)
+CHECK_FILE = "check.npz"  # the test split as numpy, for load.py without torch
 PROGRAM_FILE = "model.pt2"
 TORCHSCRIPT_FILE = "model.ts"
 
@@ -92,7 +100,14 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 def export_spec(path: str | Path) -> TrialSpec:
     """The TrialSpec an export was made from (data split, measure settings, ...)."""
-    return _spec(_read(path))
+    meta = _runtime_record(path)
+    return _spec(meta if meta is not None else _read(path))
+
+
+def _runtime_record(path: str | Path) -> dict[str, Any] | None:
+    """runtime.json of a runtime artefact; None for a torch export."""
+    file = _dir(path) / RUNTIME_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _spec(obj: dict[str, Any]) -> TrialSpec:
@@ -199,6 +214,8 @@ def remeasure(path: str | Path) -> tuple[Check, ...]:
     from vitsweep import data, precision, trial
 
     path = Path(path)
+    if _runtime_record(path) is not None:
+        return _remeasure_runtime(path)
     obj = _read(path)  # once: model.pt holds every weight
     spec = _spec(obj)
     stored = json.loads((path / "metrics.json").read_text())
@@ -247,7 +264,7 @@ def export_trial(
     The files go to `<out_dir>.partial` first and become `out_dir` only when every check holds;
     a failing export stays in `.partial` for inspection and `Exported.ok` is False.
     """
-    from vitsweep import models, trial
+    from vitsweep import models, runtime, trial
     from vitsweep.models.checkpoint import atomic_save, plain
     from vitsweep.precision import PLAN_ATTR
     from vitsweep.precision.int8 import eager_backend, resolve_int8_backend
@@ -261,16 +278,16 @@ def export_trial(
             f"{spec.root}); export from the launch directory of the study, where they are cached"
         )
     built = trial.build(spec)
+    out_dir = Path(out_dir)
+    if runtime.is_deployed(built.model):
+        return _export_runtime(spec, built, config, metrics, study, number, out_dir)
     model, ctx, splits = built.model, built.ctx, built.splits
     geometry = models.Geometry(splits.image_size, splits.in_chans, splits.num_classes)
     plan = getattr(model, PLAN_ATTR, None)
     int8 = spec.precision.mode in ("int8", "mixed")
     program = getattr(model, PROGRAM_ATTR, None)
 
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _staging(out_dir)
     record = {
         "format": FORMAT,
         "study": study,
@@ -314,12 +331,118 @@ def export_trial(
     elif ts_checks:
         formats[TORCHSCRIPT_FILE] += "; reproduces the trial's accuracy"
     _write_readme(staging, out_dir, study, number, metrics, ctx, formats)
-    result = Exported(staging, tuple(checks), formats)
+    return _keep(Exported(staging, tuple(checks), formats), out_dir)
+
+
+def _staging(out_dir: Path) -> Path:
+    """`<out_dir>.partial`, empty: where an export is written until its checks hold."""
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _keep(result: Exported, out_dir: Path) -> Exported:
+    """The staged export moved to `out_dir` when every check holds; else left staged."""
     if not result.ok:
         return result
     shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    result.path.rename(out_dir)
     return dataclasses.replace(result, path=out_dir)
+
+
+def _export_runtime(
+    spec: TrialSpec,
+    built: Any,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    study: str,
+    number: int,
+    out_dir: Path,
+) -> Exported:
+    """The runtime's own artefact, its record, the check data and a torch-free `load.py`."""
+    import numpy as np
+
+    from vitsweep.models.checkpoint import plain
+    from vitsweep.runtime.loaders import load_py
+    from vitsweep.runtime.ov import HINTS
+
+    deployed, ctx, splits = built.model.deployed, built.ctx, built.splits
+    staging = _staging(out_dir)
+    for file in deployed.files:
+        shutil.copy2(file, staging / file.name)
+    test = [splits.test[i] for i in range(len(splits.test))]
+    np.savez_compressed(
+        staging / CHECK_FILE,
+        images=torch.stack([x for x, _ in test]).numpy(),
+        labels=np.asarray([int(y) for _, y in test]),
+    )
+    meta = {
+        "format": FORMAT,
+        "study": study,
+        "trial": number,
+        "runtime": deployed.runtime,
+        "precision": deployed.mode,
+        "precision_exec": ctx.precision_exec,
+        "files": [f.name for f in deployed.files],
+        "threads": deployed.threads,
+        "inference_precision": HINTS[deployed.mode],
+        "eval_batch_size": spec.measure.eval_batch_size,
+        "input": "images (float32, batch x C x H x W, batch dynamic)",
+        "spec": plain(spec),
+    }
+    (staging / RUNTIME_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    _write_text(staging, config, metrics, study, number)
+    (staging / "load.py").write_text(load_py(deployed.runtime))
+    names = " + ".join(f.name for f in deployed.files)
+    formats = {
+        names: f"the trial's {deployed.runtime} model, as measured ({ctx.precision_exec})",
+        RUNTIME_FILE: "how the session is opened (threads, precision hint) and the trial's spec",
+        CHECK_FILE: "the test split's images and labels: what load.py re-measures",
+        "load.py": f"loads it with {deployed.runtime} and numpy only; python load.py re-measures",
+    }
+    checks = _remeasure_runtime(staging)
+    _write_readme(staging, out_dir, study, number, metrics, ctx, formats)
+    return _keep(Exported(staging, checks, formats), out_dir)
+
+
+def _remeasure_runtime(path: Path) -> tuple[Check, ...]:
+    """A runtime artefact re-measured twice: opened by vitsweep and measured on the trial's
+    splits (val, test, file bytes), and by its own `load.py` in a fresh process (test)."""
+    import subprocess
+    import sys
+
+    from vitsweep import data, runtime, trial
+    from vitsweep.runtime.module import Deployed
+
+    meta = _runtime_record(path)
+    assert meta is not None
+    spec = _spec(meta)
+    stored = json.loads((path / "metrics.json").read_text())
+    files = tuple(path / name for name in meta["files"])
+    deployed = Deployed(
+        meta["runtime"], files, meta["precision_exec"], 0.0, (), meta["threads"], meta["precision"]
+    )
+    model, ctx = runtime.load(deployed)
+    splits = data.load(spec.data, data.data_dir(spec.root))
+    proc = subprocess.run(
+        [sys.executable, str(path / "load.py")], capture_output=True, text=True, cwd=path
+    )
+    lines = proc.stdout.strip().splitlines()
+    alone = json.loads(lines[-1])["test_accuracy"] if lines else proc.stderr.strip()[-300:]
+    return (
+        Check(
+            "accuracy", stored.get("accuracy"), trial.accuracy(model, ctx, splits.val, spec.measure)
+        ),
+        Check(
+            "test_accuracy",
+            stored.get("test_accuracy"),
+            trial.accuracy(model, ctx, splits.test, spec.measure),
+        ),
+        # model_bytes less OpenVINO's xml, whose generated layer names vary between processes
+        Check("weights_bytes", stored.get("weights_bytes"), runtime.weights_bytes(model)),
+        Check("test_accuracy (load.py, without torch)", stored.get("test_accuracy"), alone),
+    )
 
 
 def _with_trial_threads(spec: TrialSpec, metrics: dict[str, Any]) -> TrialSpec:
@@ -385,7 +508,8 @@ def _write_readme(
     formats: dict[str, str],
 ) -> None:
     shown = ("accuracy", "test_accuracy", "throughput", "latency_ms", "params", "flops")
-    rows = "\n".join(f"| {k} | {metrics[k]} |" for k in (*shown, "model_bytes") if k in metrics)
+    kept = (*shown, "model_bytes", "deploy_bytes")
+    rows = "\n".join(f"| {k} | {metrics[k]} |" for k in kept if k in metrics)
     files = "\n".join(f"- `{name}`: {note}" for name, note in formats.items())
     dtype = str(ctx.input_dtype).removeprefix("torch.")
     ts = (
@@ -401,6 +525,7 @@ logits = model(images.to("{ctx.device}", torch.{dtype}))
         if (out / TORCHSCRIPT_FILE).is_file()
         else ""
     )
+    load = _RUNTIME_LOAD if (out / RUNTIME_FILE).is_file() else _TORCH_LOAD.format(final=final)
     (out / "README.md").write_text(
         f"""# Trial {number} of study `{study}`
 
@@ -413,7 +538,11 @@ Runs as: {metrics.get("precision_exec", ctx.precision_exec)} on {ctx.device}.
 Files:
 {files}
 - `config.yaml`: the trial's resolved config; `metrics.json`: all its stored metrics.
+{load}{ts}"""
+    )
 
+
+_TORCH_LOAD = """
 ## Load (needs only vitsweep)
 
 ```python
@@ -424,5 +553,17 @@ logits = ctx.forward(model, images)  # images: float (B, C, H, W), preprocessed 
 
 `python load.py` loads it and re-measures the accuracy on the trial's validation split; it must
 equal the stored one exactly (same split, same thread count, same kernels).
-{ts}"""
-    )
+"""
+
+_RUNTIME_LOAD = """
+## Load (needs only the runtime and numpy: no torch, no vitsweep)
+
+```python
+from load import load
+predict = load()  # opened as the trial opened it (threads, precision hint)
+logits = predict(images)  # images: float32 numpy (B, C, H, W), preprocessed as the data split
+```
+
+`python load.py` re-measures the test accuracy on `check.npz`; it must equal the stored one
+exactly (same images, same evaluation batches, same thread count, same kernels).
+"""

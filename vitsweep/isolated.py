@@ -35,6 +35,7 @@ PRELOAD = [
     "vitsweep.tome",
     "vitsweep.precision",
     "vitsweep.measure",
+    "vitsweep.runtime",
     "torch._dynamo",
 ]
 

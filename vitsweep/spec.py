@@ -20,8 +20,18 @@ METRIC_NAMES = (
     "params",
     "flops",
     "model_bytes",
+    "deploy_bytes",
     "peak_mem_bytes",
 )
+
+# The precisions each deployment runtime executes with its own tools (issue #34): ORT's CPU
+# provider has no bf16/fp16 kernels worth timing, OpenVINO's half precisions are an inference
+# hint (checked against the CPU at build time); mixed and tq are torch-only surgery.
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "fp16", "bf16", "int8", "mixed", "tq"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "fp16", "int8"),
+}
 
 
 class ConfigError(ValueError):
@@ -269,6 +279,24 @@ class PrecisionSpec:
 
 
 @dataclass(frozen=True)
+class RuntimeSpec:
+    """Where the candidate runs (the `runtime` group): PyTorch itself, or exported once (dynamic
+    batch) to ONNX Runtime or OpenVINO, quantized there by the runtime's own tools."""
+
+    name: Literal["torch", "onnxruntime", "openvino"] = "torch"
+    opset: int = 18  # onnx opset of the export (ToMe's scatter-add needs >= 16)
+
+    def __post_init__(self) -> None:
+        require(
+            self.name in RUNTIME_PRECISIONS,
+            "runtime.name",
+            self.name,
+            f"valid: {', '.join(RUNTIME_PRECISIONS)}",
+        )
+        require(self.opset >= 16, "runtime.opset", self.opset, "must be >= 16 (scatter-add)")
+
+
+@dataclass(frozen=True)
 class MeasureSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 64  # throughput batch; latency is always batch 1
@@ -416,9 +444,26 @@ class TrialSpec:
     precision: PrecisionSpec = field(default_factory=PrecisionSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     root: str = "multirun"  # paths.root: storage, supernets, reports
     seed: int = 0
     trial_number: int | None = None  # the Optuna trial number when run by the sweeper
+
+    def __post_init__(self) -> None:
+        valid = RUNTIME_PRECISIONS[self.runtime.name]
+        require(
+            self.precision.mode in valid,
+            "precision.mode",
+            self.precision.mode,
+            f"not run by runtime={self.runtime.name}; valid there: {', '.join(valid)}",
+        )
+        if self.runtime.name != "torch":
+            require(
+                self.precision.mode != "int8" or self.precision.int8_scheme == "static",
+                "precision.int8_scheme",
+                self.precision.int8_scheme,
+                f"runtime={self.runtime.name} quantizes static int8 only; valid there: static",
+            )
 
 
 @dataclass
@@ -434,6 +479,7 @@ class Metrics:
     params: int
     flops: float
     model_bytes: int
+    deploy_bytes: int  # model file(s) + the runtime's installed packages: what a station carries
     peak_mem_bytes: float  # NaN when it cannot be measured (the reason in peak_mem_source)
     extra: dict[str, Any] = field(default_factory=dict)  # throughput_cv, precision_exec, ...
 

@@ -50,8 +50,16 @@ def build(spec: TrialSpec) -> Built:
     splits = data.load(spec.data, data.data_dir(spec.root))
     model = models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
     build_s = time.perf_counter() - t0
-    with measure.thread_scope(spec.measure.threads):
+    with measure.thread_scope(spec.measure.threads) as threads:
         model = tome.apply_token(model, spec.token)
+        if spec.runtime.name != "torch":  # exported once, quantized by the runtime's own tools
+            from vitsweep import runtime
+
+            deployed, ctx = runtime.deploy(
+                model, spec.runtime, spec.precision, calib=splits.train, threads=threads,
+                device=device,
+            )  # fmt: skip
+            return Built(deployed, ctx, splits, build_s)
         model, ctx = precision.apply_precision(
             model,
             spec.precision,
@@ -89,8 +97,12 @@ def runner(
     """(what runs, its ctx, compile_s): `model` compiled per `measure.compile` for every batch
     size the trial runs (timing batch, batch 1, evaluation batch and the splits' tails), so no
     compilation falls inside accuracy or timing; compile_s 0.0 when nothing was compiled. The
-    export re-measures through this too, so it runs what the trial ran."""
-    from vitsweep import measure
+    export re-measures through this too, so it runs what the trial ran. A model deployed to
+    another runtime is compiled already: compile_s is its export and quantization seconds."""
+    from vitsweep import measure, runtime
+
+    if runtime.is_deployed(model):
+        return model, ctx, round(model.deployed.seconds, 3)
 
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     eb = spec.eval_batch_size
@@ -137,11 +149,45 @@ def accuracy_metrics(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     }
 
 
+def stored_bytes(model: nn.Module) -> int:
+    """`model_bytes`: the tensors as stored (torch), or the runtime's model files."""
+    from vitsweep import precision, runtime
+
+    if runtime.is_deployed(model):
+        return runtime.stored_bytes(model)
+    return precision.model_bytes(model)
+
+
+def deploy_bytes(spec: TrialSpec, model: nn.Module, ctx: RunContext) -> int:
+    """`deploy_bytes`: the model's stored bytes plus the installed runtime it needs."""
+    from vitsweep import measure, runtime
+
+    packages = runtime.distributions(spec.runtime.name, ctx.precision_exec)
+    return stored_bytes(model) + measure.installed_bytes(packages)
+
+
 def run(spec: TrialSpec) -> Metrics:
-    from vitsweep import measure, precision
+    from vitsweep import runtime
 
     t0 = time.perf_counter()
     built, run_model, ctx, compile_s = ready(spec)
+    try:
+        return _measured(spec, built, run_model, ctx, compile_s, t0)
+    finally:
+        if runtime.is_deployed(built.model):  # its files are measured: sizes are recorded
+            built.model.discard_files()
+
+
+def _measured(
+    spec: TrialSpec,
+    built: Built,
+    run_model: nn.Module,
+    ctx: RunContext,
+    compile_s: float,
+    t0: float,
+) -> Metrics:
+    from vitsweep import measure, precision, runtime
+
     model, splits = built.model, built.splits
     judged = precision.accuracy_model(model, run_model)  # a simulation, where one was asked
     acc = accuracy_metrics(
@@ -151,17 +197,25 @@ def run(spec: TrialSpec) -> Metrics:
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     reference = measure.host_reference(spec.root, spec.measure, ctx.device)
     cost = measure.measure_all(
-        run_model, ctx, sample_shape, spec.measure, cost_model=model, reference=reference
+        run_model,
+        ctx,
+        sample_shape,
+        spec.measure,
+        cost_model=runtime.cost_model(model),
+        reference=reference,
     )
     core = {k: cost.pop(k) for k in METRIC_NAMES if k in cost}
     return Metrics(
         accuracy=acc.pop("accuracy"),
         test_accuracy=acc.pop("test_accuracy"),
-        model_bytes=precision.model_bytes(model),
+        model_bytes=stored_bytes(model),
+        deploy_bytes=deploy_bytes(spec, model, ctx),
         **core,
         extra={
             **acc,
             **cost,
+            "runtime": spec.runtime.name,
+            **runtime.file_metrics(model),
             "precision_exec": ctx.precision_exec,
             **precision.plan_metrics(model),
             "compile_s": compile_s,  # apart: never inside throughput or latency

@@ -16,7 +16,8 @@ import torch
 from vitsweep.bench.common import Section
 
 SECTIONS = (
-    "sweeper", "supernet", "tome", "precision", "mixed", "tq", "measure", "scaleout", "headline"
+    "sweeper", "supernet", "tome", "precision", "mixed", "tq", "runtime", "measure", "scaleout",
+    "headline",
 )  # fmt: skip
 # Sections too long for `make bench` (`make bench-search` runs this one): never run by default,
 # but their saved JSON joins the README table like any other section's.

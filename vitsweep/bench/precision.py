@@ -72,8 +72,8 @@ def _interleaved(
     return times
 
 
-def speed_section(quick: bool = False, batch: int = 16) -> Section:
-    """Images/s, bytes and compile seconds of ViT-S/16 at every precision, from one run."""
+def vit_s(batch: int) -> tuple[nn.Module, torch.Tensor, TensorDataset]:
+    """ViT-S/16 224 with random weights, the batch that is timed, and calibration data."""
     import timm
 
     torch.manual_seed(0)
@@ -82,6 +82,12 @@ def speed_section(quick: bool = False, batch: int = 16) -> Section:
     x = torch.randn(batch, 3, 224, 224, generator=gen)
     # Random weights: calibrate on the distribution that is timed (2 batches of 16).
     calib = TensorDataset(torch.randn(32, 3, 224, 224, generator=gen), torch.zeros(32).long())
+    return base, x, calib
+
+
+def speed_section(quick: bool = False, batch: int = 16) -> Section:
+    """Images/s, bytes and compile seconds of ViT-S/16 at every precision, from one run."""
+    base, x, calib = vit_s(batch)
     prepared = {
         name: _prepare(base, spec, compiled, x, calib)
         for name, (spec, compiled) in SPEED_VARIANTS.items()

@@ -36,6 +36,7 @@ from vitsweep.spec import (
     DataSpec,
     MeasureSpec,
     PrecisionSpec,
+    RuntimeSpec,
     TokenSpec,
     TrackingSpec,
     TrainSpec,
@@ -51,6 +52,7 @@ TRIAL_GROUPS: dict[str, type] = {
     "precision": PrecisionSpec,
     "measure": MeasureSpec,
     "train": TrainSpec,
+    "runtime": RuntimeSpec,
 }
 # A user's app learns its Optuna trial number from the environment, its config left alone.
 ENV_NUMBER_OVERRIDE = "++hydra.job.env_set.VITSWEEP_TRIAL_NUMBER='{n}'"
@@ -96,8 +98,15 @@ def _integer(cfg: DictConfig, key: str) -> int | None:
     return value
 
 
+# Configs stored before a group existed ran as its default does (runtime: torch, issue #34).
+_LATER_GROUPS = ("runtime",)
+
+
 def trial_spec(cfg: DictConfig) -> TrialSpec:
-    groups = {g: to_spec(cls, _plain(cfg[g]), g) for g, cls in TRIAL_GROUPS.items()}
+    groups = {
+        g: to_spec(cls, _plain(cfg[g]) if g in cfg or g not in _LATER_GROUPS else {}, g)
+        for g, cls in TRIAL_GROUPS.items()
+    }
     seed = _integer(cfg, "seed")
     return TrialSpec(
         **groups,

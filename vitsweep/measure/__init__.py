@@ -5,6 +5,7 @@ from __future__ import annotations
 from vitsweep.measure.accuracy import correct_flags, evaluate
 from vitsweep.measure.compile import compile_model, should_compile
 from vitsweep.measure.cost import count_flops, count_params, peak_memory_bytes
+from vitsweep.measure.deploy import installed_bytes
 from vitsweep.measure.device import resolve_device
 from vitsweep.measure.drift import host_reference
 from vitsweep.measure.energy import (
@@ -44,6 +45,7 @@ __all__ = [
     "counter_delta",
     "evaluate",
     "host_reference",
+    "installed_bytes",
     "measure_all",
     "measure_energy",
     "measure_latency",

@@ -89,6 +89,9 @@ def peak_memory_bytes(
     process's resident set cannot be used, since after the warm-up forwards the allocator (and
     glibc) reuse freed pages and a second forward shows no growth at all.
     """
+    foreign = getattr(model, "foreign_runtime", None)
+    if foreign is not None:  # its arena is invisible to torch's allocator and profiler
+        return math.nan, f"unmeasured: {foreign} allocates outside torch"
     with torch.inference_mode(), eval_mode(model):
         if is_cuda(ctx.device):
             dev = torch.device(ctx.device)

@@ -66,6 +66,7 @@ _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
 ACCURACY_ATTR = "vitsweep_accuracy_model"  # a simulation the accuracy is measured on
 RETRAIN_ATTR = "vitsweep_retrain_s"  # seconds a tq model spent retraining (a cost, like compile)
+CALIB_BATCH_SIZE = 64  # images per calibration batch (PT2E int8, mixed, tq; runtimes' int8 too)
 TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
 
 
@@ -448,7 +449,7 @@ def apply_precision(
         resolved,
         device=device,
         calib=calib,
-        calib_batch_size=calib_batch_size or getattr(spec, "calib_batch_size", 64),
+        calib_batch_size=calib_batch_size or CALIB_BATCH_SIZE,
         seed=seed,
         int8_backend=int8_backend or spec.int8_backend,
         plan=plan,
