@@ -150,16 +150,21 @@ def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
     return _compiled
 
 
+def region_enabled() -> bool:
+    """Whether eager inference merges through the compiled region (`regional`, else the
+    environment; False after a failed compile)."""
+    enabled = _state["enabled"]
+    if enabled is None:
+        enabled = os.environ.get(ENV, "1") != "0"
+    return bool(enabled) and not _state["failed"]
+
+
 def _region_applies() -> bool:
     # is_compiling first: inside a whole-model trace nothing after it is traced (or guarded on)
     if torch.compiler.is_compiling():
         return False
-    enabled = _state["enabled"]
-    if enabled is None:
-        enabled = os.environ.get(ENV, "1") != "0"
     return (
-        enabled
-        and not _state["failed"]
+        region_enabled()
         and not torch.is_grad_enabled()
         and _get_current_dispatch_mode() is None
         and not _get_current_function_mode_stack()
