@@ -234,10 +234,13 @@ def _kernels(fn: Callable[..., object], *args: object) -> dict[str, int]:
     torch._dynamo.reset()
     _, codes = run_and_get_code(torch.compile(fn, dynamic=False), *args)
     code = "\n".join(codes)
-    call = code[code.find("def call(") :]
+    lines = [ln.strip() for ln in code[code.find("def call(") :].splitlines()]
+    calls = [ln for ln in lines if not ln.startswith(("#", "assert"))]  # no comments, checks
     return {
-        "fused_kernels": len(set(re.findall(r"\b(cpp_fused_\w+)\(", call))),
-        "extern_calls": len(re.findall(r"\b(?:extern_kernels|aten)\.\w+", call)),
+        "fused_kernels": sum(bool(re.match(r"cpp_fused_\w+\(", ln)) for ln in calls),
+        "extern_calls": sum(
+            bool(re.search(r"\b(?:extern_kernels|torch\.ops\.aten)\.", ln)) for ln in calls
+        ),
     }
 
 

@@ -7,8 +7,8 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
 - `merge_step`: one eager function with fewer calls. Rows are addressed by their flat index in
   (batch * tokens, channels), taken from one `arange` grid, so every index is one `gather` and no
   batch offsets are added; the merged A tokens and their receiving B tokens are read with one
-  `index_select`, and the receivers' size-weighted sums are one `baddbmm` each (the small
-  "same receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
+  `index_select`, and the receivers' size-weighted sums are one `baddbmm` (the small "same
+  receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
   every other row is copied exactly.
 - `fused_merge`: `merge_step` compiled on its own (regional compilation, inductor, dynamic
   shapes, so every block's token count shares one graph) and called from an eager model: one
@@ -68,15 +68,15 @@ def merge_step(
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, fewer calls
         best, best_b = (k[:, first_a::2] @ k[:, first_b::2].mT).max(dim=-1)
         order = best.argsort(dim=-1, descending=True)
-        grid = torch.arange(batch * n, device=x.device).view(batch, n)  # every token's flat row
-        rows_a = grid[:, first_a::2].gather(1, order)  # A tokens' rows, best score first
-        grid_b = grid[:, first_b::2]
-        unm = rows_a[:, r:]
+        src_a, unm_a = order[:, :r], order[:, r:]
         if p > 0:  # back to position order: the prefix stays first, neighbours stay adjacent
-            unm = unm.sort(dim=-1).values
+            unm_a = unm_a.sort(dim=-1).values  # (sorting a view of `order`: no copy compiled)
+        grid = torch.arange(batch * n, device=x.device).view(batch, n)  # every token's flat row
+        grid_a, grid_b = grid[:, first_a::2], grid[:, first_b::2]
+        unm = grid_a.gather(1, unm_a)
         keep = torch.cat([grid[:, :p], unm, grid_b] if p > 0 else [unm, grid_b], dim=1)
-        dst_b = best_b.gather(1, order[:, :r])  # the B token each merged A token goes to
-        picked = torch.cat([rows_a[:, :r], grid_b.gather(1, dst_b)], dim=1).view(-1)
+        dst_b = best_b.gather(1, src_a)  # the B token each merged A token goes to
+        picked = torch.cat([grid_a.gather(1, src_a), grid_b.gather(1, dst_b)], dim=1).view(-1)
         # the receivers' flat rows in the output: B tokens follow prefix and unmerged A
         first_out = torch.arange(p + num_a - r, batch * m, m, device=x.device)
         dst = (dst_b + first_out.unsqueeze(1)).view(-1)
@@ -113,7 +113,9 @@ def _merge_rows(
     out_size = size_rows.index_select(0, keep)
     pick_s = size_rows.index_select(0, picked).view(batch, 2 * r, 1)
     src_s, recv_s = pick_s.split(r, dim=1)
-    new_s = torch.baddbmm(recv_s, same, src_s)  # receiver's size plus its sources'
+    # receiver's size plus its sources' (a matmul with one column: inductor fuses it, where a
+    # baddbmm would stay a library call of its own)
+    new_s = recv_s + same @ src_s
 
     def merged(t: torch.Tensor) -> torch.Tensor:
         """`t` (batch, n, ch): rows copied to [prefix | unmerged A | B], receivers averaged."""
