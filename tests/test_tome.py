@@ -28,7 +28,7 @@ from vitsweep.tome import (
     schedule_of,
     token_counts,
 )
-from vitsweep.tome.fused import fused_merge, merge_step, regional
+from vitsweep.tome.fused import merge_step
 from vitsweep.tome.merge import size_bias
 from vitsweep.tome.patch import KEY_ALIGN, _aligned_keys, _attention
 from vitsweep.tome.reference import apply_reference_tome
@@ -438,51 +438,3 @@ def test_fast_step_dispatches_fewer_ops_than_the_readable_formulation() -> None:
             fn(metric, x, size, 13, 1)
         counts[name] = (calls.n, ops.n)
     assert counts["fast"][0] < counts["readable"][0] and counts["fast"][1] < counts["readable"][1]
-
-
-def test_compiled_region_equals_eager_and_stays_out_of_traces(images: torch.Tensor) -> None:
-    """The regionally compiled merge (eager inference) gives the eager step's outputs; the
-    region stays out of autograd and of FLOP counting (a dispatch mode), which see the eager
-    ops. One compile (tens of seconds here): the rest of the suite merges eagerly."""
-    from torch._dynamo.utils import counters
-
-    model = apply_tome(vit(init_values=0.1, qk_norm=True), 4)
-    graphs = counters["stats"]["unique_graphs"]
-    with torch.inference_mode():
-        with regional(False):
-            want = model(images)
-        assert counters["stats"]["unique_graphs"] == graphs  # eager: nothing compiled
-        with regional(True):
-            got = model(images)
-            again = model(images.flip(0))
-    # four blocks, four token counts (41, 37, 33, 29), two calls: one graph (dynamic shapes)
-    assert counters["stats"]["unique_graphs"] == graphs + 1
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    with torch.inference_mode(), regional(False):
-        torch.testing.assert_close(again, model(images.flip(0)), rtol=1e-5, atol=1e-6)
-    with regional(True), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images)
-    counts = counter.get_flop_counts()["Global"]
-    assert torch.ops.aten.baddbmm in counts  # the merge's sums, seen op by op
-
-    # a property, not a timing: one merge through the region dispatches fewer top-level ATen
-    # ops (its extern calls: sort, baddbmm, ...) than the same merge eagerly (the same graph:
-    # batch 2, a token count the model's blocks did not see)
-    from torch.profiler import ProfilerActivity, profile
-
-    g = torch.Generator().manual_seed(9)
-    with torch.inference_mode():
-        args = (torch.randn(2, 27, 16, generator=g), torch.randn(2, 27, DIM, generator=g))
-        size = torch.ones(2, 27, 1)
-
-        def top_level_ops(enabled: bool) -> int:
-            with regional(enabled), profile(activities=[ProfilerActivity.CPU]) as prof:
-                fused_merge(*args, size, 4, 1)
-            return sum(
-                e.name.startswith("aten::")
-                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-                for e in prof.events()
-            )
-
-        assert 0 < top_level_ops(True) < top_level_ops(False)
-    assert counters["stats"]["unique_graphs"] == graphs + 1
