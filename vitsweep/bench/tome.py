@@ -72,24 +72,12 @@ def _float_model(name: str, r: int, img: int = IMG) -> torch.nn.Module:
 
 
 def _int8(model: torch.nn.Module, calib: list[torch.Tensor]) -> Runner:
-    """torchao PT2E static int8: export, X86InductorQuantizer, calibrate, convert, compile."""
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    """torchao PT2E static int8 through the product's flow (`precision.pt2e.quantize_pt2e`:
+    export with a dynamic batch, X86InductorQuantizer on every Linear, calibrate, convert, the
+    runnable module that accepts eval()), then compiled as `measure.compile` compiles it."""
+    from vitsweep.precision.pt2e import quantize_pt2e
 
-    # Linear layers only, as the product does: inductor's qconv prepack fails under a dynamic
-    # batch dimension, and the patch-embed conv is 0.3% of the FLOPs
-    quantizer = xiq.X86InductorQuantizer().set_module_type_qconfig(
-        torch.nn.Linear, xiq.get_default_x86_inductor_quantization_config()
-    )
-    from torch.export import Dim
-
-    with torch.no_grad():  # batch dynamic, as the product exports it: one program, any batch
-        program = torch.export.export(model, (calib[0],), dynamic_shapes=({0: Dim.AUTO},))
-        prepared = prepare_pt2e(program.module(), quantizer)
-        for x in calib:
-            prepared(x)
-        converted = convert_pt2e(prepared)
-    return compile_program(converted)
+    return compile_program(quantize_pt2e(model, calib))
 
 
 class _Pruned(torch.nn.Module):
