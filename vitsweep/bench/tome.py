@@ -62,8 +62,6 @@ PRECISIONS = ("fp32", "fp32 compiled", "bf16", "bf16 compiled", "int8")
 # batch 1 (latency) for the float precisions: int8's batch 1 is not what the issue asks for
 LATENCY_PRECISIONS = ("fp32", "fp32 compiled", "bf16", "bf16 compiled")
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
-
 
 def _float_model(name: str, r: int, img: int = IMG) -> torch.nn.Module:
     torch.manual_seed(0)
@@ -71,7 +69,7 @@ def _float_model(name: str, r: int, img: int = IMG) -> torch.nn.Module:
     return apply_tome(model, r) if r else model
 
 
-def _int8(model: torch.nn.Module, calib: list[torch.Tensor]) -> Runner:
+def _int8(model: torch.nn.Module, calib: list[torch.Tensor]) -> torch.nn.Module:
     """torchao PT2E static int8 through the product's flow (`precision.pt2e.quantize_pt2e`:
     export with a dynamic batch, X86InductorQuantizer on every Linear, calibrate, convert, the
     runnable module that accepts eval()), then compiled as `measure.compile` compiles it."""
