@@ -12,6 +12,11 @@ import torch
 
 BIN = Path(sys.executable).parent
 
+# ToMe merges eagerly in tests (and the console scripts they start, which inherit this): the
+# compiled region (`vitsweep.tome.fused`) costs a compile per process, tens of seconds on these
+# 2 cores. tests/test_tome.py and tests/test_bench_tome.py turn it on where they test it.
+os.environ.setdefault("VITSWEEP_TOME_COMPILE", "0")
+
 
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 
 import pytest
@@ -27,6 +28,7 @@ from vitsweep.tome import (
     schedule_of,
     token_counts,
 )
+from vitsweep.tome.fused import merge_step
 from vitsweep.tome.merge import size_bias
 from vitsweep.tome.patch import KEY_ALIGN, _aligned_keys, _attention
 from vitsweep.tome.reference import apply_reference_tome
@@ -374,3 +376,65 @@ def test_exports_and_compiles_with_the_same_outputs(images: torch.Tensor) -> Non
         torch._dynamo.reset()
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(images), want, rtol=1e-5, atol=1e-6)
+
+
+def _readable(
+    metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor | None, r: int, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return merge_wavg(bipartite_soft_matching(metric, r, p), x, size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_step_merges_like_the_readable_formulation(dtype: torch.dtype) -> None:
+    """`merge_step` (what merging blocks run) against `bipartite_soft_matching` + `merge_wavg`:
+    the same tokens in the same order with the same sizes, for r = 0, 1, 5 and above the cap,
+    0/1/2 prefix tokens, batch 1 and 3, first block (no sizes) and later ones; token values
+    within rounding (bf16: one unit in the last place). Extras (sources) merge like `x`."""
+    g = torch.Generator().manual_seed(7)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 0}
+    for p in (0, 1, 2):
+        n = 2 * 15 + p + 1
+        for batch in (1, 3):
+            metric = torch.randn(batch, n, 8, generator=g).to(dtype)
+            x = torch.randn(batch, n, 6, generator=g).to(dtype)
+            sized = torch.randint(1, 5, (batch, n, 1), generator=g).float()
+            src = torch.eye(n, dtype=dtype).expand(batch, n, n)
+            for r, size in itertools.product((0, 1, 5, 100), (None, sized)):
+                with torch.no_grad():
+                    want_x, want_size = _readable(metric, x, size, r, p)
+                    got_x, got_size, (got_src,) = merge_step(metric, x, size, r, p, (src,))
+                    want_src = merge_wavg(bipartite_soft_matching(metric, r, p), src, size)[0]
+                assert got_x.shape == want_x.shape == (batch, n - min(r, (n - p) // 2), 6)
+                assert got_x.dtype == x.dtype and got_size.dtype == torch.float32
+                torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
+                torch.testing.assert_close(got_x, want_x, **tol)
+                assert torch.equal(got_src > 0, want_src > 0)  # the same tokens merged
+
+
+def test_fast_step_dispatches_fewer_ops_than_the_readable_formulation() -> None:
+    """A property, not a timing: fewer torch calls from Python and fewer ATen ops per merge."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchFunctionMode):
+        n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(8)
+    metric, x = torch.randn(1, 184, 64, generator=g), torch.randn(1, 184, 96, generator=g)
+    size = torch.randint(1, 3, (1, 184, 1), generator=g).float()
+    counts = {}
+    for name, fn in (("readable", _readable), ("fast", lambda *a: merge_step(*a)[:2])):
+        with torch.inference_mode(), Calls() as calls, Ops() as ops:
+            fn(metric, x, size, 13, 1)
+        counts[name] = (calls.n, ops.n)
+    assert counts["fast"][0] < counts["readable"][0] and counts["fast"][1] < counts["readable"][1]

@@ -23,6 +23,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, token_sources
+from vitsweep.tome.fused import fused_merge, merge_step, regional
 
 IMG, PATCH = 112, 8  # 196 patches + class token = 197 tokens, as DeiT/ViT-S at 224 px
 
@@ -191,6 +192,7 @@ def test_matching_with_distillation_and_register_tokens(p: int) -> None:
     x = torch.randn(batch, n, 6, generator=g, dtype=torch.float64)
     size = torch.randint(1, 5, (batch, n, 1), generator=g).double()
     out, out_size = merge_wavg(bipartite_soft_matching(metric, r, p), x, size)
+    fast, fast_size, _ = merge_step(metric, x, size, r, p)
     for i in range(batch):
         groups = [[j] for j in range(n)]
         want, want_size, want_groups = oracle_step(
@@ -198,4 +200,55 @@ def test_matching_with_distillation_and_register_tokens(p: int) -> None:
         )
         assert want_groups[:p] == [[j] for j in range(p)]
         torch.testing.assert_close(out[i], want, rtol=1e-12, atol=1e-12)
-        assert out_size[i, :, 0].tolist() == want_size
+        torch.testing.assert_close(fast[i], want, rtol=1e-12, atol=1e-12)
+        assert out_size[i, :, 0].tolist() == fast_size[i, :, 0].tolist() == want_size
+
+
+def test_compiled_region_is_the_published_algorithm_too() -> None:
+    """The merge compiled as one region (what eager inference runs by default, off elsewhere in
+    the suite): the oracle's logits (float64, r=13), the eager step's; one graph for every
+    block's token count (197 -> 145 here, and one more unseen); fewer top-level ATen ops per
+    merge than the eager step (a property, not a timing); FLOP counting still sees the eager
+    ops. One compile: tens of seconds on 2 cores."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, x = vit(), images()
+    with torch.no_grad():
+        tokens, _ = oracle_forward(model, x, 13)
+        want = model.head(tokens[:, 0])
+    apply_tome(model, 13)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        with regional(False):
+            eager = model(x)
+        assert counters["stats"]["unique_graphs"] == graphs  # eager: nothing compiled
+        with regional(True):
+            got = model(x)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    assert rel_max_diff(got, want) <= 1e-4
+    torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-10)
+
+    with regional(True), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert torch.ops.aten.baddbmm in counter.get_flop_counts()["Global"]
+
+    g = torch.Generator().manual_seed(9)
+    with torch.inference_mode():
+        n = 131  # a token count no block saw: the same graph
+        args = (torch.randn(2, n, 16, generator=g, dtype=torch.float64),
+                torch.randn(2, n, 32, generator=g, dtype=torch.float64),
+                torch.ones(2, n, 1, dtype=torch.float64), 13, 1)  # fmt: skip
+
+        def top_level_ops(enabled: bool) -> int:
+            with regional(enabled), profile(activities=[ProfilerActivity.CPU]) as prof:
+                fused_merge(*args)
+            return sum(
+                e.name.startswith("aten::")
+                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+                for e in prof.events()
+            )
+
+        assert 0 < top_level_ops(True) < top_level_ops(False)
+    assert counters["stats"]["unique_graphs"] == graphs + 1

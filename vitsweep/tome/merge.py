@@ -19,6 +19,10 @@ in their order. `r` is capped at half of the unprotected tokens.
 Instead of -inf scores we score only the unprotected tokens (same argmax, same ranking) and
 write the merge as row copies (`index_select`/`index_add_`), which stay cheap in every dtype and
 trace statically under torch.export / torch.compile (token counts depend only on shapes).
+
+This is the readable formulation (and what the fast one is tested against); merging blocks run
+`fused.merge_step`, the same matching and merge in fewer calls, compiled as one region in
+eager inference (issue #35).
 """
 
 from __future__ import annotations

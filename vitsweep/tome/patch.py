@@ -23,7 +23,8 @@ from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from vitsweep.models.vit import RelPosAttention, grid_positions
-from vitsweep.tome.merge import bipartite_soft_matching, max_merge, merge_wavg, size_bias
+from vitsweep.tome.fused import fused_merge
+from vitsweep.tome.merge import max_merge, size_bias
 from vitsweep.tome.schedule import TomeArgError, make_schedule, token_counts_for
 
 
@@ -108,12 +109,13 @@ def _block(
     x = x + blk.drop_path1(blk.ls1(y))
     r = min(r, max_merge(x.shape[1], num_prefix))
     if r > 0:
-        matching = bipartite_soft_matching(metric, r, num_prefix)
+        extras = tuple(t for t in (source, pos) if t is not None)
+        x, size, extras = fused_merge(metric, x, size, r, num_prefix, extras)
         if source is not None:
-            source = merge_wavg(matching, source, size)[0]
+            source, *rest = extras
+            extras = tuple(rest)
         if pos is not None:
-            pos = merge_wavg(matching, pos, size)[0]
-        x, size = merge_wavg(matching, x, size)
+            (pos,) = extras
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     return x, size, source, pos
 

@@ -1,0 +1,211 @@
+"""ToMe's matching and merging as one step, at a fraction of the dispatcher calls (issue #35).
+
+`merge.bipartite_soft_matching` + `merge.merge_wavg` are the readable formulation; at batch 1
+their ~70 small torch calls per merging block (each a Python -> dispatcher round trip) cost more
+than the merged tokens save. The same published algorithm (see `merge`'s docstring), two ways:
+
+- `merge_step`: one eager function with fewer calls. Rows are addressed by their flat index in
+  (batch * tokens, channels), taken from one `arange` grid, so every index is one `gather` and no
+  batch offsets are added; the merged A tokens and their receiving B tokens are read with one
+  `index_select`, and the receivers' size-weighted sums are one `baddbmm` (the small "same
+  receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
+  every other row is copied exactly.
+- `fused_merge`: `merge_step` compiled on its own (regional compilation, inductor, dynamic
+  shapes, so every block's token count shares one graph) and called from an eager model: one
+  call per block instead of ~60. Only where that is safe and pays: no autograd (inference), not
+  already inside torch.compile / torch.export (the whole-model graph traces `merge_step`
+  itself), no Python dispatch or function mode active (FLOP counting, op counting), and never
+  again after a failed compile (no C++ compiler: eager, with one warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from vitsweep.tome.merge import _sets, max_merge
+
+Extras = tuple[torch.Tensor, ...]
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sizes and the receivers' sums in float32 at least: bf16 counts exactly only up to 256."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def merge_step(
+    metric: torch.Tensor,
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    r: int,
+    num_prefix: int,
+    extras: Extras = (),
+) -> tuple[torch.Tensor, torch.Tensor, Extras]:
+    """Match on `metric` (batch, tokens, features) and merge `x` (batch, tokens, channels) and
+    each of `extras` (batch, tokens, k) by size-weighted average: (x, size, extras), the output
+    `[prefix | unmerged A | B]` exactly as `merge_wavg(bipartite_soft_matching(...))`.
+
+    `size` (batch, tokens, 1) or None (all ones); the returned size is float32 at least.
+    """
+    batch, n, _ = x.shape
+    p = num_prefix
+    r = max(min(r, max_merge(n, p)), 0)
+    acc = _acc_dtype(x.dtype)
+    if r == 0:
+        if size is None:
+            size = torch.ones(batch, n, 1, dtype=acc, device=x.device)
+        return x, size, extras
+    first_a, first_b, num_a = _sets(n, p)
+    m = n - r
+    with torch.no_grad():  # indices carry no gradient; scores in float32 at least
+        k = metric if metric.dtype in (torch.float32, torch.float64) else metric.float()
+        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, fewer calls
+        best, best_b = (k[:, first_a::2] @ k[:, first_b::2].mT).max(dim=-1)
+        order = best.argsort(dim=-1, descending=True)
+        src_a, unm_a = order[:, :r], order[:, r:]
+        if p > 0:  # back to position order: the prefix stays first, neighbours stay adjacent
+            unm_a = unm_a.sort(dim=-1).values  # (sorting a view of `order`: no copy compiled)
+        grid = torch.arange(batch * n, device=x.device).view(batch, n)  # every token's flat row
+        grid_a, grid_b = grid[:, first_a::2], grid[:, first_b::2]
+        unm = grid_a.gather(1, unm_a)
+        keep = torch.cat([grid[:, :p], unm, grid_b] if p > 0 else [unm, grid_b], dim=1)
+        dst_b = best_b.gather(1, src_a)  # the B token each merged A token goes to
+        picked = torch.cat([grid_a.gather(1, src_a), grid_b.gather(1, dst_b)], dim=1).view(-1)
+        # the receivers' flat rows in the output: B tokens follow prefix and unmerged A
+        first_out = torch.arange(p + num_a - r, batch * m, m, device=x.device)
+        dst = (dst_b + first_out.unsqueeze(1)).view(-1)
+        same = (dst_b.unsqueeze(2) == dst_b.unsqueeze(1)).to(acc)  # (batch, r, r)
+        keep = keep.view(-1)
+
+    # the sums in `acc`, as written: autocast would run baddbmm in bf16 (sizes too)
+    dev = x.device.type
+    with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else _NO_CTX:
+        return _merge_rows(x, size, extras, keep, picked, dst, same, r, acc)
+
+
+_NO_CTX = contextlib.nullcontext()
+
+
+def _merge_rows(
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    extras: Extras,
+    keep: torch.Tensor,
+    picked: torch.Tensor,
+    dst: torch.Tensor,
+    same: torch.Tensor,
+    r: int,
+    acc: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, Extras]:
+    """`merge_step`'s second half: copy the kept rows, recompute the receivers (flat rows)."""
+    batch, n, _ = x.shape
+    m = keep.shape[0] // batch
+    if size is None:
+        size_rows = torch.ones(batch * n, 1, dtype=acc, device=x.device)
+    else:
+        size_rows = size.reshape(batch * n, 1)
+    out_size = size_rows.index_select(0, keep)
+    pick_s = size_rows.index_select(0, picked).view(batch, 2 * r, 1)
+    src_s, recv_s = pick_s.split(r, dim=1)
+    # receiver's size plus its sources' (a matmul with one column: inductor fuses it, where a
+    # baddbmm would stay a library call of its own)
+    new_s = recv_s + same @ src_s
+
+    def merged(t: torch.Tensor) -> torch.Tensor:
+        """`t` (batch, n, ch): rows copied to [prefix | unmerged A | B], receivers averaged."""
+        ch = t.shape[-1]
+        rows = t.reshape(batch * n, ch)
+        out = rows.index_select(0, keep)
+        pick = rows.index_select(0, picked).view(batch, 2 * r, ch)
+        pick = (pick if pick.dtype == acc else pick.to(acc)) * pick_s
+        src, recv = pick.split(r, dim=1)
+        new = (torch.baddbmm(recv, same, src) / new_s).view(batch * r, ch)
+        # a receiver chosen twice gets the same row twice
+        out.index_copy_(0, dst, new if new.dtype == t.dtype else new.to(t.dtype))
+        return out.view(batch, m, ch)
+
+    out_size.index_copy_(0, dst, new_s.view(batch * r, 1))
+    return merged(x), out_size.view(batch, m, 1), tuple(merged(e) for e in extras)
+
+
+# VITSWEEP_TOME_COMPILE=0 merges eagerly (`merge_step`): for runs that cannot spare the
+# region's first-call compile (tens of seconds per process on 2 cores, less from inductor's
+# on-disk cache), e.g. the test suite, whose processes each merge a few tiny models once.
+ENV = "VITSWEEP_TOME_COMPILE"
+_compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]] | None = None
+_state: dict[str, bool | None] = {"enabled": None, "failed": False}
+
+
+def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
+    """`merge_step` compiled once per process, lazily (importing ToMe compiles nothing).
+    Dynamic shapes: the token count changes from block to block, the batch from call to call;
+    a static graph per count would recompile at every block and hit dynamo's cache limit."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(merge_step, dynamic=True, backend="inductor")
+    return _compiled
+
+
+def region_enabled() -> bool:
+    """Whether eager inference merges through the compiled region (`regional`, else the
+    environment; False after a failed compile)."""
+    enabled = _state["enabled"]
+    if enabled is None:
+        enabled = os.environ.get(ENV, "1") != "0"
+    return bool(enabled) and not _state["failed"]
+
+
+def _region_applies() -> bool:
+    # is_compiling first: inside a whole-model trace nothing after it is traced (or guarded on)
+    if torch.compiler.is_compiling():
+        return False
+    return (
+        region_enabled()
+        and not torch.is_grad_enabled()
+        and _get_current_dispatch_mode() is None
+        and not _get_current_function_mode_stack()
+    )
+
+
+def fused_merge(
+    metric: torch.Tensor,
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    r: int,
+    num_prefix: int,
+    extras: Extras = (),
+) -> tuple[torch.Tensor, torch.Tensor, Extras]:
+    """`merge_step`, through its compiled region where that applies (module docstring)."""
+    if not _region_applies():
+        return merge_step(metric, x, size, r, num_prefix, extras)
+    if size is None:  # one graph for every block: the first merging block gets ones too
+        size = torch.ones(*x.shape[:2], 1, dtype=_acc_dtype(x.dtype), device=x.device)
+    try:
+        return _region()(metric, x, size, r, num_prefix, extras)
+    except Exception as err:  # inductor's failures (no compiler, lowering) share no type
+        _state["failed"] = True
+        warnings.warn(
+            f"ToMe's compiled merge failed ({type(err).__name__}: {str(err)[:200]}); "
+            "merging eagerly from now on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return merge_step(metric, x, size, r, num_prefix, extras)
+
+
+@contextlib.contextmanager
+def regional(enabled: bool | None) -> Iterator[None]:
+    """Use (or not) the compiled region inside, whatever VITSWEEP_TOME_COMPILE says (None:
+    as it says): for tests and the bench, which compare both."""
+    before = _state["enabled"]
+    _state["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
