@@ -14,8 +14,8 @@ modules: with one module applied 16 times, inductor computed its weight-only wor
 16 (common subexpressions), and a packed layer's unpacking, which inductor's freezing does not
 fold (it keeps integer-to-float weight conversions unfolded), was priced at 1/16 of its cost.
 Measured on the Xeon @2.80GHz, load 0.4-1.3, 65 rows: packed 4-bit 192x768 read 217 us shared,
-564 us distinct; 768x192 202 against 613 us; int8 barely moved (238/224, 232/193). That is why
-plans with 4-bit layers ran 62% slower than predicted. Timings use the product's protocol
+564 us distinct; 768x192 202 against 613 us; int8 barely moved (238/224, 232/193): a large part
+of why plans with 4-bit layers ran 62% slower than predicted. Timings use the product's protocol
 (`measure.speed.timed_repeats`) and are cached by (CPU, threads, torch) and layer shape under
 `<root>/latency/`, like the supernets under `<root>/supernets/`.
 
