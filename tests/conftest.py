@@ -12,10 +12,10 @@ import torch
 
 BIN = Path(sys.executable).parent
 
-# ToMe merges eagerly in tests (and the console scripts they start, which inherit this): the
-# compiled region (`vitsweep.tome.fused`) costs a compile per process, tens of seconds on these
-# 2 cores. tests/test_tome.py and tests/test_bench_tome.py turn it on where they test it.
-os.environ.setdefault("VITSWEEP_TOME_COMPILE", "0")
+# ToMe merges eagerly in tests whatever the caller's environment says (and in the console
+# scripts they start, which inherit this): the compiled region (`vitsweep.tome.fused`, opt-in)
+# costs a compile per process; tests/test_tome*.py turn it on where they test it.
+os.environ["VITSWEEP_TOME_COMPILE"] = "0"
 
 
 def cli_env() -> dict[str, str]:

@@ -10,8 +10,9 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
   `index_select`, and the receivers' size-weighted sums are one `baddbmm` (the small "same
   receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
   every other row is copied exactly.
-- `fused_merge`: `merge_step` compiled on its own (regional compilation, inductor, dynamic
-  shapes, so every block's token count shares one graph) and called from an eager model: one
+- `fused_merge` (opt-in, VITSWEEP_TOME_COMPILE=1; see below): `merge_step` compiled on its own
+  (regional compilation, inductor, dynamic shapes, so every block's token count shares one
+  graph) and called from an eager model: one
   call per block instead of ~60. Only where that is safe and pays: no autograd (inference), not
   already inside torch.compile / torch.export (the whole-model graph traces `merge_step`
   itself), no Python dispatch or function mode active (FLOP counting, op counting), and never
@@ -134,9 +135,11 @@ def _merge_rows(
     return merged(x), out_size.view(batch, m, 1), tuple(merged(e) for e in extras)
 
 
-# VITSWEEP_TOME_COMPILE=0 merges eagerly (`merge_step`): for runs that cannot spare the
-# region's first-call compile (tens of seconds per process on 2 cores, less from inductor's
-# on-disk cache), e.g. the test suite, whose processes each merge a few tiny models once.
+# Off unless VITSWEEP_TOME_COMPILE=1: measured quiet on the Xeon @2.80GHz (AVX512-VNNI, no AMX;
+# DeiT-Ti fp32 eager, r=13, 2 threads, load 0.7-1.8, two runs of `bench.tome`), the region did
+# not pay at batch 1: 26.67 ms against 24.82 eager, then 31.18 against 31.28 (stock 23.25 and
+# 27.50), while each process pays its compile (22 s here, 20-60 s cold). Batch 16 with it on:
+# 1.34-1.37x stock. Opt in where a bench shows it pays on that CPU.
 ENV = "VITSWEEP_TOME_COMPILE"
 _compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]] | None = None
 _state: dict[str, bool | None] = {"enabled": None, "failed": False}
@@ -157,7 +160,7 @@ def region_enabled() -> bool:
     environment; False after a failed compile)."""
     enabled = _state["enabled"]
     if enabled is None:
-        enabled = os.environ.get(ENV, "1") != "0"
+        enabled = os.environ.get(ENV, "0") == "1"
     return bool(enabled) and not _state["failed"]
 
 
