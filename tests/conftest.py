@@ -12,11 +12,6 @@ import torch
 
 BIN = Path(sys.executable).parent
 
-# ToMe merges eagerly in tests whatever the caller's environment says (and in the console
-# scripts they start, which inherit this): the compiled region (`vitsweep.tome.fused`, opt-in)
-# costs a compile per process; tests/test_tome*.py turn it on where they test it.
-os.environ["VITSWEEP_TOME_COMPILE"] = "0"
-
 
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}

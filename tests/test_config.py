@@ -127,7 +127,8 @@ def test_cli_reports_bad_override_in_one_line_and_writes_nothing(workdir: Path) 
     proc = run_cli("vitsweep", "-m", "experiment=smoke", "token.rr=3", cwd=workdir, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "vitsweep: error: token.rr: unknown key; valid: mode, r, keep_ratio, schedule, prop_attn"
+        "vitsweep: error: token.rr: unknown key; valid: mode, r, keep_ratio, schedule, prop_attn,"
+        " compile_merge"
     ]
     assert not (workdir / "multirun").exists()
 

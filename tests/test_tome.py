@@ -251,6 +251,9 @@ def test_apply_token_from_spec(images: torch.Tensor) -> None:
         stock = model(images)
     apply_token(model, TokenSpec(mode="tome", r=(2, 2, 0, 1), prop_attn=False))
     assert schedule_of(model).r == (2, 2, 0, 1) and not schedule_of(model).prop_attn
+    assert not schedule_of(model).compile_merge  # the compiled merge region is opt-in
+    apply_token(model, TokenSpec(mode="tome", r=2, compile_merge=True))
+    assert schedule_of(model).compile_merge
     apply_token(model, TokenSpec(mode="tome", keep_ratio=0.6, schedule="decreasing"))
     assert token_counts(model)[-1] == round(0.6 * (NUM_PATCHES + 1))
     assert apply_token(model, TokenSpec(mode="none")) is model and not is_patched(model)
@@ -260,6 +263,8 @@ def test_apply_token_from_spec(images: torch.Tensor) -> None:
         apply_token(model, TokenSpec(mode="tokenlearner"))
     with pytest.raises(ConfigError, match=r"^token\.r "):
         apply_token(model, TokenSpec(mode="tome", r=-2))
+    with pytest.raises(ConfigError, match=r"^token\.compile_merge must be a bool"):
+        apply_token(model, TokenSpec(mode="tome", r=2, compile_merge="yes"))
 
 
 def test_weighted_merge_conserves_mass_and_r0_is_identity() -> None:

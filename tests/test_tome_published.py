@@ -23,7 +23,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, token_sources
-from vitsweep.tome.fused import fused_merge, merge_step, regional
+from vitsweep.tome.fused import fused_merge, merge_step
 
 IMG, PATCH = 112, 8  # 196 patches + class token = 197 tokens, as DeiT/ViT-S at 224 px
 
@@ -205,8 +205,8 @@ def test_matching_with_distillation_and_register_tokens(p: int) -> None:
 
 
 def test_compiled_region_is_the_published_algorithm_too() -> None:
-    """The merge compiled as one region (what eager inference runs by default, off elsewhere in
-    the suite): the oracle's logits (float64, r=13), the eager step's; one graph for every
+    """The merge compiled as one region (`token.compile_merge: true`; off by default): the
+    oracle's logits (float64, r=13), the eager step's; one graph for every
     block's token count (197 -> 145 here, and one more unseen); fewer top-level ATen ops per
     merge than the eager step (a property, not a timing); FLOP counting still sees the eager
     ops. One compile: tens of seconds on 2 cores."""
@@ -221,16 +221,14 @@ def test_compiled_region_is_the_published_algorithm_too() -> None:
     apply_tome(model, 13)
     graphs = counters["stats"]["unique_graphs"]
     with torch.inference_mode():
-        with regional(False):
-            eager = model(x)
-        assert counters["stats"]["unique_graphs"] == graphs  # eager: nothing compiled
-        with regional(True):
-            got = model(x)
+        eager = model(x)
+        assert counters["stats"]["unique_graphs"] == graphs  # the default: nothing compiled
+        got = apply_tome(model, 13, compile_merge=True)(x)
     assert counters["stats"]["unique_graphs"] == graphs + 1
     assert rel_max_diff(got, want) <= 1e-4
     torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-10)
 
-    with regional(True), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     assert torch.ops.aten.baddbmm in counter.get_flop_counts()["Global"]
 
@@ -242,8 +240,8 @@ def test_compiled_region_is_the_published_algorithm_too() -> None:
                 torch.ones(2, n, 1, dtype=torch.float64), 13, 1)  # fmt: skip
 
         def top_level_ops(enabled: bool) -> int:
-            with regional(enabled), profile(activities=[ProfilerActivity.CPU]) as prof:
-                fused_merge(*args)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fused_merge(*args, compile=enabled)
             return sum(
                 e.name.startswith("aten::")
                 and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))

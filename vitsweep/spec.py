@@ -189,6 +189,7 @@ class TokenSpec:
     )
     schedule: Literal["constant", "decreasing"] = "constant"  # how an int r / keep_ratio spreads
     prop_attn: bool = True
+    compile_merge: bool = False  # eager inference merges through a compiled region (tome.fused)
 
     def __post_init__(self) -> None:
         if self.keep_ratio is not None:

@@ -9,9 +9,9 @@ int8 goes through the flow the product uses (torch.export -> prepare_pt2e -> cal
 convert_pt2e -> inductor with freezing), so ToMe must trace through it. fp32 and bf16 run eager,
 as a study runs them by default (`measure.compile=auto` compiles PT2E int8 only), and compiled
 (`measure.compile=always`, through `measure.compile`: the batch dimension dynamic, batch 1 its
-own graph). Eager ToMe merges through its compiled region (`tome.fused`, issue #35); a
-"merge eager" row runs the same model with the region off (`merge_step` op by op), at batch 1
-where the difference shows.
+own graph). Eager ToMe merges as a trial does by default (`merge_step` op by op); a "merge
+compiled" row runs the same model through the compiled merge region (`token.compile_merge`,
+`tome.fused`, issue #35), at batch 1 where the difference shows.
 A ratio "x same precision" compares like with like.
 
 Every variant is timed by the product's protocol (`measure.speed.time_forward`: warm-up, the
@@ -47,7 +47,7 @@ from vitsweep.measure.speed import steady_host_allocator, thread_scope, time_for
 from vitsweep.runctx import RunContext
 from vitsweep.spec import MeasureSpec
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, remove_tome, token_counts
-from vitsweep.tome.fused import fused_merge, merge_step, region_enabled, regional
+from vitsweep.tome.fused import fused_merge, merge_step, regional
 
 # the attention ToMe's merging blocks run (padded bf16 keys), for the pruned ceiling
 from vitsweep.tome.patch import KEY_ALIGN, _attention
@@ -99,15 +99,15 @@ class _Pruned(torch.nn.Module):
         return m.forward_head(m.norm(x))
 
 
-class _MergeEager(torch.nn.Module):
-    """The same ToMe model with its compiled merge region off: `merge_step` op by op."""
+class _MergeCompiled(torch.nn.Module):
+    """The same ToMe model merging through its compiled region (`token.compile_merge`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with regional(False):
+        with regional(True):
             return self.model(x)
 
 
@@ -125,8 +125,8 @@ def _build(
         model = apply_reference_tome(model, r)
     elif kind == "pruned":
         model = _Pruned(model)
-    elif kind == "merge eager":
-        model = _MergeEager(model)
+    elif kind == "merge compiled":
+        model = _MergeCompiled(model)
     if precision == "int8":
         return _int8(model, calib)
     model = model.to(_dtype(precision))
@@ -306,9 +306,14 @@ def merge_op_counts(
 
 
 def _variants(
-    models: dict[str, str], precisions: tuple[str, ...], batch: int, calib: list[torch.Tensor]
+    models: dict[str, str],
+    precisions: tuple[str, ...],
+    batch: int,
+    calib: list[torch.Tensor],
+    region: bool,
 ) -> list[Variant]:
-    """Build (and warm: compile) every runner; batch 1 shares the batch-16 runner."""
+    """Build (and warm: compile) every runner; batch 1 shares the batch-16 runner. With
+    `region`, the "merge compiled" rows too (a compile per shape)."""
     shape = tuple(calib[0].shape[1:])
     out: list[Variant] = []
 
@@ -331,8 +336,8 @@ def _variants(
                 add(label, precision, r, "tome", batches)
             if label == "DeiT-S":  # the pruned ceiling, at the throughput batch
                 add(label, precision, R, "pruned", (batch,))
-            if precision in ("fp32", "bf16"):  # the region's worth, where it shows
-                add(label, precision, R, "merge eager", (1,))
+            if region and precision in ("fp32", "bf16"):  # the region's worth, where it shows
+                add(label, precision, R, "merge compiled", (1,))
     if "DeiT-S" in models:
         add("DeiT-S", "fp32", R, "reference", (batch, 1))
     return out
@@ -381,7 +386,7 @@ def _run(
     chosen = {k: MODELS[k] for k in models}
     load_before = os.getloadavg()[0]
 
-    variants = _variants(chosen, precisions, batch, calib)
+    variants = _variants(chosen, precisions, batch, calib, region=not quick)
     shape = (3, img, img)
     for b in (batch, 1):  # each batch its own round-robin: like is compared with like
         part = [v for v in variants if v.batch == b]
@@ -420,8 +425,7 @@ def _run(
         model = _float_model(MODELS[v.label], v.r, img)
         n = token_counts(model)[-1] if v.r else (img // 16) ** 2 + 1
         step = med[v.key]
-        region = "compiled region" if region_enabled() else "eager (merge_step)"
-        merge = {"tome": region, "merge eager": "eager (merge_step)"}.get(v.kind, "")
+        merge = {"tome": "eager (merge_step)", "merge compiled": "compiled region"}.get(v.kind, "")
         if v.kind == "tome" and (v.precision == "int8" or v.precision.endswith(" compiled")):
             merge = "in the model's graph"
         rows.append(
@@ -465,12 +469,12 @@ def _run(
         f"timm {'/'.join(chosen.values())}, random weights, {img} px, batch {batch} (throughput)"
         f" and 1 (latency), CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"timm {timm.__version__}",
-        "fp32: eager; bf16: weights cast, eager; eager ToMe merges through its compiled region "
-        "(`tome.fused`), 'merge eager' rows with it off; compiled: torch.compile (inductor, "
-        "freezing; `measure.compile=always`, batch dynamic, batch 1 its own graph), stock "
-        "compiled alike; int8: torchao PT2E static (X86InductorQuantizer on every Linear, 2 "
-        "calibration batches, batch dim dynamic), convert_pt2e, torch.compile (inductor, "
-        "freezing); reference: the published patch's algorithm, fp32 eager",
+        "fp32: eager; bf16: weights cast, eager; eager ToMe merges op by op (`merge_step`), "
+        "'merge compiled' rows through its compiled region (`token.compile_merge`); compiled: "
+        "torch.compile (inductor, freezing; `measure.compile=always`, batch dynamic, batch 1 its "
+        "own graph), stock compiled alike; int8: torchao PT2E static (X86InductorQuantizer on "
+        "every Linear, 2 calibration batches, batch dim dynamic), convert_pt2e, torch.compile "
+        "(inductor, freezing); reference: the published patch's algorithm, fp32 eager",
         f"ToMe's merging blocks pad bf16 keys to a multiple of {KEY_ALIGN} (masked out) for the "
         "CPU flash-attention kernel's fast path; stock blocks run as timm runs them",
         f"timing: `measure.speed.time_forward` (the product's protocol) once per variant per "
@@ -490,7 +494,7 @@ def _run(
     ]
     sections = [Section("ToMe token merging per precision: images/s", rows, targets, notes)]
     if counts:
-        count_rows, count_notes = merge_op_counts(compiled=not quick, region=region_enabled())
+        count_rows, count_notes = merge_op_counts(compiled=not quick, region=not quick)
         sections.append(
             Section("ToMe's own work per merging block: ops", count_rows, [], count_notes)
         )

@@ -65,6 +65,7 @@ def apply_token(model: torch.nn.Module, spec: TokenSpec) -> torch.nn.Module:
             prop_attn=spec.prop_attn,
             schedule=spec.schedule,
             keep_ratio=spec.keep_ratio,
+            compile_merge=spec.compile_merge,
         )
     except TomeArgError as e:
         raise ConfigError(f"token.{e}") from None

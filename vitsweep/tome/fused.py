@@ -10,7 +10,7 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
   `index_select`, and the receivers' size-weighted sums are one `baddbmm` (the small "same
   receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
   every other row is copied exactly.
-- `fused_merge` (opt-in, VITSWEEP_TOME_COMPILE=1; see below): `merge_step` compiled on its own
+- `fused_merge` (opt-in, `token.compile_merge`; see below): `merge_step` compiled on its own
   (regional compilation, inductor, dynamic shapes, so every block's token count shares one
   graph) and called from an eager model: one
   call per block instead of ~60. Only where that is safe and pays: no autograd (inference), not
@@ -22,7 +22,6 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -135,14 +134,14 @@ def _merge_rows(
     return merged(x), out_size.view(batch, m, 1), tuple(merged(e) for e in extras)
 
 
-# Off unless VITSWEEP_TOME_COMPILE=1: measured quiet on the Xeon @2.80GHz (AVX512-VNNI, no AMX;
-# DeiT-Ti fp32 eager, r=13, 2 threads, load 0.7-1.8, two runs of `bench.tome`), the region did
-# not pay at batch 1: 26.67 ms against 24.82 eager, then 31.18 against 31.28 (stock 23.25 and
+# Off unless asked (`token.compile_merge: true`): measured quiet on the Xeon @2.80GHz (AVX512-VNNI,
+# no AMX; DeiT-Ti fp32 eager, r=13, 2 threads, load 0.7-1.8, two runs of `bench.tome`), the region
+# did not pay at batch 1: 26.67 ms against 24.82 eager, then 31.18 against 31.28 (stock 23.25 and
 # 27.50), while each process pays its compile (22 s here, 20-60 s cold). Batch 16 with it on:
 # 1.34-1.37x stock. Opt in where a bench shows it pays on that CPU.
-ENV = "VITSWEEP_TOME_COMPILE"
 _compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]] | None = None
-_state: dict[str, bool | None] = {"enabled": None, "failed": False}
+# override: `regional`'s forced choice (None: each model's own); failed: a compile failed once
+_state: dict[str, bool | None] = {"override": None, "failed": False}
 
 
 def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
@@ -155,21 +154,18 @@ def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
     return _compiled
 
 
-def region_enabled() -> bool:
-    """Whether eager inference merges through the compiled region (`regional`, else the
-    environment; False after a failed compile)."""
-    enabled = _state["enabled"]
-    if enabled is None:
-        enabled = os.environ.get(ENV, "0") == "1"
-    return bool(enabled) and not _state["failed"]
-
-
-def _region_applies() -> bool:
+def _region_applies(requested: bool) -> bool:
+    """Whether this merge runs through the compiled region: what the model asked for
+    (`token.compile_merge`) unless `regional` forces a choice, never after a failed compile,
+    and only where it is safe (module docstring)."""
     # is_compiling first: inside a whole-model trace nothing after it is traced (or guarded on)
     if torch.compiler.is_compiling():
         return False
+    override = _state["override"]
+    enabled = requested if override is None else override
     return (
-        region_enabled()
+        bool(enabled)
+        and not _state["failed"]
         and not torch.is_grad_enabled()
         and _get_current_dispatch_mode() is None
         and not _get_current_function_mode_stack()
@@ -183,9 +179,11 @@ def fused_merge(
     r: int,
     num_prefix: int,
     extras: Extras = (),
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Extras]:
-    """`merge_step`, through its compiled region where that applies (module docstring)."""
-    if not _region_applies():
+    """`merge_step`, through its compiled region where asked (`compile`) and where that
+    applies (module docstring)."""
+    if not _region_applies(compile):
         return merge_step(metric, x, size, r, num_prefix, extras)
     if size is None:  # one graph for every block: the first merging block gets ones too
         size = torch.ones(*x.shape[:2], 1, dtype=_acc_dtype(x.dtype), device=x.device)
@@ -204,11 +202,11 @@ def fused_merge(
 
 @contextlib.contextmanager
 def regional(enabled: bool | None) -> Iterator[None]:
-    """Use (or not) the compiled region inside, whatever VITSWEEP_TOME_COMPILE says (None:
-    as it says): for tests and the bench, which compare both."""
-    before = _state["enabled"]
-    _state["enabled"] = enabled
+    """Use (or not) the compiled region inside, whatever each model's `token.compile_merge`
+    says (None: as it says): for tests and the bench, which compare both on one model."""
+    before = _state["override"]
+    _state["override"] = enabled
     try:
         yield
     finally:
-        _state["enabled"] = before
+        _state["override"] = before

@@ -32,6 +32,7 @@ from vitsweep.tome.schedule import TomeArgError, make_schedule, token_counts_for
 class TomeSchedule:
     r: tuple[int, ...]  # tokens merged after each block's attention (capped at run time)
     prop_attn: bool  # add log(size) to the attention logits
+    compile_merge: bool = False  # eager inference merges through the compiled region (`fused`)
 
 
 # CPU flash attention runs bf16 keys through its fast (AMX/brgemm) path only when the key count
@@ -98,6 +99,7 @@ def _block(
     prop: bool,
     source: torch.Tensor | None = None,
     pos: torch.Tensor | None = None,
+    compile_merge: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """timm `Block.forward` with a merge between attention and MLP (as in the paper).
     `source` (batch, tokens, input tokens), when given, follows the merges (its entries are
@@ -110,7 +112,7 @@ def _block(
     r = min(r, max_merge(x.shape[1], num_prefix))
     if r > 0:
         extras = tuple(t for t in (source, pos) if t is not None)
-        x, size, extras = fused_merge(metric, x, size, r, num_prefix, extras)
+        x, size, extras = fused_merge(metric, x, size, r, num_prefix, extras, compile_merge)
         if source is not None:
             source, *rest = extras
             extras = tuple(rest)
@@ -153,7 +155,9 @@ def _features(
         if size is None and r == 0:
             x = blk(x)  # nothing merged yet: the stock block is exact and as fast
         else:
-            x, size, source, pos = _block(blk, x, size, r, p, sched.prop_attn, source, pos)
+            x, size, source, pos = _block(
+                blk, x, size, r, p, sched.prop_attn, source, pos, sched.compile_merge
+            )
         if sources is not None:
             sources.append(source > 0)
     return model.norm(x), size
@@ -258,16 +262,20 @@ def apply_tome(
     prop_attn: bool = True,
     schedule: str = "constant",
     keep_ratio: float | None = None,
+    compile_merge: bool = False,
 ) -> torch.nn.Module:
     """Patch `model` in place (and return it) to merge tokens per the schedule.
 
     `r`: tokens merged per block (int), or one int per block; `schedule` spreads an int r
     (`constant`, `decreasing`); `keep_ratio` instead targets the fraction of tokens left after
-    the last block. Applying again replaces the schedule (same arguments: same model).
+    the last block. `compile_merge`: eager inference merges through the compiled region
+    (`tome.fused`). Applying again replaces the schedule (same arguments: same model).
     """
     _check_model(model)
     if not isinstance(prop_attn, bool):
         raise TomeArgError(f"prop_attn must be a bool, got {prop_attn!r}")
+    if not isinstance(compile_merge, bool):
+        raise TomeArgError(f"compile_merge must be a bool, got {compile_merge!r}")
     depth = len(model.blocks)
     rs = make_schedule(
         r,
@@ -278,7 +286,7 @@ def apply_tome(
         num_prefix=model.num_prefix_tokens,
     )
     model.__class__ = _tome_class(_base_class(model))
-    model._tome = TomeSchedule(r=rs, prop_attn=prop_attn)
+    model._tome = TomeSchedule(r=rs, prop_attn=prop_attn, compile_merge=compile_merge)
     return model
 
 
