@@ -20,7 +20,7 @@ from vitsweep import config
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
 from vitsweep.predict.candidate import Candidate, candidate
-from vitsweep.predict.cost import CostPredictor, CostTable, Geometry
+from vitsweep.predict.cost import CostPredictor, CostTable, Geometry, fit_offset
 from vitsweep.search.space import format_override
 from vitsweep.spec import ConfigError, MeasureSpec
 from vitsweep.tome import apply_tome, block_forward, forward_tokens, token_counts
@@ -125,6 +125,39 @@ def test_int8_parts_are_compiled_programs_and_the_call_is_counted_once(tmp_path)
     blocks = [table.block_s(b, "int8", 4) for b in c.blocks()]
     assert call > 0 and step == pytest.approx(table.fixed_s(48, 32, "int8", 4) + sum(blocks))
     assert table.fixed_s(48, 32, "int8", 4) >= call
+
+
+def test_references_are_timed_whole_once_and_calibrate_the_sum_of_parts(tmp_path) -> None:
+    """A reference's whole timing (batch 4 and batch 1 from one build) is a table entry, read
+    back and not measured again; with one reference the calibrated prediction of it is its own
+    whole timing, and every other candidate moves by the same seconds."""
+    geometry = Geometry(img_size=32, patch_size=4, in_chans=3, num_classes=7)
+    fixed = ("arch.num_heads=2", "arch.mlp_ratio=2.0", "token.r=4", "precision=fp32")
+    small, big = (
+        candidate(spec_of(f"arch.embed_dim={e}", f"arch.depth={d}", *fixed))
+        for e, d in ((48, 3), (128, 6))
+    )
+    table = CostTable(tmp_path, QUICK, geometry)
+    calibrated = CostPredictor(table, batch_size=4, references=[small])
+    assert sum(k.startswith("whole|") for k in table.entries) == 2
+    plain = CostPredictor(table, batch_size=4)
+    for batch in (4, 1):
+        assert calibrated.step_s(small, batch) == pytest.approx(table.whole_s(small, batch))
+        shift = table.whole_s(small, batch) - plain.step_s(small, batch)
+        assert calibrated.step_s(big, batch) == pytest.approx(plain.step_s(big, batch) + shift)
+    assert set(calibrated.offsets) == {("fp32", 4), ("fp32", 1)}
+    again = CostTable(tmp_path, QUICK, geometry)
+    CostPredictor(again, batch_size=4, references=[small])
+    assert again.measured == 0
+
+
+def test_the_offset_is_the_median_excess_and_needs_a_timing_per_reference() -> None:
+    parts = np.array([1.0, 2.0, 3.0])
+    excess = np.array([0.5, 0.2, 9.0])  # an outlier does not pull the median
+    assert fit_offset(parts, parts + excess) == pytest.approx(0.5)
+    for bad in (([], []), ([1.0], [1.0, 2.0])):
+        with pytest.raises(ValueError, match="one whole timing per reference"):
+            fit_offset(*bad)
 
 
 def test_a_damaged_cost_table_is_named_with_what_to_do(tmp_path) -> None:

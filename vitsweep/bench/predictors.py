@@ -10,9 +10,11 @@
   threads and torch version it came from); the bench itself only reads that file, so it runs
   from a fresh clone without the supernet. Scored by k-fold cross-validation: every prediction
   is made by a predictor that never saw that candidate.
-- Cost: the per-block table (`vitsweep.predict.cost`) is measured on this machine, then held-out
-  candidates are built by `trial.build` and timed whole by the product's protocol
-  (`measure.measure_throughput` / `measure_latency`); the table never sees them. Per precision.
+- Cost: the per-block table (`vitsweep.predict.cost`) is measured on this machine and calibrated
+  on `REFERENCES` candidates per precision timed whole; then held-out candidates are built by
+  `trial.build` and timed whole by the product's protocol (`measure.measure_throughput` /
+  `measure_latency`); the table never sees them. Per precision, both the calibrated prediction
+  and the plain sum of parts.
 
 Both: share within +/-10%, Kendall tau (`scipy.stats.kendalltau`), the worst misses with their
 configs. JSON goes to `<root>/bench/predictors.json` (`--quick`: `predictors-quick.json`: one
@@ -40,9 +42,11 @@ from typing import Any
 import numpy as np
 
 from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
-from vitsweep.predict.candidate import candidate
+from vitsweep.predict.candidate import Candidate, candidate
 from vitsweep.search.space import SearchSpace, format_override, parse_space
 from vitsweep.spec import TrialSpec
+
+REFERENCES = 3  # candidates per precision the cost predictor is calibrated on (timed whole)
 
 Point = dict[str, Any]
 
@@ -237,10 +241,17 @@ def measure_whole(spec: TrialSpec) -> tuple[float, float]:
 
 
 def cost_check(
-    study: Study, per_precision: int, seed: int, root: str, log: Any = print
+    study: Study,
+    per_precision: int,
+    seed: int,
+    root: str,
+    log: Any = print,
+    references: int = REFERENCES,
 ) -> dict[str, Any]:
     """Held-out candidates (drawn from the space, `per_precision` of each precision the space
-    holds), predicted from the per-block table, then timed whole."""
+    holds), predicted from the per-block table, then timed whole. Predicted twice: as the plain
+    sum of parts, and calibrated on `references` other candidates per precision (timed whole by
+    the table, with random weights; `CostPredictor`)."""
     from vitsweep.predict.cost import CostPredictor, CostTable, Geometry
 
     base = study.base
@@ -248,33 +259,48 @@ def cost_check(
         base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
     )
     table = CostTable(root, base.measure, geometry, prop_attn=base.token.prop_attn)
-    predictor = CostPredictor(table, base.measure.batch_size)
     wanted: dict[str, list[Point]] = {}
-    for point in sample_points(study, 40 * per_precision, seed):
+    seen: set[Candidate] = set()
+    for point in sample_points(study, 40 * (per_precision + references), seed):
         prec = str(point.get("precision", base.precision.mode))
-        if len(wanted.setdefault(prec, [])) < per_precision:
+        c = candidate(study.spec(point))
+        if c not in seen and len(wanted.setdefault(prec, [])) < references + per_precision:
             wanted[prec].append(point)
-    out: dict[str, Any] = {"per_precision": {}}
-    t_table = t_whole = 0.0
+            seen.add(c)
+    t0 = time.perf_counter()
+    refs = [candidate(study.spec(p)) for ps in wanted.values() for p in ps[:references]]
+    plain = CostPredictor(table, base.measure.batch_size)
+    calibrated = CostPredictor(table, base.measure.batch_size, refs)
+    out: dict[str, Any] = {"per_precision": {}, "references_per_precision": references}
+    out["offsets_s"] = {  # what a whole forward takes beyond its parts
+        f"{p} batch={b}": round(v, 6) for (p, b), v in calibrated.offsets.items()
+    }
+    t_table, t_whole = time.perf_counter() - t0, 0.0
     for prec, points in sorted(wanted.items()):
         rows = []
-        for point in points:
+        for point in points[references:]:
             spec = study.spec(point)
             c = candidate(spec)
             t0 = time.perf_counter()
-            pred = predictor.predict(c)
+            raw, pred = plain.predict(c), calibrated.predict(c)
             t1 = time.perf_counter()
             thr, lat = measure_whole(spec)
             t_table, t_whole = t_table + t1 - t0, t_whole + time.perf_counter() - t1
-            rows.append((point, thr, pred.throughput, lat, pred.latency_ms))
+            rows.append((point, thr, pred, lat, raw))
             log(
-                f"{prec}: throughput {thr:.0f} predicted {pred.throughput:.0f}; latency "
-                f"{lat:.3f} predicted {pred.latency_ms:.3f} ms  {point}"
+                f"{prec}: throughput {thr:.0f} predicted {pred.throughput:.0f} (sum "
+                f"{raw.throughput:.0f}); latency {lat:.3f} predicted {pred.latency_ms:.3f} ms "
+                f"(sum {raw.latency_ms:.3f})  {point}"
             )
         labels = [r[0] for r in rows]
+        thr, lat = [r[1] for r in rows], [r[3] for r in rows]
         out["per_precision"][prec] = {
-            "throughput": agreement([r[1] for r in rows], [r[2] for r in rows], labels),
-            "latency_ms": agreement([r[3] for r in rows], [r[4] for r in rows], labels),
+            "throughput": agreement(thr, [r[2].throughput for r in rows], labels),
+            "latency_ms": agreement(lat, [r[2].latency_ms for r in rows], labels),
+            "sum_of_parts": {
+                "throughput": agreement(thr, [r[4].throughput for r in rows], labels),
+                "latency_ms": agreement(lat, [r[4].latency_ms for r in rows], labels),
+            },
         }
     out["table_entries"] = len(table.entries)
     out["table_measured_s"] = round(t_table, 1)
@@ -298,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--root", default="multirun", help="paths.root (bench JSON, cost table)")
     ap.add_argument("--quick", action="store_true", help="1 held-out candidate per precision")
     ap.add_argument("--per-precision", type=int, default=6, help="held-out cost candidates")
+    ap.add_argument(
+        "--references", type=int, default=REFERENCES, help="cost calibration candidates"
+    )
     ap.add_argument("--seed", type=int, default=1000, help="held-out draw (collection: 1)")
     ap.add_argument("--collect", type=int, default=0, help="first measure N more accuracies")
     ap.add_argument("--no-cost", action="store_true", help="the accuracy check alone")
@@ -323,8 +352,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             overrides += ["measure=quick", "measure.compile=auto"]
         study = make_study(args.experiment, overrides)
         per = 1 if args.quick else args.per_precision
-        result["cost"] = cost_check(study, per, args.seed, args.root)
+        refs = 1 if args.quick else args.references
+        result["cost"] = cost_check(study, per, args.seed, args.root, references=refs)
         result["cost"]["measure"] = dataclasses.asdict(study.base.measure)
+        for prec, row in result["cost"]["per_precision"].items():
+            for metric in ("throughput", "latency_ms"):
+                got, plain = row[metric], row["sum_of_parts"][metric]
+                print(
+                    f"cost {prec} {metric}: within 10% {got['within_10pct']} (sum of parts "
+                    f"{plain['within_10pct']}), tau {got['kendall_tau']} ({plain['kendall_tau']})"
+                )
     result["load_average_after"] = load_average()
     name = "predictors-quick.json" if args.quick else "predictors.json"
     path = Path(args.root) / "bench" / name
