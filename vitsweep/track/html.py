@@ -13,7 +13,15 @@ from typing import Any
 from vitsweep.files import write_text
 from vitsweep.track.pareto import StudyTable, headline_sentence, notes, panel_pairs
 
-AXES = ("param:arch.depth", "param:arch.embed_dim", "param:token.r", "param:precision")
+AXES = (
+    "param:arch.depth",
+    "param:arch.embed_dim",
+    "param:token.r",
+    "param:precision",
+    "param:runtime",
+)
+# the categorical choices that say how a front member runs, shown beside its number
+KIND_COLUMNS = ("param:precision", "param:runtime")
 LOG_AXES = ("throughput", "energy", "flops", "params", "latency_ms", "model_bytes")
 
 
@@ -48,7 +56,7 @@ def _cell(row: dict[str, Any], col: str) -> str:
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    head = "".join(f"<th>{html.escape(c.removeprefix('param:'))}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{_cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows
     )
@@ -182,7 +190,8 @@ def write_html(table: StudyTable, hv: list[float], path: Path, title: str) -> No
     for i, (_, fig) in enumerate(figures(table, hv)):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     front = [r for r in table.rows if r["is_pareto"]]
-    cols = ["number", *table.objectives, "accuracy_lo", "accuracy_hi", "test_accuracy"]
+    cols = ["number", *KIND_COLUMNS, *table.objectives, "accuracy_lo", "accuracy_hi"]
+    cols += ["test_accuracy"]
     cols += ["test_accuracy_lo", "test_accuracy_hi", "params", "flops", "latency_ms"]
     cols += ["energy_source"]
     cols = [c for c in dict.fromkeys(cols) if any(c in r for r in front)]
