@@ -22,7 +22,7 @@ What the sum cannot see: inductor fusing across block boundaries in a whole int8
 glue between blocks, and what one whole call costs beside its kernels. Measured quiet on the Xeon
 @2.80GHz (no AMX; 6 held-out candidates per precision, load 0.7-1.8): the sum of parts missed
 int8 batch-1 latency by a near-constant 0.5-1.2 ms (0 of 6 within 10%) and read bf16 batch-1
-latency 7-14% high, while fp32 latency was within 2%. So, as nn-Meter and HAT check their sums
+latency up to 16% high (median 10%), while fp32 latency was within 4%. So, as nn-Meter and HAT check their sums
 against whole models, `CostPredictor` can be calibrated: a few reference candidates per
 precision are built whole (random weights: time does not depend on their values) and timed
 exactly as a trial times them (`measure.compile_model`, `measure.speed.time_forward`), and the
