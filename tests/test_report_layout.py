@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import optuna
 import pytest
 from PIL import Image
 
-from tests.fakestudy import FIRST_LAUNCH, make_ctx, run
+from tests.fakestudy import FIRST_LAUNCH, NAME, make_ctx, run
+from vitsweep.search.space import parse_space
+from vitsweep.search.study import open_study
 from vitsweep.track.html import _cell, _number
 from vitsweep.track.pareto import headline_sentence, panel_pairs, study_table
 
@@ -48,6 +51,33 @@ def test_one_objective_is_drawn_against_the_trial_number(tmp_path: Path) -> None
     )
     study = run(ctx, 4)
     assert panel_pairs(study_table(study, {"throughput": "maximize"})) == [("number", "throughput")]
+
+
+def test_the_front_table_says_how_each_member_runs(tmp_path: Path) -> None:
+    """A study that searches the runtime shows how each front member runs: the front table's
+    runtime column holds every member's choice, and a panel plots accuracy by runtime."""
+    ctx = make_ctx(tmp_path, n_trials=4, wandb=False)
+    params = {**ctx.sweeper.params, "runtime": "choice(torch,openvino)"}
+    ctx = dataclasses.replace(
+        ctx,
+        sweeper=dataclasses.replace(ctx.sweeper, params=params),
+        space=parse_space(params),
+    )
+    study = open_study(ctx)
+    for r, runtime in ((8, "torch"), (2, "openvino"), (0, "torch")):
+        study.enqueue_trial({"token.r": r, "runtime": runtime})
+    run(ctx)
+    table = study_table(optuna.load_study(study_name=NAME, storage=ctx.storage_url),
+                        ctx.sweeper.objectives)  # fmt: skip
+    html = (tmp_path / "front" / "report" / "report.html").read_text()
+    front = html[html.index("<h2>Pareto front</h2>") :]
+    front = front[: front.index("</table>")]
+    assert "<th>runtime</th>" in front and "<th>param:runtime</th>" not in front
+    members = [r for r in table.rows if r["is_pareto"] and "param:runtime" in r]
+    assert {r["param:runtime"] for r in members} == {"openvino", "torch"}
+    for r in members:
+        assert f"<td>{r['param:runtime']}</td>" in front
+    assert "accuracy by runtime" in html
 
 
 @pytest.mark.parametrize(
