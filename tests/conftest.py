@@ -6,11 +6,57 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from filelock import FileLock
 
 BIN = Path(sys.executable).parent
+# Set in each pytest-xdist worker (`make test` runs the suite on two: pyproject's addopts).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    # Two workers share the 2 cores: one intra-op thread each, or OpenMP's barriers spin against
+    # the other worker's threads (see `one_thread`). A test that wants more sets them itself;
+    # the console scripts a test starts inherit one thread too, as scale-out workers are given.
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+# The longest modules first (seconds on one of two workers, this 2-core box, 2026-12-04): each
+# worker takes whole modules (`--dist loadfile`) in this order, so that no long one starts last
+# while the other worker has nothing left; unlisted modules follow, most tests first.
+LONGEST_FIRST = {
+    "test_scaleout.py": 356,
+    "test_sweep.py": 310,
+    "test_export.py": 223,
+    "test_confirm.py": 200,
+    "test_hostile.py": 186,
+    "test_config.py": 123,
+    "test_runtime.py": 71,
+    "test_precision_modes.py": 70,
+    "test_precision_latency.py": 69,
+    "test_tome_published.py": 56,
+    "test_predict.py": 50,
+    "test_hydra_apps.py": 48,
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, longest module first (LONGEST_FIRST) instead of most tests first."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node: Any) -> None:
+            longest = max(self.workqueue, key=lambda s: LONGEST_FIRST.get(Path(s).name, 0))
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
 
 
 def cli_env() -> dict[str, str]:
@@ -68,3 +114,35 @@ def tiny_vit(depth: int = 2):
     torch.manual_seed(0)
     return VisionTransformer(img_size=16, patch_size=4, num_classes=10, embed_dim=32,
                              depth=depth, num_heads=2).eval()  # fmt: skip
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this run that every xdist worker sees (the workers' temp dirs' parent), for
+    artefacts worth making once per run rather than once per module."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if WORKER else base
+
+
+@pytest.fixture(scope="session")
+def trained_vit_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """`tiny_vit()` trained 12 epochs on 16 px digits at one thread, as its weights: the model
+    that test_precision_modes and test_precision_tq each trained for themselves, bit for bit.
+    Trained once per run; a worker that needs it while another trains it waits for the file."""
+    from vitsweep.data import load
+    from vitsweep.models.train import train_briefly
+    from vitsweep.spec import DataSpec
+
+    path = shared_dir(tmp_path_factory) / "tiny-vit-digits16-12ep.pt"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            model = tiny_vit()
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                train_briefly(model, load(DataSpec(image_size=16)).train, epochs=12, lr=3e-3,
+                              amp=False)  # fmt: skip
+            finally:
+                torch.set_num_threads(before)
+            torch.save(model.state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+        return torch.load(path, weights_only=True)

@@ -55,10 +55,14 @@ def splits():
 
 
 @pytest.fixture(scope="module", params=["timm", "subnet"])
-def trained(request, splits):
+def trained(request, splits, trained_vit_state):
     """(kind, briefly trained float model, its fp32 test predictions, labels)."""
     model = _vit(request.param)
-    train_briefly(model, splits.train, epochs=12, lr=3e-3, amp=False)
+    if request.param == "timm":  # tiny_vit(): trained once per run, the same way (conftest)
+        model.load_state_dict(trained_vit_state)
+        model.eval()  # as train_briefly leaves it
+    else:
+        train_briefly(model, splits.train, epochs=12, lr=3e-3, amp=False)
     pred, label = predict(model, RunContext(), splits.test)
     assert (pred == label).float().mean() > 0.5  # it learned something: agreement means something
     return request.param, model, pred, label

@@ -19,11 +19,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.data import Dataset
 
+from tests.conftest import tiny_vit
 from vitsweep.data import load
 from vitsweep.measure.accuracy import predict
 from vitsweep.measure.cost import count_params
 from vitsweep.models import ViTShape, build_vit
-from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes, plan_metrics
 from vitsweep.precision import transform as T
 from vitsweep.precision.knobs import TQ_RATES
@@ -52,13 +52,11 @@ def splits():
 
 
 @pytest.fixture(scope="module")
-def trained(splits, one_thread) -> VisionTransformer:
-    """A small timm ViT trained a few seconds on digits: weights with learned structure."""
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=16, patch_size=4, num_classes=10, embed_dim=32, depth=2, num_heads=2
-    )
-    train_briefly(model, splits.train, epochs=12, lr=3e-3, amp=False)
+def trained(splits, one_thread, trained_vit_state) -> VisionTransformer:
+    """A small timm ViT trained a few seconds on digits: weights with learned structure
+    (`tiny_vit()` trained 12 epochs, once per run: conftest's `trained_vit_state`)."""
+    model = tiny_vit()
+    model.load_state_dict(trained_vit_state)
     pred, label = predict(model, RunContext(), splits.test)
     assert (pred == label).float().mean() > 0.6  # it learned: its weights are not the init's
     return model
