@@ -6,7 +6,6 @@ import dataclasses
 import itertools
 import math
 import threading
-import time
 from functools import partial
 
 import pytest
@@ -89,12 +88,11 @@ def test_second_call_is_a_cache_hit(splits, tmp_path) -> None:
     path = train_supernet(SPACE, DATA, train, splits, tmp_path, patch_size=4)
     stamp = path.stat().st_mtime_ns
     epochs: list[dict] = []
-    t0 = time.perf_counter()
     again = train_supernet(
         SPACE, DATA, train, splits, tmp_path, patch_size=4, on_epoch=epochs.append
     )
+    # no epoch ran and the file was not rewritten (not a wall-clock bound: the suite shares cores)
     assert again == path and epochs == [] and path.stat().st_mtime_ns == stamp
-    assert time.perf_counter() - t0 < 1.0
     other = train_supernet(
         SPACE, DATA, dataclasses.replace(train, seed=1), splits, tmp_path, patch_size=4
     )
