@@ -19,15 +19,16 @@ measured on first use and kept per machine (`measure.host.machine_key`: CPU, thr
 under `<root>/cost/`, like the latency table under `<root>/latency/`.
 
 What the sum cannot see: inductor fusing across block boundaries in a whole int8 program, the
-glue between blocks, and what one whole call costs beside its kernels. Measured quiet on the Xeon
-@2.80GHz (no AMX; 6 held-out candidates per precision, load 0.7-1.8): the sum of parts missed
-int8 batch-1 latency by a near-constant 0.5-1.2 ms (0 of 6 within 10%) and read bf16 batch-1
-latency up to 16% high (median 10%), while fp32 latency was within 4%. So, as nn-Meter and HAT check their sums
-against whole models, `CostPredictor` can be calibrated: a few reference candidates per
-precision are built whole (random weights: time does not depend on their values) and timed
-exactly as a trial times them (`measure.compile_model`, `measure.speed.time_forward`), and the
-median of what each whole took beyond its parts is added per (precision, batch). The references
-are entries of the same table, so they too are measured once per machine.
+glue between blocks, and what one whole call costs beside its kernels. Measured quiet on the
+Xeon @2.80GHz (no AMX; 6 held-out candidates per precision, load 0.7-1.8): the sum of parts
+missed int8 batch-1 latency by a near-constant 0.5-1.2 ms (0 of 6 within 10%) and read bf16
+batch-1 latency up to 16% high (median 10%), while fp32 latency was within 4%. So, as nn-Meter
+and HAT check their sums against whole models, `CostPredictor` can be calibrated: a few
+reference candidates per precision are built whole (random weights: time does not depend on
+their values) and timed exactly as a trial times them (`measure.compile_model`,
+`measure.speed.time_forward`), and the median of what each whole took beyond its parts is added
+per (precision, batch). The references are entries of the same table, so they too are measured
+once per machine.
 """
 
 from __future__ import annotations
