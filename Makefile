@@ -66,7 +66,7 @@ bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, 
 bench-search: $(STAMP)  ## samplers vs the exact front of a cached grid (long; not in make bench)
 	$(BIN)/python -m vitsweep.bench.search $(ARGS)
 
-bench-predictors: $(STAMP)  ## accuracy and cost predictors vs held-out measurements (<= 15 min; --quick)
+bench-predictors: $(STAMP)  ## accuracy and cost predictors vs held-out measurements (~30 min idle; --quick)
 	$(BIN)/python -m vitsweep.bench.predictors $(ARGS)
 
 report: $(STAMP)  ## rebuild a study's report from its storage; ARGS=experiment=...

@@ -259,16 +259,17 @@ def cost_check(
         base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
     )
     table = CostTable(root, base.measure, geometry, prop_attn=base.token.prop_attn)
-    wanted: dict[str, list[Point]] = {}
+    wanted: dict[str, list[tuple[Point, TrialSpec, Candidate]]] = {}
     seen: set[Candidate] = set()
     for point in sample_points(study, 40 * (per_precision + references), seed):
         prec = str(point.get("precision", base.precision.mode))
-        c = candidate(study.spec(point))
+        spec = study.spec(point)
+        c = candidate(spec)
         if c not in seen and len(wanted.setdefault(prec, [])) < references + per_precision:
-            wanted[prec].append(point)
+            wanted[prec].append((point, spec, c))
             seen.add(c)
     t0 = time.perf_counter()
-    refs = [candidate(study.spec(p)) for ps in wanted.values() for p in ps[:references]]
+    refs = [c for drawn in wanted.values() for _, _, c in drawn[:references]]
     plain = CostPredictor(table, base.measure.batch_size)
     calibrated = CostPredictor(table, base.measure.batch_size, refs)
     out: dict[str, Any] = {"per_precision": {}, "references_per_precision": references}
@@ -276,11 +277,9 @@ def cost_check(
         f"{p} batch={b}": round(v, 6) for (p, b), v in calibrated.offsets.items()
     }
     t_table, t_whole = time.perf_counter() - t0, 0.0
-    for prec, points in sorted(wanted.items()):
+    for prec, drawn in sorted(wanted.items()):
         rows = []
-        for point in points[references:]:
-            spec = study.spec(point)
-            c = candidate(spec)
+        for point, spec, c in drawn[references:]:
             t0 = time.perf_counter()
             raw, pred = plain.predict(c), calibrated.predict(c)
             t1 = time.perf_counter()
@@ -331,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--collect", type=int, default=0, help="first measure N more accuracies")
     ap.add_argument("--no-cost", action="store_true", help="the accuracy check alone")
     args = ap.parse_args(argv)
+    if args.references < 0 or args.per_precision < 1:
+        ap.error("--references must be >= 0 and --per-precision >= 1")
     data_file = DATA_DIR / f"{args.experiment}_accuracy.json"
     if args.collect:
         collect_accuracy(args.experiment, args.collect, 1, args.root, data_file)
