@@ -154,6 +154,7 @@ def test_paper_experiment_is_deit_base_vs_autoformer_tome_half() -> None:
     assert (spec.token.mode, spec.precision.mode, spec.measure.device) == ("tome", "fp16", "cuda")
     assert spec.train.epochs == 0  # nothing trains: weights from arch.checkpoint or random
     assert ctx.space.distributions["precision"].choices == ("fp16", "bf16")
+    assert ctx.space.distributions["precision.cast"].choices == ("autocast", "full")
     # Trial 0 is composed from the launch plus the baseline's overrides, as the loop does it.
     base = dict(ctx.sweeper.baseline)
     lines = [f"{k}={'null' if v is None else v}" for k, v in base.items()]

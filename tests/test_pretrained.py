@@ -317,3 +317,27 @@ def test_tome_on_relative_position_blocks_follows_the_merged_tokens(autoformer_f
         torch.testing.assert_close(
             apply_tome(stock, 3)(x), apply_tome(timm_like.eval(), 3)(x), atol=1e-5, rtol=1e-5
         )
+
+
+def test_relative_position_rows_of_the_grid_are_kept_and_train_after_inference() -> None:
+    """The unmerged grid's table rows are computed once (not per block and forward), equal
+    the rows computed from the positions, and are ordinary tensors: a training step after an
+    inference-mode forward still backpropagates through the gathers that use them."""
+    from vitsweep.models.vit import RelPosAttention, grid_positions, table_rows
+
+    torch.manual_seed(0)
+    attn = RelPosAttention(12, max_distance=2, num_heads=3)
+    x = torch.randn(2, 1 + 16, 12)
+    with torch.inference_mode():
+        first = attn(x)
+    kept = attn.rel_k.rows(16, x.device, None)
+    assert kept is attn.rel_v.rows(16, x.device, None)  # one computation, shared by both tables
+    for got, want in zip(kept, table_rows(grid_positions(16), 2), strict=True):
+        assert torch.equal(got, want) and not got.is_inference()
+    y = attn(x)  # grad mode: the same rows feed gather and scatter_add
+    torch.testing.assert_close(y, first, rtol=0, atol=0)
+    y.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attn.rel_k.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attn.rel_v.parameters())
+    moved = attn.rel_k.rows(16, x.device, grid_positions(16) + 0.0)  # explicit positions
+    assert all(torch.equal(a, b) for a, b in zip(moved, kept, strict=True))

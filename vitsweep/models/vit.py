@@ -12,6 +12,7 @@ their `gp`) and torch's LayerNorm epsilon 1e-5 (timm's ViT uses 1e-6). Defaults 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -66,6 +67,9 @@ class ViTShape:
         return ViTShape(int(embed_dim), int(depth), heads, ratios, head_dim, **style)
 
 
+Rows = tuple[torch.Tensor, torch.Tensor]  # row and column offsets' table rows
+
+
 class RelPos2D(nn.Module):
     """One per-head-dim embedding per clipped 2-D offset between two patches (AutoFormer's
     `RelativePosition2D_super`): row and column offsets each index a table of `2 * max + 2`
@@ -81,16 +85,38 @@ class RelPos2D(nn.Module):
             trunc_normal_(self.table_v, std=0.02)
             trunc_normal_(self.table_h, std=0.02)
 
-    def index(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Table rows [b, n + 1, n + 1] for the class token and patches at `pos` [b, n, 2]
-        (row, column; fractional after ToMe merges, rounded to the grid's offsets)."""
-        m = self.max_distance
+    def index(self, pos: torch.Tensor) -> Rows:
+        return table_rows(pos, self.max_distance)
 
-        def one(coord: torch.Tensor) -> torch.Tensor:
-            d = torch.round(coord[:, None, :] - coord[:, :, None]).long().clamp(-m, m) + m + 1
-            return nn.functional.pad(d, (1, 0, 1, 0), value=0)  # the class token's row/column
+    def rows(self, n: int, device: torch.device, pos: torch.Tensor | None) -> Rows:
+        """`index(pos)`, or for the unmerged grid of `n` patches (`pos` None) the same rows
+        computed once per (n, max, device) and kept: they are constants, and recomputing them
+        in every block of every forward took ~20 small ops per block (on an H200 that is what
+        made an AutoFormer-T subnet's batch-1 forward 7x slower than DeiT-B's). Traced
+        programs (torch.compile, torch.export) compute them in the graph instead."""
+        if pos is None and not torch.compiler.is_compiling():
+            return _grid_rows(n, self.max_distance, torch.device(device))
+        return self.index(grid_positions(n, device) if pos is None else pos)
 
-        return one(pos[..., 0]), one(pos[..., 1])
+
+def table_rows(pos: torch.Tensor, max_distance: int) -> Rows:
+    """Table rows [b, n + 1, n + 1] for the class token and patches at `pos` [b, n, 2]
+    (row, column; fractional after ToMe merges, rounded to the grid's offsets)."""
+    m = max_distance
+
+    def one(coord: torch.Tensor) -> torch.Tensor:
+        d = torch.round(coord[:, None, :] - coord[:, :, None]).long().clamp(-m, m) + m + 1
+        return nn.functional.pad(d, (1, 0, 1, 0), value=0)  # the class token's row/column
+
+    return one(pos[..., 0]), one(pos[..., 1])
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_rows(n: int, max_distance: int, device: torch.device) -> Rows:
+    """Table rows of the unmerged grid, as ordinary tensors even when first asked for under
+    `torch.inference_mode` (a training forward may gather with them later)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return table_rows(grid_positions(n, device), max_distance)
 
 
 def grid_positions(n: int, device: Any = None) -> torch.Tensor:
@@ -133,13 +159,11 @@ class RelPosAttention(Attention):
         """(output, keys averaged over heads) for tokens [class | patches at `pos`] (None: the
         full grid), with an additive logit `bias` (ToMe's log-size)."""
         B, N, _ = x.shape
-        if pos is None:
-            pos = grid_positions(N - 1, device=x.device)
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        rows_k, rows_v = self.rel_k.index(pos), self.rel_v.index(pos)
+        rows_k = rows_v = self.rel_k.rows(N - 1, x.device, pos)  # both tables: one max
         shape = (B, self.num_heads, N, N)
         logits = q @ k.transpose(-2, -1)
         for table, rows in zip((self.rel_k.table_v, self.rel_k.table_h), rows_k, strict=True):
