@@ -19,8 +19,16 @@ from scipy.stats import kendalltau
 from vitsweep import config
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
-from vitsweep.predict.candidate import Candidate, candidate
-from vitsweep.predict.cost import CostPredictor, CostTable, Geometry, fit_offset
+from vitsweep.predict.candidate import Block, Candidate, candidate
+from vitsweep.predict.cost import (
+    BlockModel,
+    CostPredictor,
+    CostTable,
+    Geometry,
+    block_features,
+    fit_offset,
+    parse_block_key,
+)
 from vitsweep.search.space import format_override
 from vitsweep.spec import ConfigError, MeasureSpec
 from vitsweep.tome import apply_tome, block_forward, forward_tokens, token_counts
@@ -149,6 +157,64 @@ def test_references_are_timed_whole_once_and_calibrate_the_sum_of_parts(tmp_path
     again = CostTable(tmp_path, QUICK, geometry)
     CostPredictor(again, batch_size=4, references=[small])
     assert again.measured == 0
+
+
+def _blocks(n: int) -> list[Block]:
+    """`n` distinct blocks of the xray space's kind (dims, tokens, merges, sizes all vary)."""
+    rng = np.random.default_rng(0)
+    out: set[Block] = set()
+    while len(out) < n:
+        tokens = int(rng.integers(20, 66))
+        merged = int(rng.choice([0, 0, 2, 4, 8]))
+        out.add(Block(int(rng.choice([48, 64, 96])), int(rng.integers(1, 4)), 16,
+                      float(rng.choice([2.0, 3.0, 4.0])), tokens, merged,
+                      bool(merged == 0 or rng.random() < 0.3)))  # fmt: skip
+    return sorted(out, key=repr)
+
+
+def test_the_block_model_predicts_untimed_blocks_from_the_timed_ones(tmp_path) -> None:
+    """Timed blocks come back from the table's keys as they were; with a model set, a block the
+    table lacks is predicted (nothing timed) and a timed one still reads its timing."""
+    table = CostTable(tmp_path, QUICK, Geometry(32, 4, 3, 7))
+    blocks = _blocks(12)
+    timed = {b: table.block_s(b, "fp32", 4) for b in blocks[:10]}
+    table.entries["fixed|fp32|batch=4|whatever"] = 1.0  # not a block: skipped
+    back = table.timed_blocks()
+    assert {(b, p, n) for b, p, n, _ in back} == {(b, "fp32", 4) for b in timed}
+    assert all(s == timed[b] for b, _, _, s in back)
+    for b in blocks:
+        assert parse_block_key(table.block_key(b, "int8", 1)) == (b, "int8", 1)
+    table.model = BlockModel.fit(back)
+    measured = table.measured
+    new = [table.block_s(b, "fp32", 4) for b in blocks[10:]]
+    assert table.measured == measured and all(s > 0 and np.isfinite(s) for s in new)
+    assert table.block_s(blocks[0], "fp32", 4) == timed[blocks[0]]
+    table.block_s(blocks[0], "bf16", 4)  # a group the model does not cover is timed
+    assert table.measured == measured + 1
+    assert not BlockModel.fit(back, min_rows=len(back) + 1).covers("fp32", 4)
+    with pytest.raises(ConfigError, match=r"precision=bf16, batch 4: the block model was fitted"):
+        table.model.predict(blocks[0], "bf16", 4)
+
+
+def test_the_block_model_recovers_costs_that_are_sums_of_its_features() -> None:
+    """The fit itself: times made as known non-negative weights on the features (per precision
+    and batch) are predicted back for blocks it never saw; a group with fewer timings than
+    weights is not fitted."""
+    rng = np.random.default_rng(1)
+    blocks = _blocks(40)
+    truth = {("fp32", 4): rng.uniform(0, 1, 8), ("int8", 1): rng.uniform(0, 1, 8)}
+    scale = 1 / np.array([block_features(b, 4) for b in blocks]).max(axis=0).clip(min=1)
+
+    def seconds(b: Block, key: tuple[str, int]) -> float:
+        return float(block_features(b, key[1]) @ (truth[key] * scale)) * 1e-3
+
+    samples = [(b, *k, seconds(b, k)) for k in truth for b in blocks[:30]]
+    samples += [(b, "bf16", 4, 1e-3) for b in blocks[:5]]  # too few for 8 weights
+    model = BlockModel.fit(samples)
+    assert set(model.coef) == set(truth)
+    for key in truth:
+        for b in blocks[30:]:
+            assert model.predict(b, *key) == pytest.approx(seconds(b, key), rel=1e-6)
 
 
 def test_the_offset_is_the_median_excess_and_needs_a_timing_per_reference() -> None:

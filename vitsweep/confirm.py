@@ -222,6 +222,7 @@ def confirm(
                 None if lo is None or hi is None else bool(lo <= acc["test_accuracy"] <= hi)
             ),
             "sweep_throughput": rec.get("throughput"),
+            "sweep_predicted": rec.get("predicted"),  # measure.mode=predicted: priced, not timed
             "throughput": cost["throughput"],
             "throughput_cv": cost.get("throughput_cv"),
             "throughput_repeats": cost.get("repeats"),

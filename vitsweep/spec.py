@@ -324,6 +324,10 @@ class MeasureSpec:
     # host's speed beside each timing (`host_speed`), `scale` also scales every repeat to this
     # machine's reference speed, `off` times nothing more
     host_probe: Literal["off", "record", "scale"] = "record"
+    # measured: every trial timed; predicted: a supernet subnet's throughput, latency and
+    # energy come from the per-machine cost table (`vitsweep.predict.cost`), its accuracy is
+    # still evaluated; `vitsweep-confirm` then measures the front (the OFA workflow)
+    mode: Literal["measured", "predicted"] = "measured"
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "min_repeats"):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vitsweep.runctx import RunContext
-from vitsweep.spec import METRIC_NAMES, MeasureSpec, Metrics, TrialSpec
+from vitsweep.spec import METRIC_NAMES, ConfigError, MeasureSpec, Metrics, TrialSpec
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -166,9 +166,16 @@ def deploy_bytes(spec: TrialSpec, model: nn.Module, ctx: RunContext) -> int:
     return stored_bytes(model) + measure.installed_bytes(packages)
 
 
+# `measure.mode=predicted`: blocks of one (precision, batch) timed into the per-machine table
+# before the block model prices the rest, twice its weights so that the fit is overdetermined.
+PREDICT_AFTER = 16
+
+
 def run(spec: TrialSpec) -> Metrics:
     from vitsweep import runtime
 
+    if spec.measure.mode == "predicted" and spec.arch.kind == "supernet":
+        return _predicted(spec)  # the baseline (a plain model) is always measured
     t0 = time.perf_counter()
     built, run_model, ctx, compile_s = ready(spec)
     try:
@@ -219,6 +226,75 @@ def _measured(
             "precision_exec": ctx.precision_exec,
             **precision.plan_metrics(model),
             "compile_s": compile_s,  # apart: never inside throughput or latency
+            "build_s": round(built.build_s, 3),
+            "trial_s": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
+def _predicted(spec: TrialSpec) -> Metrics:
+    """A subnet judged on the predictors (`measure.mode=predicted`): accuracy evaluated as the
+    trial evaluates it, but uncompiled (same weights and calibration; compiling is most of an
+    int8 trial's time), throughput and batch-1 latency from the per-machine cost table, whose
+    blocks are timed until the block model can price the rest, energy as the estimate's watts
+    over that throughput. `predicted` names the metrics that were not measured."""
+    from vitsweep import measure, precision
+    from vitsweep.predict.candidate import candidate
+    from vitsweep.predict.cost import (
+        PRECISIONS,
+        BlockModel,
+        CostPredictor,
+        CostTable,
+        Geometry,
+    )
+
+    t0 = time.perf_counter()
+    c = candidate(spec)
+    if spec.runtime.name != "torch" or c.precision not in PRECISIONS:
+        raise ConfigError(
+            f"measure.mode=predicted: the cost table times torch's {', '.join(PRECISIONS)}, "
+            f"not runtime={spec.runtime.name} precision={c.precision}; use measure.mode=measured"
+        )
+    if measure.resolve_device(spec.measure.device) != "cpu":
+        raise ConfigError(
+            "measure.mode=predicted: the cost table is timed on this CPU; with "
+            f"measure.device={spec.measure.device} use measure.mode=measured"
+        )
+    built = build(spec)
+    model, ctx, splits = built.model, built.ctx, built.splits
+    judged = precision.accuracy_model(model, model)
+    acc = accuracy_metrics(
+        correct_flags(judged, ctx, splits.val, spec.measure),
+        correct_flags(judged, ctx, splits.test, spec.measure),
+    )
+    geometry = Geometry(
+        spec.arch.img_size, spec.arch.patch_size, splits.in_chans, splits.num_classes
+    )
+    table = CostTable(spec.root, spec.measure, geometry, prop_attn=spec.token.prop_attn)
+    table.model = BlockModel.fit(table.timed_blocks(), min_rows=PREDICT_AFTER)
+    cost = CostPredictor(table, spec.measure.batch_size).predict(c)
+    shape = (splits.in_chans, splits.image_size, splits.image_size)
+    with measure.thread_scope(spec.measure.threads):
+        params, flops = measure.count_params(model), measure.count_flops(model, ctx, shape)
+    return Metrics(
+        accuracy=acc.pop("accuracy"),
+        test_accuracy=acc.pop("test_accuracy"),
+        throughput=cost.throughput,
+        latency_ms=cost.latency_ms,
+        energy=spec.measure.watts / cost.throughput,
+        energy_source="estimate",
+        params=params,
+        flops=flops,
+        model_bytes=stored_bytes(model),
+        deploy_bytes=deploy_bytes(spec, model, ctx),
+        peak_mem_bytes=float("nan"),
+        extra={
+            **acc,
+            "predicted": "throughput,latency_ms,energy",
+            "peak_mem_source": "not measured (measure.mode=predicted)",
+            "cost_parts_timed": table.measured,
+            "runtime": spec.runtime.name,
+            "precision_exec": ctx.precision_exec,
             "build_s": round(built.build_s, 3),
             "trial_s": round(time.perf_counter() - t0, 3),
         },

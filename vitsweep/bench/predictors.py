@@ -43,6 +43,7 @@ import numpy as np
 
 from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
 from vitsweep.predict.candidate import Candidate, candidate
+from vitsweep.predict.cost import BlockModel, Cost, CostPredictor, CostTable, Geometry
 from vitsweep.search.space import SearchSpace, format_override, parse_space
 from vitsweep.spec import TrialSpec
 
@@ -240,6 +241,41 @@ def measure_whole(spec: TrialSpec) -> tuple[float, float]:
     return stats.rate, 1e3 * lat.median_step_s
 
 
+def modelled_cost(table: CostTable, c: Candidate, batch_size: int) -> Cost:
+    """`c`'s cost with each of its blocks predicted by a `BlockModel` fitted on every other
+    block the table timed (none of `c`'s own, at either batch): how the model does on blocks
+    it never saw. The fixed parts are the table's."""
+    own = {table.block_key(b, c.precision, n) for b in c.blocks() for n in (batch_size, 1)}
+    model = BlockModel.fit([s for s in table.timed_blocks() if table.block_key(*s[:3]) not in own])
+
+    def step(batch: int) -> float:
+        fixed = table.fixed_s(c.embed_dim, c.head_dim, c.precision, batch)
+        return fixed + sum(model.predict(b, c.precision, batch) for b in c.blocks())
+
+    return Cost(throughput=batch_size / step(batch_size), latency_ms=1e3 * step(1))
+
+
+def block_model_check(table: CostTable) -> dict[str, Any]:
+    """Leave-one-out over the timed blocks: each predicted by a `BlockModel` fitted on the
+    others, per (precision, batch)."""
+    timed = table.timed_blocks()
+    out = {}
+    for precision, batch in sorted({(p, n) for _, p, n, _ in timed}):
+        idx = [i for i, s in enumerate(timed) if s[1:3] == (precision, batch)]
+        measured, predicted, labels = [], [], []
+        for i in idx:
+            model = BlockModel.fit([s for j, s in enumerate(timed) if j != i])
+            if (precision, batch) not in model.coef:
+                break  # too few timed blocks to fit without this one
+            block = timed[i][0]
+            measured.append(timed[i][3])
+            predicted.append(model.predict(block, precision, batch))
+            labels.append(table.block_key(block, precision, batch))
+        if measured:
+            out[f"{precision} batch={batch}"] = agreement(measured, predicted, labels, worst=3)
+    return out
+
+
 def cost_check(
     study: Study,
     per_precision: int,
@@ -252,8 +288,6 @@ def cost_check(
     holds), predicted from the per-block table, then timed whole. Predicted twice: as the plain
     sum of parts, and calibrated on `references` other candidates per precision (timed whole by
     the table, with random weights; `CostPredictor`)."""
-    from vitsweep.predict.cost import CostPredictor, CostTable, Geometry
-
     base = study.base
     geometry = Geometry(
         base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
@@ -277,15 +311,16 @@ def cost_check(
         f"{p} batch={b}": round(v, 6) for (p, b), v in calibrated.offsets.items()
     }
     t_table, t_whole = time.perf_counter() - t0, 0.0
+    by_precision: dict[str, list[tuple[Any, ...]]] = {}
     for prec, drawn in sorted(wanted.items()):
-        rows = []
+        rows = by_precision.setdefault(prec, [])
         for point, spec, c in drawn[references:]:
             t0 = time.perf_counter()
             raw, pred = plain.predict(c), calibrated.predict(c)
             t1 = time.perf_counter()
             thr, lat = measure_whole(spec)
             t_table, t_whole = t_table + t1 - t0, t_whole + time.perf_counter() - t1
-            rows.append((point, thr, pred, lat, raw))
+            rows.append((point, thr, pred, lat, raw, c))
             log(
                 f"{prec}: throughput {thr:.0f} predicted {pred.throughput:.0f} (sum "
                 f"{raw.throughput:.0f}); latency {lat:.3f} predicted {pred.latency_ms:.3f} ms "
@@ -301,6 +336,17 @@ def cost_check(
                 "latency_ms": agreement(lat, [r[4].latency_ms for r in rows], labels),
             },
         }
+    # Once every held-out candidate's parts are in the table: each candidate again, its blocks
+    # predicted by the block model fitted on the other candidates' blocks.
+    for prec, row in out["per_precision"].items():
+        done = by_precision[prec]
+        modelled = [modelled_cost(table, r[5], base.measure.batch_size) for r in done]
+        labels = [r[0] for r in done]
+        row["block_model"] = {
+            "throughput": agreement([r[1] for r in done], [m.throughput for m in modelled], labels),
+            "latency_ms": agreement([r[3] for r in done], [m.latency_ms for m in modelled], labels),
+        }
+    out["block_model_loo"] = block_model_check(table)
     out["table_entries"] = len(table.entries)
     out["table_measured_s"] = round(t_table, 1)
     out["whole_measured_s"] = round(t_whole, 1)
@@ -359,10 +405,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         for prec, row in result["cost"]["per_precision"].items():
             for metric in ("throughput", "latency_ms"):
                 got, plain = row[metric], row["sum_of_parts"][metric]
+                mod = row["block_model"][metric]
                 print(
                     f"cost {prec} {metric}: within 10% {got['within_10pct']} (sum of parts "
-                    f"{plain['within_10pct']}), tau {got['kendall_tau']} ({plain['kendall_tau']})"
+                    f"{plain['within_10pct']}, block model {mod['within_10pct']}), tau "
+                    f"{got['kendall_tau']} ({plain['kendall_tau']}, {mod['kendall_tau']})"
                 )
+        for group, row in result["cost"]["block_model_loo"].items():
+            print(
+                f"block model, leave-one-out, {group}: within 10% {row['within_10pct']}, "
+                f"tau {row['kendall_tau']} (n={row['n']})"
+            )
     result["load_average_after"] = load_average()
     name = "predictors-quick.json" if args.quick else "predictors.json"
     path = Path(args.root) / "bench" / name

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,7 @@ class CostTable:
             self.path, "cost table", "delete it and the next prediction measures it again"
         )
         self.measured = 0  # entries this table timed (the rest came from the file)
+        self.model: BlockModel | None = None  # predicts the blocks the table lacks
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -143,15 +145,35 @@ class CostTable:
         g = self.geometry
         return f"img={g.img_size},patch={g.patch_size},chans={g.in_chans},classes={g.num_classes}"
 
-    def block_s(self, block: Block, precision: str, batch: int) -> float:
-        """Seconds of one execution of `block` inside a whole forward."""
-        key = (
+    def block_key(self, block: Block, precision: str, batch: int) -> str:
+        return (
             f"block|{precision}|batch={batch}|embed={block.embed_dim}|heads={block.heads}x"
             f"{block.head_dim}|mlp={block.mlp_ratio:g}|tokens={block.tokens_in}|merged="
             f"{block.merged}|sizes={not block.first}|prop={self.prop_attn}|repeats={repeats(batch)}"
         )
+
+    def block_s(self, block: Block, precision: str, batch: int) -> float:
+        """Seconds of one execution of `block` inside a whole forward: timed (once per
+        machine), or with a `model` set, predicted by it for a block the table lacks."""
+        key = self.block_key(block, precision, batch)
+        if (
+            key not in self.entries
+            and self.model is not None
+            and self.model.covers(precision, batch)
+        ):
+            return self.model.predict(block, precision, batch)
         call = self._entry(key, lambda: self._time_block(block, precision, batch))
         return self._part(call, precision, batch)
+
+    def timed_blocks(self) -> list[tuple[Block, str, int, float]]:
+        """Every block part the table holds at this geometry's settings, as (block,
+        precision, batch, seconds inside a whole forward): what a `BlockModel` is fitted on."""
+        out = []
+        for key in self.entries:
+            parsed = parse_block_key(key)
+            if parsed is not None and self.block_key(*parsed) == key:  # same prop, repeats
+                out.append((*parsed, self.block_s(*parsed)))
+        return out
 
     def fixed_s(self, embed_dim: int, head_dim: int, precision: str, batch: int) -> float:
         """Seconds of the fixed parts of one forward, the call into a compiled program included
@@ -285,6 +307,105 @@ class CostTable:
                     return module(x)
 
             return batch1_seconds(step, self.timing)
+
+
+_BLOCK_KEY = re.compile(
+    r"block\|(?P<precision>\w+)\|batch=(?P<batch>\d+)\|embed=(?P<embed>\d+)\|heads=(?P<heads>\d+)x"
+    r"(?P<head_dim>\d+)\|mlp=(?P<mlp>[\d.e+-]+)\|tokens=(?P<tokens>\d+)\|merged=(?P<merged>\d+)\|"
+    r"sizes=(?P<sizes>True|False)\|"
+)
+
+
+def parse_block_key(key: str) -> tuple[Block, str, int] | None:
+    """(block, precision, batch) of a table key written by `CostTable.block_key`; None for
+    any other entry."""
+    m = _BLOCK_KEY.match(key)
+    if m is None:
+        return None
+    block = Block(
+        embed_dim=int(m["embed"]),
+        heads=int(m["heads"]),
+        head_dim=int(m["head_dim"]),
+        mlp_ratio=float(m["mlp"]),
+        tokens_in=int(m["tokens"]),
+        merged=int(m["merged"]),
+        first=m["sizes"] == "False",
+    )
+    return block, m["precision"], int(m["batch"])
+
+
+def block_features(b: Block, batch: int) -> np.ndarray:
+    """What one block's time grows with, nn-Meter's kernel features summed to the block: the
+    calls every block dispatches, the multiply-adds of its projections, MLP (run on the tokens
+    left after the merge) and attention, the elementwise work (norms, residuals, GELU), and
+    ToMe's merge: its ~60 small calls and its bipartite matching (keys of half the tokens
+    against the other half)."""
+    n, kept = b.tokens_in, b.tokens_in - b.merged
+    e, inner, hidden = b.embed_dim, b.heads * b.head_dim, int(b.mlp_ratio * b.embed_dim)
+    merging = float(b.merged > 0)
+    return np.array(
+        [
+            1.0,
+            batch * n * e * 4 * inner,
+            batch * kept * 2 * e * hidden,
+            batch * b.heads * n * n * b.head_dim * 2,
+            batch * (n * e + kept * hidden),
+            merging,
+            merging * batch * (n // 2) ** 2 * b.head_dim,
+            float(not b.first),
+        ],
+        dtype=float,
+    )
+
+
+@dataclass
+class BlockModel:
+    """A block's seconds inside a whole forward, for blocks never timed: per (precision,
+    batch), non-negative weights on `block_features`, fitted to timed blocks by least squares
+    on the relative error (`scipy.optimize.nnls` on rows divided by their time), so a
+    1 ms block counts as much as a 20 ms one. Non-negative because no feature makes a block
+    faster; linear because each feature is work done once per unit (a call, a multiply-add).
+
+    Why our own: nn-Meter (the kernel-level predictors the issue names) is not a dependency
+    here and predicts kernels of TFLite/OpenVINO graphs, not PyTorch eager blocks with ToMe."""
+
+    coef: dict[tuple[str, int], np.ndarray]
+
+    @classmethod
+    def fit(cls, samples: Sequence[tuple[Block, str, int, float]], min_rows: int = 0) -> BlockModel:
+        """Weights per (precision, batch) with at least `min_rows` timed blocks (and at least
+        as many as there are weights); the other groups are left out (`covers` is False)."""
+        from scipy.optimize import nnls
+
+        groups: dict[tuple[str, int], list[tuple[Block, float]]] = {}
+        for block, precision, batch, seconds in samples:
+            if seconds > 0:
+                groups.setdefault((precision, batch), []).append((block, seconds))
+        coef = {}
+        width = len(block_features(samples[0][0], 1)) if samples else 0
+        for (precision, batch), rows in groups.items():
+            if len(rows) < max(width, min_rows):
+                continue  # too few timings to determine the weights: left to the table
+            x = np.array([block_features(b, batch) for b, _ in rows])
+            t = np.array([s for _, s in rows])
+            scale = x.max(axis=0)
+            scale[scale == 0] = 1.0  # a feature no timed block has: weight 0
+            w, _ = nnls(x / scale / t[:, None], np.ones(len(t)))
+            coef[(precision, batch)] = w / scale
+        return cls(coef)
+
+    def covers(self, precision: str, batch: int) -> bool:
+        return (precision, batch) in self.coef
+
+    def predict(self, block: Block, precision: str, batch: int) -> float:
+        w = self.coef.get((precision, batch))
+        if w is None:
+            raise ConfigError(
+                f"precision={precision}, batch {batch}: the block model was fitted on "
+                f"{sorted(self.coef) or 'nothing'}; time at least {len(block_features(block, 1))} "
+                "blocks of it first"
+            )
+        return float(block_features(block, batch) @ w)
 
 
 @dataclass(frozen=True)

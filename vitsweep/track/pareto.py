@@ -262,6 +262,13 @@ def notes(table: StudyTable) -> list[str]:
         )
     elif table.hv_objectives:
         out.append(f"The hypervolume is computed over {', '.join(table.hv_objectives)}.")
+    predicted = [r["number"] for r in table.rows if r.get("predicted")]
+    if predicted:
+        out.append(
+            f"{len(predicted)} trials were priced, not timed (measure.mode=predicted): their "
+            "throughput, latency and energy come from this machine's cost table (`predicted` "
+            "on each front member); run vitsweep-confirm to measure the front."
+        )
     return out
 
 

@@ -121,9 +121,13 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "n_duplicates": sum(r["duplicate_of"] is not None for r in table.rows),
         "pareto": [
             {
-                k: r.get(k)
-                for k in ("number", *table.objectives, *INTERVAL_KEYS, *PREDICTED_KEYS)
-                if k in r and (k not in PREDICTED_KEYS or r.get("predicted_latency_ms") is not None)
+                **{
+                    k: r.get(k)
+                    for k in ("number", *table.objectives, *INTERVAL_KEYS, *PREDICTED_KEYS)
+                    if k in r
+                    and (k not in PREDICTED_KEYS or r.get("predicted_latency_ms") is not None)
+                },
+                **({"predicted": r["predicted"]} if r.get("predicted") else {}),
             }
             for r in table.rows
             if r["is_pareto"]
