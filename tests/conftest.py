@@ -59,6 +59,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return LongestFirst(config, log)
 
 
+# A supernet small enough for a whole study in seconds (digits at 16 px, smoke experiment).
+TINY_SUPERNET_SPACE = (
+    "arch=supernet",
+    "arch.head_dim=8",
+    "arch.space.head_dim=8",
+    "arch.space.embed_dim=[16,32]",
+    "arch.space.depth=[1,2]",
+    "arch.space.num_heads=[1,2]",
+    "arch.space.mlp_ratio=[2.0,4.0]",
+    "arch.embed_dim=32",
+    "arch.depth=2",
+    "arch.num_heads=2",
+    "arch.mlp_ratio=4.0",
+)
+
+
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_SILENT="true", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")

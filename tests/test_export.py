@@ -16,7 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import run_cli
+from tests.conftest import TINY_SUPERNET_SPACE, run_cli
 from vitsweep import data, record
 from vitsweep import trial as trial_mod
 from vitsweep.export import (
@@ -34,17 +34,7 @@ pytestmark = pytest.mark.slow
 # Locates the study, as for vitsweep-report.
 STUDY = ("experiment=smoke", "tracking=none")
 TINY_SUPERNET = (
-    "arch=supernet",
-    "arch.head_dim=8",
-    "arch.space.head_dim=8",
-    "arch.space.embed_dim=[16,32]",
-    "arch.space.depth=[1,2]",
-    "arch.space.num_heads=[1,2]",
-    "arch.space.mlp_ratio=[2.0,4.0]",
-    "arch.embed_dim=32",
-    "arch.depth=2",
-    "arch.num_heads=2",
-    "arch.mlp_ratio=4.0",
+    *TINY_SUPERNET_SPACE,
     "train.epochs=10",  # ~35% on digits: an accuracy that a wrong model would not hit
     "precision.budget_ratio=0.3",  # the smallest feasible for this model is ~0.26
     "+hydra.sweeper.baseline.precision=mixed",

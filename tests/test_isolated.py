@@ -57,3 +57,29 @@ def test_an_isolated_trial_trains_first_then_measures_what_an_in_process_one_doe
     assert alone.accuracy == here.accuracy and alone.test_accuracy == here.test_accuracy
     assert alone.params == here.params and alone.flops == here.flops
     assert alone.throughput > 0
+
+
+def test_the_server_imports_the_vitsweep_this_process_runs_not_one_in_the_cwd(tmp_path) -> None:
+    """Launched from another checkout's folder, as a console script is (its own folder first on
+    sys.path, not the working directory), the trials still run the launching vitsweep."""
+    import subprocess
+    import sys
+
+    import vitsweep
+
+    checkout = tmp_path / "checkout"
+    (checkout / "vitsweep").mkdir(parents=True)
+    (checkout / "vitsweep" / "__init__.py").write_text("SHADOW = True\n")
+    script = tmp_path / "bin" / "launch.py"
+    script.parent.mkdir()
+    script.write_text(
+        "import importlib.util\n"
+        "from vitsweep import isolated\n"
+        "if __name__ == '__main__':\n"
+        "    print(isolated.in_child(importlib.util.find_spec, 'vitsweep').origin)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=checkout, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).resolve() == Path(vitsweep.__file__).resolve()

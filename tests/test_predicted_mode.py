@@ -14,27 +14,14 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import TINY_SUPERNET_SPACE, run_cli
 from vitsweep import config, record, trial
 from vitsweep.spec import ConfigError
 
 pytestmark = pytest.mark.slow
 
 STUDY = ("experiment=smoke", "tracking=none")
-TINY_SUPERNET = (
-    "arch=supernet",
-    "arch.head_dim=8",
-    "arch.space.head_dim=8",
-    "arch.space.embed_dim=[16,32]",
-    "arch.space.depth=[1,2]",
-    "arch.space.num_heads=[1,2]",
-    "arch.space.mlp_ratio=[2.0,4.0]",
-    "arch.embed_dim=32",
-    "arch.depth=2",
-    "arch.num_heads=2",
-    "arch.mlp_ratio=4.0",
-    "train.epochs=2",
-)
+TINY_SUPERNET = (*TINY_SUPERNET_SPACE, "train.epochs=2")
 PREDICTED = "throughput,latency_ms,energy"
 
 

@@ -15,12 +15,16 @@ memory, a crash in a native library) fails its trial with the exit code; the swe
 
 from __future__ import annotations
 
+import importlib.machinery
 import multiprocessing as mp
+import multiprocessing.forkserver
+import os
 import pickle
 import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeVar
 
 from vitsweep.spec import Metrics, TrialSpec
@@ -44,12 +48,37 @@ class TrialProcessDied(RuntimeError):
     """The trial's process ended without a result (killed, or crashed in native code)."""
 
 
+def _start_server() -> None:
+    """Start the forkserver now, so that it imports the vitsweep this process runs. Python
+    3.11 starts it as `python -c`, which puts the working directory first on its `sys.path`
+    (the parent's path is passed but unused): a sweep launched from a folder holding another
+    vitsweep source tree ran that tree's trial code (found here: trials ignored a key the
+    launching code had added). Only then is the server started with `PYTHONSAFEPATH` (no
+    working directory on its path); elsewhere it keeps it, for apps importing modules there."""
+    import vitsweep
+
+    mine = Path(vitsweep.__file__).resolve()
+    found = importlib.machinery.PathFinder.find_spec("vitsweep", [os.getcwd()])
+    if found is None or not found.origin or Path(found.origin).resolve() == mine:
+        return
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        mp.forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
+
+
 def _context() -> Any:
     ctx = mp.get_context("forkserver")
     # What every trial imports, once, in the server (each child then starts with it: about 3 s
     # a trial otherwise). `__main__` (the console script), multiprocessing's default, stays
     # first: preloaded, it is not run again in every child.
     ctx.set_forkserver_preload(PRELOAD)
+    _start_server()
     return ctx
 
 
