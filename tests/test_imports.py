@@ -28,7 +28,8 @@ ROOMS = {"data", "models", "tome", "precision", "measure", "runtime"}
 ALLOWED: dict[str, set[str]] = {
     **{b: BASE for b in BASE},
     **{r: ROOMS | BASE for r in ROOMS},
-    "trial": ROOMS | BASE,
+    # measure.mode=predicted: a trial priced by the predictors, which never import trial
+    "trial": ROOMS | BASE | {"predict"},
     # the predictors (issue #30) judge candidates with what the rooms build and time
     "predict": ROOMS | BASE,
     "vit_space": ROOMS | BASE,
