@@ -265,7 +265,7 @@ def block_model_check(table: CostTable) -> dict[str, Any]:
         measured, predicted, labels = [], [], []
         for i in idx:
             model = BlockModel.fit([s for j, s in enumerate(timed) if j != i])
-            if (precision, batch) not in model.coef:
+            if not model.covers(precision, batch):
                 break  # too few timed blocks to fit without this one
             block = timed[i][0]
             measured.append(timed[i][3])
