@@ -63,7 +63,7 @@ sysdeps:
 bench: $(STAMP)  ## measure speed/accuracy targets; JSON under multirun/bench/, README table
 	$(BIN)/python -m vitsweep.bench $(ARGS)
 
-bench-search: $(STAMP)  ## samplers vs the exact front of a cached grid (long; not in make bench)
+bench-search: $(STAMP)  ## samplers on the predictors vs a 100,000-configuration front (~30 min); --real: real trials
 	$(BIN)/python -m vitsweep.bench.search $(ARGS)
 
 bench-predictors: $(STAMP)  ## accuracy and cost predictors vs held-out measurements (~30 min idle; --quick)

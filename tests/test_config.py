@@ -208,3 +208,41 @@ def test_help_speaks_as_vitsweep_and_lists_only_pickable_options(tmp_path) -> No
     assert "precision       bf16, fp16, fp32*, int8, mixed, tq" in out
     assert len(out.splitlines()) < 25
     assert not (tmp_path / "multirun").exists()  # asking for help writes nothing
+
+
+def test_point_specs_equal_a_whole_compose_without_composing_each_point() -> None:
+    """The search bench prices 100,000 points through `PointSpecs`: each spec must be the one
+    the sweeper's job would compose, for the study's points and its baseline (group choices
+    `arch: vit`, `token: none` beside field values)."""
+    import optuna
+
+    base = ["experiment=xray", "tracking=none"]
+    cfg = config.compose(base)
+    sweeper = config.sweeper_spec(cfg.hydra.sweeper)
+    space = parse_space(sweeper.params, sweeper.space_hook)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    points = [dict(sweeper.baseline)]
+    for _ in range(12):
+        trial = study.ask()
+        points.append(space.sample(trial, config.trial_spec(cfg)))
+        study.tell(trial, 0.0)
+    specs = config.PointSpecs(base)
+    for point in points:
+        lines = [*base, *(config.format_override(k, v) for k, v in point.items())]
+        assert specs.spec(point) == config.trial_spec(config.compose(lines)), point
+    assert specs.composed_whole == 0
+    # precision x (arch, token) choices: one compose per combination, not per point
+    assert len(specs._composed) <= 4
+
+
+def test_point_specs_compose_whole_a_point_whose_key_is_interpolated() -> None:
+    """arch.img_size is `${data.image_size}`: setting data.image_size on the resolved groups
+    would leave arch.img_size stale, so such a point is composed whole."""
+    base = ["experiment=smoke", "tracking=none"]
+    specs = config.PointSpecs(base)
+    point = {"data.image_size": 8, "token.r": 1}
+    got = specs.spec(point)
+    assert specs.composed_whole == 1
+    assert got.arch.img_size == 8
+    lines = [*base, *(config.format_override(k, v) for k, v in point.items())]
+    assert got == config.trial_spec(config.compose(lines))

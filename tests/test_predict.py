@@ -80,9 +80,15 @@ def test_the_capped_schedule_is_what_runs() -> None:
     assert c.r == (20, 20, 12) and c.tokens == 65
 
 
-def test_a_fixed_vit_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"arch.kind='vit'.*valid: supernet"):
-        candidate(spec_of("arch=vit"))
+def test_a_vit_built_from_its_dims_is_the_subnet_of_those_dims() -> None:
+    """A study's baseline (a fixed ViT) is priced like any candidate: the same blocks as the
+    subnet with its dims. A timm model is another network: refused in one line."""
+    dims = ("arch.embed_dim=64", "arch.depth=4", "arch.num_heads=2", "arch.mlp_ratio=3.0")
+    vit = candidate(spec_of("arch=vit", *dims, "arch.head_dim=32", "token.r=4"))
+    assert vit == candidate(spec_of(*dims, "token.r=4"))
+    assert candidate(spec_of("arch=vit", *dims)).head_dim == 32  # timm's: embed / heads
+    with pytest.raises(ConfigError, match=r"arch.kind='vit'.*valid: supernet, vit"):
+        candidate(spec_of("arch=deit_base"))
 
 
 def test_block_forward_runs_the_blocks_as_the_patched_model() -> None:
@@ -116,6 +122,21 @@ def test_the_cost_table_times_each_part_once_per_machine_and_keeps_it(tmp_path) 
     deeper = dataclasses.replace(c, r=(8, 8, 8))
     CostPredictor(again, batch_size=4).predict(deeper)
     assert again.measured == 2 * 3
+
+
+def test_a_full_cast_is_timed_as_its_own_precision(tmp_path) -> None:
+    """xray runs bf16 with a full cast: its parts are timed cast (ToMe's sizes stay float32,
+    as in the model) under their own keys, never as autocast's."""
+    dims = ("arch.embed_dim=48", "arch.depth=3", "arch.num_heads=1", "arch.mlp_ratio=2.0")
+    full = candidate(spec_of(*dims, "token.r=4", "precision=bf16", "precision.cast=full"))
+    auto = candidate(spec_of(*dims, "token.r=4", "precision=bf16", "precision.cast=autocast"))
+    assert (full.runs_as, auto.runs_as) == ("bf16-full", "bf16")
+    assert candidate(spec_of(*dims, "precision=fp32", "precision.cast=full")).runs_as == "fp32"
+    table = CostTable(tmp_path, QUICK, Geometry(32, 4, 3, 7))
+    CostPredictor(table, batch_size=2).predict(full)
+    assert {k.split("|")[1] for k in table.entries} == {"bf16-full"}
+    CostPredictor(table, batch_size=2).predict(auto)
+    assert {k.split("|")[1] for k in table.entries} == {"bf16-full", "bf16"}
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ SECTIONS = (
 )  # fmt: skip
 # Sections too long for `make bench` (`make bench-search` runs this one): never run by default,
 # but their saved JSON joins the README table like any other section's.
-SAVED_ONLY = ("search",)
+SAVED_ONLY = ("search", "search-real")
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The first paragraph's headline sentence, rewritten with the table so the two cannot disagree.

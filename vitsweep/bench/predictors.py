@@ -48,6 +48,7 @@ from vitsweep.search.space import SearchSpace, format_override, parse_space
 from vitsweep.spec import TrialSpec
 
 REFERENCES = 3  # candidates per precision the cost predictor is calibrated on (timed whole)
+BYTES_SAMPLES = 10  # candidates per precision counted for the surrogate's bytes model
 
 Point = dict[str, Any]
 
@@ -245,12 +246,13 @@ def modelled_cost(table: CostTable, c: Candidate, batch_size: int) -> Cost:
     """`c`'s cost with each of its blocks predicted by a `BlockModel` fitted on every other
     block the table timed (none of `c`'s own, at either batch): how the model does on blocks
     it never saw. The fixed parts are the table's."""
-    own = {table.block_key(b, c.precision, n) for b in c.blocks() for n in (batch_size, 1)}
+    p = c.runs_as
+    own = {table.block_key(b, p, n) for b in c.blocks() for n in (batch_size, 1)}
     model = BlockModel.fit([s for s in table.timed_blocks() if table.block_key(*s[:3]) not in own])
 
     def step(batch: int) -> float:
-        fixed = table.fixed_s(c.embed_dim, c.head_dim, c.precision, batch)
-        return fixed + sum(model.predict(b, c.precision, batch) for b in c.blocks())
+        fixed = table.fixed_s(c.embed_dim, c.head_dim, p, batch)
+        return fixed + sum(model.predict(b, p, batch) for b in c.blocks())
 
     return Cost(throughput=batch_size / step(batch_size), latency_ms=1e3 * step(1))
 
@@ -276,6 +278,78 @@ def block_model_check(table: CostTable) -> dict[str, Any]:
     return out
 
 
+def study_table(study: Study, root: str) -> CostTable:
+    """This machine's cost table for the study's geometry and timing protocol."""
+    base = study.base
+    geometry = Geometry(
+        base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
+    )
+    return CostTable(root, base.measure, geometry, prop_attn=base.token.prop_attn)
+
+
+def draw(
+    study: Study, per_precision: int, seed: int
+) -> dict[str, list[tuple[Point, TrialSpec, Candidate]]]:
+    """`per_precision` distinct candidates of each precision the space holds, drawn as the
+    sweeper's random sampler draws them (the same ones for the same seed)."""
+    wanted: dict[str, list[tuple[Point, TrialSpec, Candidate]]] = {}
+    seen: set[Candidate] = set()
+    for point in sample_points(study, 40 * per_precision, seed):
+        prec = str(point.get("precision", study.base.precision.mode))
+        spec = study.spec(point)
+        c = candidate(spec)
+        if c not in seen and len(wanted.setdefault(prec, [])) < per_precision:
+            wanted[prec].append((point, spec, c))
+            seen.add(c)
+    return wanted
+
+
+def save_data(
+    study: Study, experiment: str, root: str, seed: int, references: int, log: Any = print
+) -> Path:
+    """Write `data/<experiment>_cost.json` (what `Surrogate` prices the space with) from this
+    machine's table, after timing what a surrogate cannot predict: the fixed parts of every
+    embed dim of the space at every precision, and the baseline's own parts. With the bytes of
+    `BYTES_SAMPLES` candidates per precision built whole and counted (their parts timed too, for
+    the block model), and the baseline's val accuracy as a trial evaluates it."""
+    from vitsweep import config
+    from vitsweep.predict.surrogate import cost_file, count_bytes, save_cost_data
+
+    table = study_table(study, root)
+    base = study.base
+    drawn = draw(study, max(references, BYTES_SAMPLES), seed)
+    refs = [c for rows in drawn.values() for _, _, c in rows[:references]]
+    CostPredictor(table, base.measure.batch_size, refs)  # the references' whole timings
+    sweeper = config.sweeper_spec(config.compose(list(study.overrides)).hydra.sweeper)
+    baseline_spec = study.spec(dict(sweeper.baseline))
+    baseline = candidate(baseline_spec)
+    space = base.arch.space
+    assert space is not None  # a supernet study (candidate() checked it)
+    for precision in sorted({c.runs_as for rows in drawn.values() for _, _, c in rows}):
+        for embed in space.embed_dim:
+            for batch in sorted({base.measure.batch_size, 1}):
+                table.fixed_s(embed, space.head_dim, precision, batch)
+    plain = CostPredictor(table, base.measure.batch_size)
+    for c in [baseline, *(c for rows in drawn.values() for _, _, c in rows)]:
+        plain.predict(c)  # times its parts: the baseline's, and blocks for the block model
+    log(f"cost table: {len(table.entries)} entries ({table.measured} timed now)")
+    samples = []
+    for rows in drawn.values():
+        for _, _, c in rows[:BYTES_SAMPLES]:
+            samples.append((c, count_bytes(c, table.geometry, table.prop_attn)))
+    samples.append((baseline, count_bytes(baseline, table.geometry, table.prop_attn)))
+    acc = val_accuracy(baseline_spec)
+    log(f"baseline: val accuracy {acc:.4f}; bytes of {len(samples)} candidates counted")
+    return save_cost_data(
+        cost_file(experiment),
+        table,
+        refs,
+        samples,
+        {"point": dict(sweeper.baseline), "accuracy": round(acc, 6)},
+        machine(),
+    )
+
+
 def cost_check(
     study: Study,
     per_precision: int,
@@ -289,19 +363,8 @@ def cost_check(
     sum of parts, and calibrated on `references` other candidates per precision (timed whole by
     the table, with random weights; `CostPredictor`)."""
     base = study.base
-    geometry = Geometry(
-        base.arch.img_size, base.arch.patch_size, base.data.in_chans, _classes(base)
-    )
-    table = CostTable(root, base.measure, geometry, prop_attn=base.token.prop_attn)
-    wanted: dict[str, list[tuple[Point, TrialSpec, Candidate]]] = {}
-    seen: set[Candidate] = set()
-    for point in sample_points(study, 40 * (per_precision + references), seed):
-        prec = str(point.get("precision", base.precision.mode))
-        spec = study.spec(point)
-        c = candidate(spec)
-        if c not in seen and len(wanted.setdefault(prec, [])) < references + per_precision:
-            wanted[prec].append((point, spec, c))
-            seen.add(c)
+    table = study_table(study, root)
+    wanted = draw(study, references + per_precision, seed)
     t0 = time.perf_counter()
     refs = [c for drawn in wanted.values() for _, _, c in drawn[:references]]
     plain = CostPredictor(table, base.measure.batch_size)
@@ -375,6 +438,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1000, help="held-out draw (collection: 1)")
     ap.add_argument("--collect", type=int, default=0, help="first measure N more accuracies")
     ap.add_argument("--no-cost", action="store_true", help="the accuracy check alone")
+    ap.add_argument(
+        "--save",
+        action="store_true",
+        help="then write data/<experiment>_cost.json from this machine's table (the surrogate "
+        "that make bench-search searches)",
+    )
     args = ap.parse_args(argv)
     if args.references < 0 or args.per_precision < 1:
         ap.error("--references must be >= 0 and --per-precision >= 1")
@@ -417,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"tau {row['kendall_tau']} (n={row['n']})"
             )
     result["load_average_after"] = load_average()
+    if args.save:
+        study = make_study(args.experiment, [f"paths.root={args.root}"])
+        print(f"wrote {save_data(study, args.experiment, args.root, args.seed, args.references)}")
     name = "predictors-quick.json" if args.quick else "predictors.json"
     path = Path(args.root) / "bench" / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,28 @@
-"""Sampler benchmark (issues #10, #19): which sampler, and how many trials, does `make sweep` need?
+"""Sampler benchmark (issues #10, #19, #30): which sampler, and how many trials, does
+`make sweep` need?
 
-`python -m vitsweep.bench.search [--quick] [--experiment xray] [--until HH:MM]` (the
+`python -m vitsweep.bench.search [--real] [--quick] [--experiment xray] [--until HH:MM]` (the
 `make bench-search` target).
 
 The samplers search the product's own space: the experiment's `hydra.sweeper.params` plus its
 `space_hook` (xray: `token.r` x `precision` x the supernet's conditional space, depth first and
 heads and MLP ratio per layer), sampled by `SearchSpace.sample` exactly as the sweeper does.
 That space cannot be enumerated (xray: about 3 x 12 x 9^6 configs), so the yardstick is a
-*reference front*: the Pareto front of every configuration this bench has ever evaluated for the
-experiment (the table's runs plus long reference runs of a mix of samplers, at least
-`REFERENCE_MIN` evaluations), plus the baseline. Score after n complete trials: hypervolume of
-the trials so far (baseline-normalized, `vitsweep.hypervolume`) / the reference's.
+*reference front*, plus the baseline. Score after n complete trials: hypervolume of the trials
+so far (baseline-normalized, `vitsweep.hypervolume`) / the reference's. As in the product, a
+proposal that repeats a visited configuration is told its values and costs no trial.
 
-Every configuration (the overrides a sweeper trial would get) is evaluated once with
+By default every configuration is priced on the study's predictors
+(`vitsweep.predict.surrogate`: the accuracy predictor and the per-block cost table, fitted on
+real measurements committed with the machine they came from), as NAS-Bench-301 and YAHPO Gym
+compare optimizers on validated surrogates: 10 seeds x 4 samplers x 80 trials, and a reference
+front streamed from `PREDICTED_REFERENCE` random configurations plus long runs, in minutes,
+from a fresh clone. `--real` evaluates every configuration for real instead (the check of
+the chosen default against random): the reference front is then every configuration this
+bench has ever evaluated for the experiment (the table's runs plus long reference runs of a
+mix of samplers, at least `REFERENCE_MIN` evaluations).
+
+With `--real`, every configuration (the overrides a sweeper trial would get) is evaluated once with
 `trial.run` and cached as a line of JSON under `<paths.root>/bench/search_cache/`; a sampler's
 replay looks a configuration up there and evaluates (and appends) only what is new, so a
 repeated or interrupted run evaluates only what is missing and the reference keeps growing.
@@ -41,7 +51,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +76,11 @@ TARGET_BUDGET = 40  # ... within this many complete trials (median over seeds)
 STOP_SAVING = 0.25
 STOP_LOSS = 0.02  # ... for at most this loss of hypervolume (medians over seeds)
 REFERENCE_MIN = 1000  # evaluations behind the reference front
+# On the predictors (the default): configurations priced for the reference front, at random,
+# beside every sampler's visits and these long runs ...
+PREDICTED_REFERENCE = 100_000
+PREDICTED_REFERENCE_RUNS = (("nsga2", 100, 3000), ("tpe", 100, 600))
+PREDICTED_SEEDS = 10
 # The long runs that build the reference, after the table's own: (sampler, seed, trials).
 # Seeds the table never uses; a mix, so that the reference is no one sampler's home ground.
 # GP's runs are short: its model fits cost seconds per trial once a study has a hundred.
@@ -108,6 +123,7 @@ class Bench:
     sampler: SamplerSpec  # the experiment's sampler settings (startup trials, population)
     stop: StopSpec  # the experiment's stop_when (patience, min_improvement)
     n_trials: int  # the experiment's budget today
+    max_repeats: int  # proposals in a row that repeat a measured config end a study
     base: TrialSpec  # the composed config without any point's overrides
     root: Path  # paths.root: the cache lives under <root>/bench/search_cache/
 
@@ -157,6 +173,7 @@ def make_bench(experiment: str = "xray", overrides: Sequence[str] = ()) -> Bench
         sampler=sweeper.sampler,
         stop=sweeper.stop_when,
         n_trials=sweeper.n_trials,
+        max_repeats=sweeper.max_repeats,
         base=config.trial_spec(cfg),
         root=Path(cfg.paths.root),
     )
@@ -299,6 +316,225 @@ class Evaluator:
         ]
 
 
+class PredictedEvaluator:
+    """Points priced on the study's surrogate (`vitsweep.predict.surrogate`): microseconds
+    each, so nothing is cached on disk and the table can afford 10 seeds and a reference front
+    of 100,000 configurations. Each point's `TrialSpec` comes from `config.PointSpecs` (the
+    composition the sweeper's job would make, without composing each point)."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        surrogate: Any = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        from vitsweep import config
+        from vitsweep.predict.surrogate import METRICS, Surrogate
+
+        missing = [m for m in bench.objectives if m not in METRICS]
+        if missing:
+            raise ConfigError(
+                f"hydra.sweeper.objectives.{missing[0]}: the search bench on predictors "
+                f"prices {', '.join(METRICS)}; run it with --real for other metrics"
+            )
+        self.bench = bench
+        self.surrogate = surrogate if surrogate is not None else Surrogate.load(bench.experiment)
+        self.specs = config.PointSpecs(bench.overrides)
+        self.progress = progress
+        self.kept: dict[str, dict[str, Any]] = {}  # every point the samplers visited
+        self.evaluated = self.reused = 0
+        self.seconds = 0.0
+
+    def evaluate(self, points: Sequence[Point], by: str = "") -> list[dict[str, Any]]:
+        """Entries as `Evaluator` makes them, priced in one batch; not kept."""
+        from vitsweep.predict.candidate import candidate
+
+        t0 = time.perf_counter()
+        out: list[dict[str, Any]] = [{"point": p, "by": by} for p in points]
+        cands, where = [], []
+        for i, p in enumerate(points):
+            try:
+                cands.append(candidate(self.specs.spec(p)))
+                where.append(i)
+            except ConfigError as e:
+                out[i]["error"] = f"ConfigError: {e}"
+        for i, metrics in zip(where, self.surrogate.metrics(cands), strict=True):
+            out[i]["metrics"] = metrics
+        self.seconds += time.perf_counter() - t0
+        self.evaluated += len(points)
+        return out
+
+    def __call__(self, point: Point, by: str = "") -> dict[str, Any]:
+        key = point_id(point)
+        if key in self.kept:
+            self.reused += 1
+            return self.kept[key]
+        entry = self.kept[key] = self.evaluate([point], by)[0]
+        return entry
+
+    def baseline(self) -> dict[str, Any]:
+        from vitsweep.predict.candidate import candidate
+
+        point = self.bench.baseline
+        c = candidate(self.specs.spec(point))
+        return {"point": point, "metrics": self.surrogate.baseline_metrics(c), "by": "baseline"}
+
+    def entries(self) -> list[dict[str, Any]]:
+        return list(self.kept.values())
+
+
+def random_points(bench: Bench, n: int, seed: int, chunk: int = 5000) -> Iterator[list[Point]]:
+    """`n` points of the space as the sweeper's random sampler draws them, in chunks (a fresh
+    in-memory study per chunk keeps each ask as cheap as the first)."""
+    sampler = optuna.samplers.RandomSampler(seed=seed)
+    for start in range(0, n, chunk):
+        study = optuna.create_study(sampler=sampler)
+        points = []
+        for _ in range(min(chunk, n - start)):
+            trial = study.ask()
+            points.append(bench.space.sample(trial, bench.base))
+            study.tell(trial, 0.0)
+        yield points
+
+
+def predicted_front(
+    bench: Bench,
+    ev: PredictedEvaluator,
+    n_random: int = PREDICTED_REFERENCE,
+    seed: int = 10**6,
+    progress: Callable[[str], None] | None = None,
+    reference_runs: Sequence[tuple[str, int, int]] = PREDICTED_REFERENCE_RUNS,
+) -> Front:
+    """The reference front of the predicted space: every point the samplers visited, the
+    long reference runs (`PREDICTED_REFERENCE_RUNS`), and `n_random` random configurations,
+    streamed (only the non-dominated ones are kept between chunks)."""
+    base = objective_values(bench, ev.baseline())
+    assert base is not None
+    directions = list(bench.objectives.values())
+    for name, run_seed, n in reference_runs:
+        t0 = time.perf_counter()
+        run_sampler(bench, ev, name, run_seed, n)
+        if progress is not None:
+            progress(
+                f"reference run {name}/{run_seed}: {n} trials in {time.perf_counter() - t0:.0f} s"
+            )
+    kept = [(e["point"], v) for e in ev.entries() if (v := objective_values(bench, e)) is not None]
+    by: dict[str, int] = {}
+    for e in ev.entries():
+        name = str(e.get("by", "")).split("/")[0] or "?"
+        by[name] = by.get(name, 0) + 1
+    evaluations = len(ev.entries())
+    front = _nondominated(kept, base, directions)
+    seen = {point_id(p) for p, _ in kept}
+    t0 = time.perf_counter()
+    for points in random_points(bench, n_random, seed):
+        fresh = []
+        for p in points:  # configurations not priced yet, each once
+            if (key := point_id(p)) not in seen:
+                seen.add(key)
+                fresh.append(p)
+        entries = ev.evaluate(fresh, by="random-reference")
+        rows = [(e["point"], v) for e in entries if (v := objective_values(bench, e)) is not None]
+        evaluations += len(fresh)
+        by["random-reference"] = by.get("random-reference", 0) + len(fresh)
+        front = _nondominated(front + rows, base, directions)
+        if progress is not None:
+            progress(
+                f"reference: {evaluations} configurations priced, {len(front)} on the front "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    values = [base, *(v for _, v in front)]
+    mask = pareto_mask(normalized_losses(values, base, directions))
+    return Front(
+        baseline=base,
+        directions=directions,
+        hypervolume=hypervolume(values, base, directions),
+        points=[p for p, _ in front],
+        baseline_on_front=bool(mask[0]),
+        evaluations=evaluations,
+        by=dict(sorted(by.items())),
+    )
+
+
+_WORKER: dict[str, Any] = {}  # a predicted-run worker process's bench and evaluator
+
+
+def _worker_init(experiment: str, overrides: tuple[str, ...]) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one sampler per core
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    bench = make_bench(experiment, overrides)
+    _WORKER.update(bench=bench, ev=PredictedEvaluator(bench))
+
+
+def _worker_run(name: str, seed: int, n: int) -> tuple[Run, list[dict[str, Any]], int, float]:
+    bench, ev = _WORKER["bench"], _WORKER["ev"]
+    before, evaluated, seconds = set(ev.kept), ev.evaluated, ev.seconds
+    run = run_sampler(bench, ev, name, seed, n)
+    fresh = [e for k, e in ev.kept.items() if k not in before]
+    return run, fresh, ev.evaluated - evaluated, ev.seconds - seconds
+
+
+def predicted_runs(
+    bench: Bench,
+    ev: PredictedEvaluator,
+    overrides: Sequence[str],
+    samplers: Sequence[str],
+    seeds: int,
+    n: int,
+    workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[Run]:
+    """Every sampler x seed on the surrogate, in `workers` processes (each its own surrogate;
+    a GP run at 4 objectives spends minutes in its model fits, the rest is milliseconds).
+    The points each run visited join `ev`, for the reference front."""
+    jobs = [(name, seed) for name in samplers for seed in range(seeds)]
+    t0 = time.perf_counter()
+    if workers <= 1:
+        runs = {}
+        for name, seed in jobs:
+            runs[(name, seed)] = run_sampler(bench, ev, name, seed, n)
+            if progress is not None and seed == seeds - 1:
+                progress(f"{name}: {seeds} seeds x {n} trials ({time.perf_counter() - t0:.0f} s)")
+        return [runs[j] for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    runs = {}
+    # spawn: a clean interpreter per worker (forking a process that has run torch can hang)
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(bench.experiment, tuple(overrides)),
+    ) as pool:
+        slow_first = sorted(jobs, key=lambda j: j[0] != "gp")  # gp runs take the longest
+        futures = {pool.submit(_worker_run, *job, n): job for job in slow_first}
+        for done, future in enumerate(as_completed(futures), 1):
+            run, fresh, evaluated, seconds = future.result()
+            runs[futures[future]] = run
+            for entry in fresh:
+                ev.kept.setdefault(point_id(entry["point"]), entry)
+            ev.evaluated += evaluated
+            ev.seconds += seconds
+            if progress is not None:
+                progress(
+                    f"{run.sampler}/{run.seed}: {len(run.values)} trials, {run.repeats} repeats "
+                    f"({done}/{len(jobs)}, {time.perf_counter() - t0:.0f} s)"
+                )
+    return [runs[j] for j in jobs]
+
+
+def _nondominated(
+    rows: list[tuple[Point, tuple[float, ...]]], base: tuple[float, ...], directions: list[str]
+) -> list[tuple[Point, tuple[float, ...]]]:
+    if not rows:
+        return rows
+    mask = pareto_mask(normalized_losses([v for _, v in rows], base, directions))
+    return [r for r, on in zip(rows, mask, strict=True) if on]
+
+
 # ------------------------------------------------------------------------ front and samplers
 
 
@@ -368,15 +604,19 @@ class Run:
     values: list[tuple[float, ...] | None]
     sampler_s: float  # time spent inside Optuna (ask + suggest + tell), evaluations excluded
     distinct: int  # distinct configurations visited
+    repeats: int = 0  # proposals that repeated a visited configuration: told, not counted
     fractions: list[float] = field(default_factory=list)  # set by `score`
 
     @property
     def label(self) -> str:
         return self.sampler
 
-    def score(self, front: Front) -> None:
+    def score(self, front: Front, length: int = 0) -> None:
+        """Fractions after 1, 2, ... complete trials; a run its sampler ended early (repeats
+        only) keeps its last fraction up to `length`, as the study it replays would have."""
         values = [front.baseline if v is None else v for v in self.values]
         self.fractions = [front.fraction(values[:n]) for n in range(1, len(values) + 1)]
+        self.fractions += self.fractions[-1:] * (length - len(self.fractions))
 
     def at(self, budget: int) -> float:
         return self.fractions[min(budget, len(self.fractions)) - 1]
@@ -392,10 +632,13 @@ def run_sampler(
 ) -> Run:
     """Drive the product's sampler over the product's space for `n_trials` complete trials
     (fewer if `deadline`, a `time.time()`, passes), each configuration looked up in the cache
-    or evaluated; the baseline is the study's param-less trial 0, as in the product."""
+    or evaluated; the baseline is the study's param-less trial 0, as in the product. As in
+    the product (`StudyLoop`), a proposal that repeats a visited configuration is told its
+    values but costs no budget, and `max_repeats` of them in a row end the run."""
     spec = dataclasses.replace(bench.sampler, name=name, seed=seed)
     values: list[tuple[float, ...] | None] = []
     seen: set[str] = set()
+    repeats = in_a_row = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings of gp and friends
         sampler = make_sampler(spec, bench.space)
@@ -409,8 +652,10 @@ def run_sampler(
             point = None if baseline else bench.space.sample(trial, bench.base)
             busy += time.perf_counter() - t0
             value: tuple[float, ...] | None = None
+            repeat = False
             if point is not None:
                 value = objective_values(bench, ev(point, by=f"{name}/{seed}"))
+                repeat = point_id(point) in seen
                 seen.add(point_id(point))
             t0 = time.perf_counter()
             if baseline:  # hidden from the samplers: any values do; scored as the baseline's
@@ -420,15 +665,23 @@ def run_sampler(
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, list(value))
-                values.append(value)
+                if not repeat:
+                    values.append(value)
             busy += time.perf_counter() - t0
-    return Run(name, seed, values, busy, len(seen))
+            repeats += repeat
+            in_a_row = in_a_row + 1 if repeat else 0
+            if in_a_row >= bench.max_repeats:
+                break  # converged: the product's loop ends the study here
+    return Run(name, seed, values, busy, len(seen), repeats)
 
 
 def run_key(bench: Bench, name: str, seed: int) -> str:
     """What decides a replay's trials besides the cache: the sampler as built, Optuna's version."""
     spec = dataclasses.replace(bench.sampler, name=name, seed=seed)
-    text = json.dumps([bench.context_id, dataclasses.asdict(spec), optuna.__version__], default=str)
+    text = json.dumps(
+        [bench.context_id, dataclasses.asdict(spec), optuna.__version__, "repeats-free"],
+        default=str,
+    )
     return "run-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -443,10 +696,14 @@ def table_run(bench: Bench, ev: Evaluator, runs: EvalCache, name: str, seed: int
         rec = runs.get(key)
     if rec is not None and len(rec["values"]) >= n:
         values = [None if v is None else tuple(v) for v in rec["values"][:n]]
-        return Run(name, seed, values, rec["sampler_s"] * n / len(rec["values"]), rec["distinct"])
+        share = n / len(rec["values"])
+        return Run(
+            name, seed, values, rec["sampler_s"] * share, rec["distinct"], rec.get("repeats", 0)
+        )
     run = run_sampler(bench, ev, name, seed, n)
     if len(run.values) == n:
-        entry = {k: getattr(run, k) for k in ("sampler", "seed", "values", "sampler_s", "distinct")}
+        keys = ("sampler", "seed", "values", "sampler_s", "distinct", "repeats")
+        entry = {k: getattr(run, k) for k in keys}
         runs.put(key, entry, replace=True)
     return run
 
@@ -652,7 +909,7 @@ def describe(space: SearchSpace) -> str:
 @dataclass
 class Result:
     bench: Bench
-    evaluator: Evaluator
+    evaluator: Evaluator | PredictedEvaluator
     front: Front
     runs: list[Run]
     budgets: tuple[int, ...]
@@ -661,6 +918,7 @@ class Result:
     stops: dict[str, StopCheck]
     sampler_seconds: dict[str, float] = field(default_factory=dict)  # label -> s per trial
     seeds: int = SEEDS
+    predicted: bool = False
 
     def sections(self) -> list[Section]:
         b, ev, f, v = self.bench, self.evaluator, self.front, self.verdict
@@ -676,6 +934,8 @@ class Result:
             s = self.stops[label]
             cells[f"stop_when at n={s.n_trials}: saved / lost"] = f"{s.saving:.0%} / {s.loss:.1%}"
             cells["sampler ms/trial"] = round(1000 * self.sampler_seconds[label], 1)
+            mine = [r for r in self.runs if r.label == label]
+            cells["repeats avoided (median)"] = statistics.median(r.repeats for r in mine)
             rows.append(cells)
         targets = []
         allowed = [n for n in self.budgets if n <= TARGET_BUDGET]
@@ -705,22 +965,39 @@ class Result:
         short = (
             f" (fewer than the {REFERENCE_MIN} asked for)" if f.evaluations < REFERENCE_MIN else ""
         )
+        if isinstance(ev, PredictedEvaluator):
+            judged = [
+                f"every configuration priced on the predictors ({ev.surrogate.describe()}; "
+                f"{ev.surrogate.source}), {ev.evaluated:,} in {ev.seconds:.0f} s; baseline = "
+                f"{base}, its accuracy as measured",
+                "a repeat (a proposal equal to a visited configuration) is told its values and "
+                f"costs no budget, as in the product; {b.max_repeats} in a row end a run",
+            ]
+        else:
+            judged = [
+                f"evaluations: {ev.evaluated} run now ({ev.seconds:.0f} s), {ev.reused} looked "
+                f"up in the cache ({cache_path(b)}); median trial.run "
+                f"{statistics.median(float(e.get('seconds', 0.0)) for e in ev.entries()):.2f} s",
+                "throughput (and energy, an estimate from it) is one quick measurement per "
+                "configuration on a shared 2-core machine: the reference front holds the lucky "
+                "measurements of many configurations, so 100% is a high bar",
+            ]
         notes = [
             f"space: {describe(b.space)}, as the sweeper samples it (per-layer heads and MLP "
-            f"ratio up to the deepest depth, ignored past the trial's); each configuration "
-            f"evaluated once with {', '.join(b.overrides)}; baseline = {base}",
+            f"ratio up to the deepest depth, ignored past the trial's)"
+            + (
+                ""
+                if self.predicted
+                else f"; each configuration evaluated once with "
+                f"{', '.join(b.overrides)}; baseline = {base}"
+            ),
             f"reference front: {len(f.points)} of {f.evaluations} cached evaluations{short}"
             + (" plus the baseline" if f.baseline_on_front else "")
             + f", hypervolume {f.hypervolume:.4g} (baseline alone: 1); evaluated first by "
             + ", ".join(f"{k} {n}" for k, n in f.by.items()),
             f"cells: median fraction of the reference hypervolume over seeds 0–{self.seeds - 1} "
             "(min–max), after n complete trials, the enqueued baseline trial 0 included",
-            f"evaluations: {ev.evaluated} run now ({ev.seconds:.0f} s), {ev.reused} looked up in "
-            f"the cache ({cache_path(b)}); median trial.run "
-            f"{statistics.median(float(e.get('seconds', 0.0)) for e in ev.entries()):.2f} s",
-            "throughput (and energy, an estimate from it) is one quick measurement per "
-            "configuration on a shared 2-core machine: the reference front holds the lucky "
-            "measurements of many configurations, so 100% is a high bar",
+            *judged,
             f"recommendation: {v.reason}; default sampler `{v.sampler}`, `n_trials: {v.n_trials}`"
             f", `stop_when.enabled: {str(chosen.worth_it).lower()}` (per seed it stops after "
             f"{chosen.stopped_at} trials)",
@@ -731,7 +1008,8 @@ class Result:
         return [
             Section(
                 title=f"Sampler benchmark: fraction of the reference front's hypervolume "
-                f"({b.experiment}, conditional space)",
+                f"({b.experiment}, conditional space, "
+                f"{'on the predictors' if self.predicted else 'real evaluations'})",
                 rows=rows,
                 targets=targets,
                 notes=notes,
@@ -741,6 +1019,7 @@ class Result:
     def data(self) -> dict[str, Any]:
         return {
             "experiment": self.bench.experiment,
+            "predicted": self.predicted,
             "space": describe(self.bench.space),
             "baseline": self.bench.baseline,
             "objectives": self.bench.objectives,
@@ -770,37 +1049,59 @@ def benchmark(
     reference: int = REFERENCE_MIN,
     deadline: float | None = None,
     progress: Callable[[str], None] | None = None,
+    predicted: bool = False,
+    reference_runs: Sequence[tuple[str, int, int]] = PREDICTED_REFERENCE_RUNS,
+    workers: int = 1,
 ) -> Result:
-    """Run every sampler x seed up to the largest budget (evaluating what is new), top the cache
-    up to `reference` evaluations with the reference runs, then score every run against the
-    front of the whole cache."""
+    """Run every sampler x seed up to the largest budget, then score every run against the
+    reference front. `predicted`: every point priced on the surrogate, the reference front
+    streamed from `reference` random configurations and long runs. Else every point evaluated
+    for real (cached; what is new is evaluated), and the cache topped up to `reference`
+    evaluations with the reference runs, whose whole front is the reference."""
     bench = make_bench(experiment, overrides)
-    ev = Evaluator(bench, progress=progress)
+    ev: Evaluator | PredictedEvaluator
+    if predicted:
+        ev = PredictedEvaluator(bench, progress=progress)
+    else:
+        ev = Evaluator(bench, progress=progress)
+        records = EvalCache(runs_path(bench))
     ev.baseline()
-    records = EvalCache(runs_path(bench))
     n = max(budgets)
-    runs, seconds = [], {}
+    if isinstance(ev, PredictedEvaluator):
+        runs = predicted_runs(bench, ev, overrides, samplers, seeds, n, workers, progress)
+    else:
+        runs = []
+        for name in samplers:
+            t0 = time.perf_counter()
+            runs += [table_run(bench, ev, records, name, seed, n) for seed in range(seeds)]
+            if progress is not None:
+                progress(f"{name}: {seeds} seeds x {n} trials in {time.perf_counter() - t0:.0f} s")
+    seconds = {}
     for name in samplers:
-        t0 = time.perf_counter()
-        mine = [table_run(bench, ev, records, name, seed, n) for seed in range(seeds)]
-        runs += mine
-        seconds[name] = sum(r.sampler_s for r in mine) / (seeds * n)
-        if progress is not None:
-            progress(f"{name}: {seeds} seeds x {n} trials in {time.perf_counter() - t0:.0f} s")
-    build_reference(bench, ev, reference, deadline, progress)
-    ev.cache.refresh()  # what a reference run beside this one appended meanwhile
-    front = reference_front(bench, ev)
+        mine = [r for r in runs if r.sampler == name]
+        seconds[name] = sum(r.sampler_s for r in mine) / max(1, sum(len(r.values) for r in mine))
+    if isinstance(ev, PredictedEvaluator):
+        front = predicted_front(
+            bench, ev, reference, progress=progress, reference_runs=reference_runs
+        )
+    else:
+        build_reference(bench, ev, reference, deadline, progress)
+        ev.cache.refresh()  # what a reference run beside this one appended meanwhile
+        front = reference_front(bench, ev)
     for r in runs:
-        r.score(front)
+        r.score(front, n)
     table = summarize(runs, budgets)
     verdict = recommend(table, budgets)
     stops = {s: stop_check(runs, s, verdict.n_trials, bench.stop) for s in table}
-    return Result(bench, ev, front, runs, tuple(budgets), table, verdict, stops, seconds, seeds)
+    return Result(
+        bench, ev, front, runs, tuple(budgets), table, verdict, stops, seconds, seeds, predicted
+    )
 
 
 def run(quick: bool = False) -> list[Section]:
-    """The `python -m vitsweep.bench` interface (`--only search`)."""
-    return _main_result(quick, "smoke" if quick else "xray", None).sections()
+    """The `python -m vitsweep.bench` interface (`--only search`): on the predictors (quick:
+    real evaluations of the smoke experiment, which has no committed predictor data)."""
+    return _main_result(quick, "smoke" if quick else "xray", None, predicted=not quick).sections()
 
 
 def _main_result(
@@ -809,8 +1110,12 @@ def _main_result(
     out_dir: Path | None,
     deadline: float | None = None,
     overrides: Sequence[str] = (),
-    seeds: int = SEEDS,
+    seeds: int | None = None,
     budgets: Sequence[int] = BUDGETS,
+    predicted: bool = True,
+    samplers: Sequence[str] = SAMPLERS,
+    reference: int | None = None,
+    workers: int = 1,
 ) -> Result:
     if quick:
         res = benchmark(
@@ -818,18 +1123,34 @@ def _main_result(
         )
     else:
         res = benchmark(
-            experiment, overrides, seeds=seeds, budgets=budgets, deadline=deadline, progress=_print
+            experiment,
+            overrides,
+            samplers=samplers,
+            seeds=seeds or (PREDICTED_SEEDS if predicted else SEEDS),
+            budgets=budgets,
+            reference=reference or (PREDICTED_REFERENCE if predicted else REFERENCE_MIN),
+            deadline=deadline,
+            progress=_print,
+            predicted=predicted,
+            workers=workers,
         )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "search_data.json").write_text(json.dumps(res.data(), indent=1, default=str))
+        name = section_name(res.predicted or quick)
+        (out_dir / f"{name}_data.json").write_text(json.dumps(res.data(), indent=1, default=str))
+        how = "priced configurations" if res.predicted else "evaluations"
         plot(
             res.runs,
-            out_dir / "search.png",
+            out_dir / f"{name}.png",
             f"{res.bench.experiment}: conditional space, reference front of "
-            f"{res.front.evaluations} evaluations, {res.seeds} seeds",
+            f"{res.front.evaluations:,} {how}, {res.seeds} seeds",
         )
     return res
+
+
+def section_name(predicted: bool) -> str:
+    """The README block (and file stem under multirun/bench/) of a run of this bench."""
+    return "search" if predicted else "search-real"
 
 
 def _print(*args: Any) -> None:
@@ -854,7 +1175,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m vitsweep.bench.search", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--quick", action="store_true", help="experiment=smoke, 2 seeds, 8 trials")
+    ap.add_argument(
+        "--quick", action="store_true", help="experiment=smoke, real evaluations, 2 seeds, 8 trials"
+    )
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="evaluate every configuration for real (cached), not on the predictors: the check "
+        "of the chosen default against random (e.g. --samplers gp,random --seeds 3 "
+        "--budgets 10,20,40)",
+    )
+    ap.add_argument(
+        "--samplers",
+        type=lambda t: tuple(x for x in t.split(",") if x),
+        default=SAMPLERS,
+        help=f"comma-separated (default {','.join(SAMPLERS)})",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for the sampler runs on the predictors (default: one per core)",
+    )
+    ap.add_argument(
+        "--reference",
+        type=int,
+        default=None,
+        help=f"configurations behind the reference front (default {PREDICTED_REFERENCE:,} "
+        f"priced, {REFERENCE_MIN:,} real)",
+    )
     ap.add_argument("--experiment", default=None, help="default: xray (smoke with --quick)")
     ap.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     ap.add_argument(
@@ -866,7 +1215,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="comma-separated samplers: only run (and record) their table runs, then the "
         "reference runs until --until; no table. For several processes sharing the cache",
     )
-    ap.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds 0..n-1 (default {SEEDS})")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds 0..n-1 (default {PREDICTED_SEEDS}; --real {SEEDS})",
+    )
     ap.add_argument(
         "--budgets",
         type=lambda t: tuple(int(x) for x in t.split(",")),
@@ -903,7 +1257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = EvalCache(runs_path(bench))
         if args.with_baseline:
             ev.baseline()
-        order = args.seed_list or range(args.seed_from, args.seeds)
+        order = args.seed_list or range(args.seed_from, args.seeds or SEEDS)
         for seed in order:
             for name in filter(None, args.work.split(",")):
                 run = table_run(bench, ev, records, name, seed, max(args.budgets))
@@ -914,15 +1268,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     out_dir = Path("multirun") / "bench" / ("quick" if args.quick else "")
     res = _main_result(
-        args.quick, experiment, out_dir, deadline, args.overrides, args.seeds, args.budgets
+        args.quick,
+        experiment,
+        out_dir,
+        deadline,
+        args.overrides,
+        args.seeds,
+        args.budgets,
+        predicted=not (args.real or args.quick),
+        samplers=args.samplers,
+        reference=args.reference,
+        workers=args.workers,
     )
     sections = res.sections()
+    name = section_name(res.predicted or args.quick)
     for s in sections:
         s.notes.append(f"search: {time.perf_counter() - t0:.0f} s on {machine()}")
         s.notes.append(
-            f"plot: {out_dir / 'search.png'}; per-run curves: {out_dir / 'search_data.json'}"
+            f"plot: {out_dir / f'{name}.png'}; per-run curves: {out_dir / f'{name}_data.json'}"
         )
-    (out_dir / "search.json").write_text(
+    (out_dir / f"{name}.json").write_text(
         json.dumps([dataclasses.asdict(s) for s in sections], indent=2, default=str)
     )
     print(markdown(sections), flush=True)

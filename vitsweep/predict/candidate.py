@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitsweep.models.build import vit_shape
 from vitsweep.models.spaces import arch_shape
 from vitsweep.spec import ConfigError, TrialSpec
 from vitsweep.tome.schedule import make_schedule, token_counts_for
@@ -39,6 +40,12 @@ class Candidate:
     r: tuple[int, ...]  # tokens merged after each block, as capped at run time
     tokens: int  # tokens entering the first block (patches + class token)
     precision: str
+    cast: str = "autocast"  # fp16/bf16: "full" casts the weights (time and bytes differ)
+
+    @property
+    def runs_as(self) -> str:
+        """The precision as it executes and is stored: "bf16" (autocast) or "bf16-full"."""
+        return f"{self.precision}-full" if self.cast == "full" else self.precision
 
     @property
     def depth(self) -> int:
@@ -65,13 +72,26 @@ class Candidate:
 
 
 def candidate(spec: TrialSpec) -> Candidate:
-    """The candidate a supernet trial measures (`arch.kind=supernet`)."""
+    """The candidate a trial measures: a supernet's subnet (`arch.kind=supernet`), or a ViT
+    built from its dims (`arch.kind=vit`, a study's baseline), whose cost is priced alike."""
     arch = spec.arch
-    if arch.kind != "supernet" or arch.space is None:
+    if arch.kind == "supernet" and arch.space is not None:
+        shape = arch_shape(arch.space, arch)
+        head_dim = shape.head_dim
+    elif arch.kind == "vit" and arch.timm_name is None and arch.pretrained is None:
+        shape = vit_shape(arch)
+        dims = {arch.head_dim or arch.embed_dim // h for h in shape.num_heads}
+        if len(dims) != 1:
+            raise ConfigError(
+                f"arch.num_heads={list(shape.num_heads)}: the predictors need one head dim "
+                f"for every layer; set arch.head_dim"
+            )
+        head_dim = dims.pop()
+    else:
         raise ConfigError(
-            f"arch.kind={arch.kind!r}: the predictors describe supernet subnets; valid: supernet"
+            f"arch.kind={arch.kind!r}: the predictors describe supernet subnets and ViTs built "
+            "from their dims (no timm_name, no pretrained); valid: supernet, vit"
         )
-    shape = arch_shape(arch.space, arch)
     tokens = (arch.img_size // arch.patch_size) ** 2 + NUM_PREFIX
     token = spec.token
     if token.mode == "tome":
@@ -93,8 +113,9 @@ def candidate(spec: TrialSpec) -> Candidate:
         embed_dim=shape.embed_dim,
         heads=tuple(shape.num_heads),
         mlp_ratio=tuple(float(m) for m in shape.mlp_ratio),
-        head_dim=shape.head_dim,
+        head_dim=head_dim,
         r=ran,
         tokens=tokens,
         precision=spec.precision.mode,
+        cast=spec.precision.cast if spec.precision.mode in ("fp16", "bf16") else "autocast",
     )

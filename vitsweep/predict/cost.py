@@ -53,6 +53,7 @@ from vitsweep.precision import apply_precision
 from vitsweep.precision.latency import batch1_seconds
 from vitsweep.precision.pt2e import quantize_pt2e
 from vitsweep.predict.candidate import NUM_PREFIX, Block, Candidate
+from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
 from vitsweep.tome import apply_tome, block_forward
 
@@ -78,11 +79,44 @@ class Geometry:
     num_classes: int
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
+def precision_spec(runs_as: str) -> PrecisionSpec:
+    """The precision a table label (`Candidate.runs_as`: "int8", "bf16", "bf16-full") names."""
+    mode, _, cast = runs_as.partition("-")
+    if mode not in PRECISIONS or cast not in ("", "full"):
         raise ConfigError(
-            f"precision={precision}: the cost predictor times {', '.join(PRECISIONS)}"
+            f"precision={runs_as}: the cost predictor times {', '.join(PRECISIONS)} "
+            "(fp16/bf16 under autocast or a full cast)"
         )
+    return PrecisionSpec(mode=mode, cast="full" if cast else "autocast")
+
+
+def seeded_vit(shape: ViTShape, g: Geometry) -> nn.Module:
+    """A seeded ViT of `shape` at the study's geometry, in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_vit(
+            shape,
+            img_size=g.img_size,
+            patch_size=g.patch_size,
+            in_chans=g.in_chans,
+            num_classes=g.num_classes,
+        ).eval()
+
+
+def build_whole(c: Candidate, g: Geometry, prop_attn: bool = True) -> tuple[nn.Module, RunContext]:
+    """The candidate built whole with random weights (its time and storage do not depend on
+    their values), ToMe and its precision applied as `trial.build` applies them, calibrated
+    on random images."""
+    from torch.utils.data import TensorDataset
+
+    vit = seeded_vit(ViTShape(c.embed_dim, c.depth, c.heads, c.mlp_ratio, c.head_dim), g)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(32, g.in_chans, g.img_size, g.img_size, generator=gen)
+    if any(c.r):
+        apply_tome(vit, list(c.r), prop_attn=prop_attn)
+    calib = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
+    spec = precision_spec(c.runs_as)
+    return apply_precision(vit, spec, calib=calib, calib_batch_size=16)
 
 
 class _BlockRuns(nn.Module):
@@ -97,7 +131,8 @@ class _BlockRuns(nn.Module):
     def forward(self, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = []
         for k in range(xs.shape[0]):
-            size = None if self.sizes is None else self.sizes[k]
+            # float32 as ToMe keeps them under any cast (a full cast casts this buffer too)
+            size = None if self.sizes is None else self.sizes[k].float()
             out.append(block_forward(self.blk, xs[k], size, self.merged, NUM_PREFIX, self.prop)[0])
         return tuple(out)
 
@@ -138,6 +173,23 @@ class CostTable:
         )
         self.measured = 0  # entries this table timed (the rest came from the file)
         self.model: BlockModel | None = None  # predicts the blocks the table lacks
+        self.frozen: str | None = None  # read-only, from this source: a miss is an error
+
+    @classmethod
+    def committed(
+        cls,
+        entries: dict[str, float],
+        source: str,
+        timing: MeasureSpec,
+        geometry: Geometry,
+        prop_attn: bool = True,
+    ) -> CostTable:
+        """A table measured elsewhere (a committed data file, `source`): read-only, so that
+        nothing is timed on a machine it does not describe."""
+        table = cls(None, timing, geometry, prop_attn)
+        table.entries = {k: float(v) for k, v in entries.items()}
+        table.frozen = source
+        return table
 
     # -- entries -------------------------------------------------------------------------------
 
@@ -201,7 +253,7 @@ class CostTable:
         mlp = ",".join(f"{m:g}" for m in c.mlp_ratio)
         r = ",".join(map(str, c.r))
         return (
-            f"whole|{c.precision}|batch={batch}|{self._geometry_key()}|embed={c.embed_dim}|"
+            f"whole|{c.runs_as}|batch={batch}|{self._geometry_key()}|embed={c.embed_dim}|"
             f"heads={heads}x{c.head_dim}|mlp={mlp}|r={r}|prop={self.prop_attn}"
         )
 
@@ -218,6 +270,11 @@ class CostTable:
         return max(call - self.call_s(precision), 0.0) / repeats(batch)
 
     def _entry(self, key: str, measure: Callable[[], float]) -> float:
+        if key not in self.entries and self.frozen is not None:
+            raise ConfigError(
+                f"{self.frozen}: no entry {key!r}, and it is not timed here (measured on "
+                "another machine); collect it again with python -m vitsweep.bench.predictors"
+            )
         if key not in self.entries:
             self.entries[key] = measure()
             self.measured += 1
@@ -228,33 +285,13 @@ class CostTable:
     # -- timing --------------------------------------------------------------------------------
 
     def _vit(self, shape: ViTShape) -> nn.Module:
-        """A seeded ViT of `shape` at the study's geometry, in eval mode."""
-        g = self.geometry
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return build_vit(
-                shape,
-                img_size=g.img_size,
-                patch_size=g.patch_size,
-                in_chans=g.in_chans,
-                num_classes=g.num_classes,
-            ).eval()
+        return seeded_vit(shape, self.geometry)
 
     def _time_whole(self, c: Candidate, batches: Sequence[int]) -> dict[int, float]:
         """Median seconds per forward of the candidate built whole (random weights), its
         precision applied and compiled as `trial.build` and `measure.compile_model` do it."""
-        from torch.utils.data import TensorDataset
-
         g = self.geometry
-        _check_precision(c.precision)
-        vit = self._vit(ViTShape(c.embed_dim, c.depth, c.heads, c.mlp_ratio, c.head_dim))
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randn(32, g.in_chans, g.img_size, g.img_size, generator=gen)
-        if any(c.r):
-            apply_tome(vit, list(c.r), prop_attn=self.prop_attn)
-        calib = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-        spec = PrecisionSpec(mode=c.precision)
-        model, ctx = apply_precision(vit, spec, calib=calib, calib_batch_size=16)
+        model, ctx = build_whole(c, g, self.prop_attn)
         sample = (g.in_chans, g.img_size, g.img_size)
         with thread_scope(self.timing.threads):
             run, ctx, _ = compile_model(model, ctx, self.timing, sample, tuple(batches))
@@ -293,12 +330,12 @@ class CostTable:
     def _time(self, module: nn.Module, xs: torch.Tensor, precision: str) -> float:
         """Seconds per call of `module` (all its repeats) at `precision`, timed as a trial
         times it."""
-        _check_precision(precision)
+        spec = precision_spec(precision)
         if precision == "int8":  # exported and calibrated outside inference mode, as a trial
             run = compile_program(quantize_pt2e(module, [xs, xs.neg()]))
             with thread_scope(self.timing.threads), torch.inference_mode():
                 return batch1_seconds(lambda: run(xs), self.timing)
-        module, ctx = apply_precision(module, PrecisionSpec(mode=precision))
+        module, ctx = apply_precision(module, spec)
         with thread_scope(self.timing.threads), torch.inference_mode():
             x = ctx.prepare(xs)
 
@@ -310,7 +347,7 @@ class CostTable:
 
 
 _BLOCK_KEY = re.compile(
-    r"block\|(?P<precision>\w+)\|batch=(?P<batch>\d+)\|embed=(?P<embed>\d+)\|heads=(?P<heads>\d+)x"
+    r"block\|(?P<precision>[\w-]+)\|batch=(?P<batch>\d+)\|embed=(?P<embed>\d+)\|heads=(?P<heads>\d+)x"
     r"(?P<head_dim>\d+)\|mlp=(?P<mlp>[\d.e+-]+)\|tokens=(?P<tokens>\d+)\|merged=(?P<merged>\d+)\|"
     r"sizes=(?P<sizes>True|False)\|"
 )
@@ -424,8 +461,8 @@ class CostPredictor:
     ) -> None:
         self.table, self.batch_size = table, batch_size
         self.offsets: dict[tuple[str, int], float] = {}
-        for precision in sorted({c.precision for c in references}):
-            refs = [c for c in references if c.precision == precision]
+        for precision in sorted({c.runs_as for c in references}):
+            refs = [c for c in references if c.runs_as == precision]
             for batch in sorted({batch_size, 1}):
                 parts = [self.parts_s(c, batch) for c in refs]
                 whole = [table.whole_s(c, batch) for c in refs]
@@ -433,14 +470,14 @@ class CostPredictor:
 
     def parts_s(self, c: Candidate, batch: int) -> float:
         """Seconds of one forward of `batch` images as the sum of its parts."""
-        t = self.table
-        return t.fixed_s(c.embed_dim, c.head_dim, c.precision, batch) + sum(
-            t.block_s(b, c.precision, batch) for b in c.blocks()
+        t, p = self.table, c.runs_as
+        return t.fixed_s(c.embed_dim, c.head_dim, p, batch) + sum(
+            t.block_s(b, p, batch) for b in c.blocks()
         )
 
     def step_s(self, c: Candidate, batch: int) -> float:
         """Predicted seconds of one forward of `batch` images."""
-        return self.parts_s(c, batch) + self.offsets.get((c.precision, batch), 0.0)
+        return self.parts_s(c, batch) + self.offsets.get((c.runs_as, batch), 0.0)
 
     def predict(self, c: Candidate) -> Cost:
         return Cost(

@@ -1,0 +1,96 @@
+"""The study priced on its predictors (issue #30 item 5): exact storage from the bytes model,
+the committed cost table read but never timed on another machine, and prices that move the
+way the work does. (The search bench on it: test_bench_search_predicted.py.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vitsweep import config
+from vitsweep.predict.candidate import Candidate, candidate
+from vitsweep.predict.cost import Geometry
+from vitsweep.predict.surrogate import METRICS, BytesModel, Surrogate, count_bytes
+from vitsweep.spec import ConfigError
+
+
+def test_the_bytes_model_is_exact_on_candidates_it_never_saw(one_thread: None) -> None:
+    g = Geometry(img_size=16, patch_size=4, in_chans=1, num_classes=3)
+    shapes = [
+        (16, (1,), (2.0,)),
+        (32, (2,), (4.0,)),
+        (16, (2, 1), (4.0, 2.0)),
+        (32, (1, 1), (2.0, 2.0)),
+        (32, (2, 2, 1), (2.0, 4.0, 4.0)),
+        (16, (1, 2, 2), (2.0, 2.0, 4.0)),
+        (32, (1, 2), (4.0, 4.0)),
+        (16, (2, 2, 2), (4.0, 2.0, 2.0)),
+    ]
+    held_out = [(32, (2, 1, 2), (2.0, 2.0, 4.0)), (16, (1, 1), (4.0, 4.0))]
+
+    def cands(rows: list, precision: str) -> list[Candidate]:
+        return [Candidate(e, h, m, 8, (0,) * len(h), 17, precision) for e, h, m in rows]
+
+    for precision in ("fp32", "int8"):
+        model = BytesModel.fit([(c, count_bytes(c, g)) for c in cands(shapes, precision)], g)
+        for c in cands(held_out, precision):
+            counted = count_bytes(c, g)
+            assert model.predict(c, g) == pytest.approx(counted, rel=1e-3), (precision, c)
+    with pytest.raises(ConfigError, match="precision=bf16"):
+        model.predict(cands(held_out, "bf16")[0], g)
+
+
+@pytest.fixture(scope="module")
+def surrogate() -> Surrogate:
+    return Surrogate.load("xray")
+
+
+def _xray(point: dict) -> Candidate:
+    return candidate(config.PointSpecs(["experiment=xray", "tracking=none"]).spec(point))
+
+
+POINT = {
+    "token.r": 2,
+    "precision": "fp32",
+    "arch.embed_dim": 64,
+    "arch.depth": 4,
+    "arch.num_heads": [2, 4, 1, 2],
+    "arch.mlp_ratio": [3.0, 4.0, 2.0, 3.0],
+}
+
+
+def test_the_committed_study_is_priced_the_way_the_work_moves(surrogate: Surrogate) -> None:
+    c = _xray(POINT)
+    deeper = _xray({**POINT, "arch.depth": 5, "arch.num_heads": [2, 4, 1, 2, 4],
+                    "arch.mlp_ratio": [3.0, 4.0, 2.0, 3.0, 4.0]})  # fmt: skip
+    m, d = surrogate.metrics([c, deeper])
+    assert set(m) == set(METRICS)
+    assert 0.5 < m["accuracy"] <= 1.0
+    # a block more is never free: the parts are timed or priced non-negative
+    assert d["throughput"] < m["throughput"] and d["latency_ms"] > m["latency_ms"]
+    assert d["model_bytes"] > m["model_bytes"]
+    assert m["energy"] == pytest.approx(surrogate.timing.watts / m["throughput"])
+    stored = {
+        p: surrogate.metrics([dataclasses.replace(c, precision=p, cast=cast)])[0]["model_bytes"]
+        for p, cast in (("fp32", "autocast"), ("bf16", "full"), ("int8", "autocast"))
+    }
+    # xray casts bf16 fully: every weight in two bytes; int8 weights take one (plus scales)
+    assert stored["bf16"] == pytest.approx(stored["fp32"] / 2, rel=1e-3)
+    assert stored["int8"] < stored["bf16"]
+
+
+def test_the_baseline_keeps_its_measured_accuracy(surrogate: Surrogate) -> None:
+    base = _xray(surrogate.baseline_point)
+    assert base.embed_dim == 192 and base.depth == 6 and base.precision == "fp32"
+    m = surrogate.baseline_metrics(base)
+    assert m["accuracy"] == surrogate.baseline_accuracy
+    assert m["throughput"] > 0 and m["model_bytes"] > 0
+
+
+def test_a_committed_table_is_never_timed_on_this_machine(surrogate: Surrogate) -> None:
+    odd = dataclasses.replace(_xray(POINT), embed_dim=80)  # no embed dim of the space
+    with pytest.raises(ConfigError, match=r"xray_cost\.json: no entry 'fixed"):
+        surrogate.metrics([odd])
+    assert surrogate.table.measured == 0
