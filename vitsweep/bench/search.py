@@ -1101,7 +1101,9 @@ def benchmark(
 def run(quick: bool = False) -> list[Section]:
     """The `python -m vitsweep.bench` interface (`--only search`): on the predictors (quick:
     real evaluations of the smoke experiment, which has no committed predictor data)."""
-    return _main_result(quick, "smoke" if quick else "xray", None, predicted=not quick).sections()
+    experiment = "smoke" if quick else "xray"
+    workers = os.cpu_count() or 1
+    return _main_result(quick, experiment, None, predicted=not quick, workers=workers).sections()
 
 
 def _main_result(
