@@ -419,10 +419,7 @@ def predicted_front(
                 f"reference run {name}/{run_seed}: {n} trials in {time.perf_counter() - t0:.0f} s"
             )
     kept = [(e["point"], v) for e in ev.entries() if (v := objective_values(bench, e)) is not None]
-    by: dict[str, int] = {}
-    for e in ev.entries():
-        name = str(e.get("by", "")).split("/")[0] or "?"
-        by[name] = by.get(name, 0) + 1
+    by = first_by(ev.entries())
     evaluations = len(ev.entries())
     front = _nondominated(kept, base, directions)
     seen = {point_id(p) for p, _ in kept}
@@ -569,6 +566,15 @@ def pareto_mask(losses: np.ndarray) -> np.ndarray:
     return keep
 
 
+def first_by(entries: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Who first evaluated the entries: sampler name -> count."""
+    by: dict[str, int] = {}
+    for e in entries:
+        name = str(e.get("by", "")).split("/")[0] or "?"
+        by[name] = by.get(name, 0) + 1
+    return by
+
+
 def reference_front(bench: Bench, ev: Evaluator) -> Front:
     base = objective_values(bench, ev.baseline())
     if base is None:
@@ -578,10 +584,7 @@ def reference_front(bench: Bench, ev: Evaluator) -> Front:
     ok = [(e["point"], v) for e in entries if (v := objective_values(bench, e)) is not None]
     values = [base, *(v for _, v in ok)]
     mask = pareto_mask(normalized_losses(values, base, directions))
-    by: dict[str, int] = {}
-    for e in entries:
-        name = str(e.get("by", "")).split("/")[0] or "?"
-        by[name] = by.get(name, 0) + 1
+    by = first_by(entries)
     return Front(
         baseline=base,
         directions=directions,
@@ -968,8 +971,8 @@ class Result:
         if isinstance(ev, PredictedEvaluator):
             judged = [
                 f"every configuration priced on the predictors ({ev.surrogate.describe()}; "
-                f"{ev.surrogate.source}), {ev.evaluated:,} in {ev.seconds:.0f} s; baseline = "
-                f"{base}, its accuracy as measured",
+                f"{Path(ev.surrogate.source).name}), {ev.evaluated:,} in {ev.seconds:.0f} s; "
+                f"baseline = {base}, its accuracy as measured",
                 "a repeat (a proposal equal to a visited configuration) is told its values and "
                 f"costs no budget, as in the product; {b.max_repeats} in a row end a run",
             ]

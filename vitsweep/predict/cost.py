@@ -37,7 +37,7 @@ import copy
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -407,6 +407,8 @@ class BlockModel:
     here and predicts kernels of TFLite/OpenVINO graphs, not PyTorch eager blocks with ToMe."""
 
     coef: dict[tuple[str, int], np.ndarray]
+    # predictions made: a search bench prices 100,000 candidates built of a few hundred blocks
+    memo: dict[tuple[Block, str, int], float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def fit(cls, samples: Sequence[tuple[Block, str, int, float]], min_rows: int = 0) -> BlockModel:
@@ -435,6 +437,12 @@ class BlockModel:
         return (precision, batch) in self.coef
 
     def predict(self, block: Block, precision: str, batch: int) -> float:
+        key = (block, precision, batch)
+        if key not in self.memo:
+            self.memo[key] = self._predict(block, precision, batch)
+        return self.memo[key]
+
+    def _predict(self, block: Block, precision: str, batch: int) -> float:
         w = self.coef.get((precision, batch))
         if w is None:
             raise ConfigError(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records, candidate_of
-from vitsweep.predict.candidate import Block, Candidate
+from vitsweep.predict.candidate import Candidate
 from vitsweep.predict.cost import BlockModel, CostPredictor, CostTable, Geometry
 from vitsweep.spec import ConfigError, MeasureSpec
 
@@ -126,7 +126,6 @@ class Surrogate:
         )
         table.model = BlockModel.fit(table.timed_blocks())
         self.table = table
-        self._blocks: dict[tuple[Block, str, int], float] = {}
         refs = [_candidate(c) for c in cost["references"]]
         self.cost = CostPredictor(table, self.batch_size, refs)
         samples = [(_candidate(s["candidate"]), int(s["model_bytes"])) for s in cost["bytes"]]
@@ -151,25 +150,11 @@ class Surrogate:
         cands, acc, _ = accuracy_records(acc_path)
         return cls(cost, AccuracyPredictor().fit(cands, acc), str(path))
 
-    def _block_s(self, block: Block, precision: str, batch: int) -> float:
-        key = (block, precision, batch)
-        if key not in self._blocks:
-            self._blocks[key] = self.table.block_s(block, precision, batch)
-        return self._blocks[key]
-
-    def _step_s(self, c: Candidate, batch: int) -> float:
-        """`CostPredictor.step_s`, its blocks memoized (100,000 candidates share few)."""
-        p = c.runs_as
-        parts = self.table.fixed_s(c.embed_dim, c.head_dim, p, batch) + sum(
-            self._block_s(b, p, batch) for b in c.blocks()
-        )
-        return parts + self.cost.offsets.get((p, batch), 0.0)
-
     def cost_metrics(self, c: Candidate) -> dict[str, float]:
-        throughput = self.batch_size / self._step_s(c, self.batch_size)
+        throughput = self.batch_size / self.cost.step_s(c, self.batch_size)
         return {
             "throughput": throughput,
-            "latency_ms": 1e3 * self._step_s(c, 1),
+            "latency_ms": 1e3 * self.cost.step_s(c, 1),
             "energy": self.timing.watts / throughput,
             "model_bytes": self.bytes.predict(c, self.geometry),
         }
