@@ -196,3 +196,83 @@ def test_the_variable_length_encoding_left_gp_drawing_deep_layers_at_random() ->
     rec, study, first = drive("gp", layers_that_exist, n_trials=10)
     drawn = set().union(*(rec.independent.get(t.number, set()) for t in study.trials[first:]))
     assert drawn & {"arch.num_heads.3", "arch.mlp_ratio.3"}
+
+
+class Spy(optuna.samplers.RandomSampler):
+    """An inner sampler that records what it is shown of the study before each proposal."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.shown: list[tuple[int, list[int]]] = []  # (directions, lengths of values)
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self.shown.append((len(study.directions), [len(t.values) for t in done]))
+        return {}
+
+
+def drive_objectives(
+    sampler: optuna.samplers.BaseSampler, directions: list[str], values: Any, n: int = 10
+) -> Study:
+    """A study with the baseline as trial 0, every trial told `values(throughput)`."""
+    study = optuna.create_study(directions=directions, sampler=sampler)
+    study.enqueue_trial({}, user_attrs={record.BASELINE: True})
+    study.tell(study.ask(), [1.0] * len(directions))
+    for _ in range(n):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, values(1.0 + 9.0 * x, trial.number))
+    return study
+
+
+def estimate(tput: float, number: int) -> list[float]:
+    """Accuracy, throughput, and energy as the estimate records it: 35 W / throughput."""
+    return [0.9 - 0.01 * tput + 0.001 * (number % 3), tput, 35.0 / tput]
+
+
+def test_an_objective_that_copies_another_is_shown_to_the_sampler_once() -> None:
+    from vitsweep.search.samplers import BaselineBlind
+
+    spy = Spy()
+    study = drive_objectives(BaselineBlind(spy), ["maximize", "maximize", "minimize"], estimate)
+    # the study itself keeps every objective: the report and the hypervolume use all three
+    assert all(len(t.values) == 3 for t in study.trials)
+    early = [s for s in spy.shown if len(s[1]) < 3]
+    late = [s for s in spy.shown if len(s[1]) >= 3]
+    assert early and all(d == 3 and all(n == 3 for n in lens) for d, lens in early)
+    assert late and all(d == 2 and all(n == 2 for n in lens) for d, lens in late)
+
+    def metered(tput: float, number: int) -> list[float]:  # a real meter: energy has its own noise
+        acc, _, energy = estimate(tput, number)
+        return [acc, tput, energy * (1.0 + 0.03 * ((number * 7) % 5 - 2))]
+
+    spy = Spy()
+    drive_objectives(BaselineBlind(spy), ["maximize", "maximize", "minimize"], metered)
+    assert all(d == 3 for d, _ in spy.shown)
+
+    def inverse_same_way(tput: float, number: int) -> list[float]:  # conflicting, not a copy
+        return [tput, 35.0 / tput]
+
+    spy = Spy()
+    drive_objectives(BaselineBlind(spy), ["maximize", "maximize"], inverse_same_way)
+    assert all(d == 2 for d, _ in spy.shown)
+
+
+@pytest.mark.parametrize("name", ["gp", "tpe", "nsga2"])
+def test_samplers_propose_from_the_objectives_they_are_shown(name: str) -> None:
+    """Optuna's own samplers run on the reduced view, also where it leaves one objective:
+    throughput against its own estimate is maximizing throughput (x = 1)."""
+    spec = SamplerSpec(name=name, seed=0, n_startup_trials=4, population_size=4)
+    sampler = make_sampler(spec, SearchSpace({}, {}, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        three = drive_objectives(sampler, ["maximize", "maximize", "minimize"], estimate, n=12)
+        one = drive_objectives(
+            sampler, ["maximize", "minimize"], lambda t, n: estimate(t, n)[1:], n=16
+        )
+    for study in (three, one):
+        assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(study.trials)
+    assert len({t.params["x"] for t in three.trials[1:]}) >= 8  # a front, not one point
+    assert max(t.params["x"] for t in one.trials[1:]) > 0.9

@@ -12,9 +12,10 @@ import warnings
 from collections.abc import Container, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep import record
@@ -46,7 +47,9 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
 _CONSTRAINTS = "constraints"  # Optuna's system attribute: a list (old) or "constraints:<name>"
 
 
-def _shown(trial: FrozenTrial, constraints: Sequence[Constraint]) -> FrozenTrial:
+def _shown(
+    trial: FrozenTrial, constraints: Sequence[Constraint], kept: Sequence[int] | None = None
+) -> FrozenTrial:
     """The trial as the sampler is shown it.
 
     - The baseline runs a config outside the search space and has no params: it is shown as a
@@ -58,14 +61,17 @@ def _shown(trial: FrozenTrial, constraints: Sequence[Constraint]) -> FrozenTrial
       later trials carry them through `set_constraint`, and a constraint may have been added
       since: Optuna 5.1's GP refuses trials whose constraint names differ. The metrics are the
       one record every trial of every era has.
+    - Only the objectives in `kept` (all when None): see `kept_objectives`.
     """
     baseline = record.is_baseline(trial)
     stored = {k: v for k, v in trial.system_attrs.items() if k.startswith(_CONSTRAINTS)}
-    if not baseline and not stored and not constraints:
+    if not baseline and not stored and not constraints and kept is None:
         return trial
     shown = copy.copy(trial)
     if baseline:
         shown.state, shown.values = TrialState.FAIL, None
+    elif kept is not None and trial.values is not None:
+        shown.values = [trial.values[i] for i in kept]
     attrs = {k: v for k, v in trial.system_attrs.items() if k not in stored}
     if trial.state == TrialState.COMPLETE and not baseline:
         metrics = record.metrics(trial)
@@ -74,15 +80,76 @@ def _shown(trial: FrozenTrial, constraints: Sequence[Constraint]) -> FrozenTrial
     return shown
 
 
-class _SamplerView:
-    """The study as a model-based sampler sees it (`_shown` for each trial), all else real."""
+# Two objectives that order every trial alike are one: a product or a ratio this constant
+# across the trials (relative spread) is no measurement, it is arithmetic.
+_SAME = 1e-9
 
-    def __init__(self, study: Study, constraints: Sequence[Constraint]) -> None:
+
+def kept_objectives(
+    directions: Sequence[StudyDirection], values: Sequence[Sequence[float]]
+) -> list[int]:
+    """The objectives a model-based sampler is shown: all but those another one already carries.
+
+    Without an energy meter a trial records energy as the estimate `measure.watts` /
+    throughput (`measure.protocol`), so "minimize energy" ranks every trial exactly as
+    "maximize throughput" does. A sampler shown both pays for a copy: Optuna's GP fits one
+    model per objective and its logEHVI decomposes the front into boxes whose count grows
+    with the objectives (xray's 4 objectives: a GP proposal took twice the time of 3), and
+    TPE's and NSGA-II's fronts and crowding count the copy as a second dimension. So an
+    objective whose product (opposite directions) or ratio (same direction) with an earlier
+    kept one is the same for every trial is left out; decided on the values, so a study
+    whose trials read a real meter (RAPL, NVML) keeps all. Fewer than 3 trials: all kept."""
+    keep = list(range(len(directions)))
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3 or v.ndim != 2 or not np.all(np.isfinite(v)):
+        return keep
+    for j in range(1, len(directions)):
+        for i in (k for k in keep if k < j):
+            a, b = v[:, i], v[:, j]
+            if np.any(a <= 0) or np.any(b <= 0):
+                continue
+            tied = a * b if directions[i] != directions[j] else b / a
+            if np.ptp(tied) <= _SAME * np.abs(tied).mean():
+                keep.remove(j)
+                break
+    return keep
+
+
+class _SamplerView:
+    """The study as a model-based sampler sees it (`_shown` for each trial, the directions of
+    the objectives it is shown), all else real. Finished trials are shown from `cache`: they
+    no longer change, and a 3,000-trial study would otherwise be copied on every call."""
+
+    def __init__(
+        self,
+        study: Study,
+        constraints: Sequence[Constraint],
+        kept: list[int] | None,
+        cache: dict[int, FrozenTrial],
+    ) -> None:
         self._study = study
         self._constraints = constraints
+        self._kept = kept
+        self._cache = cache
+        directions = study.directions
+        self.directions = directions if kept is None else [directions[i] for i in kept]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+    @property
+    def direction(self) -> StudyDirection:
+        if len(self.directions) > 1:
+            return self._study.direction  # Optuna's own error for a multi-objective study
+        return self.directions[0]
+
+    def _is_multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+    def shown_values(self, values: Sequence[float] | None) -> Sequence[float] | None:
+        if values is None or self._kept is None:
+            return values
+        return [values[i] for i in self._kept]
 
     def _get_trials(
         self,
@@ -91,8 +158,16 @@ class _SamplerView:
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         trials = self._study._get_trials(deepcopy=deepcopy, use_cache=use_cache)
-        shown = [_shown(t, self._constraints) for t in trials]
+        shown = [self._show(t, deepcopy) for t in trials]
         return shown if states is None else [t for t in shown if t.state in states]
+
+    def _show(self, trial: FrozenTrial, fresh: bool) -> FrozenTrial:
+        if not fresh and (hit := self._cache.get(trial._trial_id)) is not None:
+            return hit
+        shown = _shown(trial, self._constraints, self._kept)
+        if not fresh and trial.state.is_finished():
+            self._cache[trial._trial_id] = shown
+        return shown
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -106,7 +181,7 @@ class _SamplerView:
 
 class BaselineBlind(optuna.samplers.BaseSampler):
     """`inner`, shown the study through `_shown`: the baseline as a FAIL trial, constraints
-    as the study's current ones.
+    as the study's current ones, an objective that copies another left out (`kept_objectives`).
 
     The baseline (trial 0) runs a config outside the search space, so it has no params.
     Optuna's GP and NSGA-II samplers model only the params that every complete trial shares:
@@ -122,9 +197,28 @@ class BaselineBlind(optuna.samplers.BaseSampler):
     ) -> None:
         self.inner = inner
         self.constraints = tuple(constraints)
+        self._kept: dict[int, list[int] | None] = {}  # study id -> objectives shown (None: all)
+        self._cache: dict[int, dict[int, FrozenTrial]] = {}  # study id -> trial id -> as shown
+
+    def _update(self, study: Study) -> None:
+        """Which objectives the sampler is shown, decided once per trial (`before_trial`)."""
+        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+        values = [t.values for t in done if not record.is_baseline(t)]
+        kept: list[int] | None = kept_objectives(study.directions, values)
+        if kept is not None and len(kept) == len(study.directions):
+            kept = None
+        sid = study._study_id
+        if sid not in self._kept or self._kept[sid] != kept:
+            self._kept[sid], self._cache[sid] = kept, {}
+
+    def _shown_study(self, study: Study) -> _SamplerView:
+        if study._study_id not in self._kept:
+            self._update(study)
+        sid = study._study_id
+        return _SamplerView(study, self.constraints, self._kept[sid], self._cache[sid])
 
     def _view(self, study: Study) -> Study:
-        return _SamplerView(study, self.constraints)  # type: ignore[return-value]
+        return self._shown_study(study)  # type: ignore[return-value]
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -151,6 +245,7 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         )
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._update(study)
         self.inner.before_trial(self._view(study), trial)
 
     def after_trial(
@@ -160,7 +255,9 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        self.inner.after_trial(self._view(study), trial, state, values)
+        view = self._shown_study(study)
+        shown = view.shown_values(values)
+        self.inner.after_trial(view, trial, state, shown)  # type: ignore[arg-type]
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
