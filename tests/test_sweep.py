@@ -187,3 +187,29 @@ def test_killed_sweep_relaunch_completes_budget_without_loss_or_double_count(wor
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == dead.params  # the same candidate, run once more, counted once
     assert all(math.isfinite(v) for t in trials if t.values for v in t.values)
+
+
+@pytest.mark.slow
+def test_a_supernet_space_narrowed_on_the_command_line_leaves_a_plain_baseline_alone(
+    workdir: Path,
+) -> None:
+    """`arch.space.*` narrows the supernet's space; a baseline of `arch=vit` has no space, and
+    Hydra refuses to override a key that is not there. The baseline runs without those
+    overrides (and the launch says so); every other trial gets them all."""
+    from tests.conftest import TINY_SUPERNET_SPACE
+
+    proc = run_cli(
+        "vitsweep", *SMOKE, *TINY_SUPERNET_SPACE, "train.epochs=1", "tracking=none",
+        "+hydra.sweeper.baseline.arch=vit", "hydra.sweeper.n_trials=3", cwd=workdir,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "left out the overrides of arch.space.head_dim, arch.space.embed_dim" in out
+    trials = load_study(workdir).get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    base = trials[0]
+    assert base.user_attrs["baseline"] is True
+    assert record.metrics(base)["params"] > 0
+    assert len(measured(trials)) == 3
+    for t in trials[1:]:
+        if "duplicate_of" not in t.user_attrs:
+            assert set(TINY_SUPERNET_SPACE) <= set(t.user_attrs["overrides"])

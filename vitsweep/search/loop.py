@@ -71,10 +71,13 @@ class StudyLoop:
         on_trial: Callable[[FrozenTrial, Outcome], None] = lambda t, o: None,
         prefix: tuple[str, ...] = (),
         number_override: str = "trial_number={n}",
+        baseline_prefix: tuple[str, ...] | None = None,
     ) -> None:
         self.spec, self.study, self.space, self.base = spec, study, space, base
         self.launch, self.on_trial = launch, on_trial
-        self.prefix = list(prefix)  # overrides every trial gets (the command line's)
+        self.prefix = list(prefix)  # overrides every trial gets (the command line's) ...
+        # ... but the baseline: it gets those that apply to its own config (None: all)
+        self.baseline_prefix = self.prefix if baseline_prefix is None else list(baseline_prefix)
         self.number_override = number_override  # how the job learns its Optuna trial number
         self.objectives = list(spec.objectives)
         self.constraints = spec.parsed_constraints
@@ -164,14 +167,15 @@ class StudyLoop:
         overrides = []
         ran_before = self._ran_before()
         for t in batch:
-            if t.user_attrs.get(record.BASELINE):
+            baseline = bool(t.user_attrs.get(record.BASELINE))
+            if baseline:
                 chosen = dict(self.spec.baseline)
             else:
                 chosen = self.space.sample(t, self.base)
             lines = [format_override(k, v) for k, v in chosen.items()]
-            effective = [*self.prefix, *lines]
+            effective = [*(self.baseline_prefix if baseline else self.prefix), *lines]
             twin = None
-            if not t.user_attrs.get(record.BASELINE):
+            if not baseline:
                 t.set_user_attr(record.OVERRIDES, effective)
                 twin = ran_before.get(tuple(effective))
             if twin is not None:

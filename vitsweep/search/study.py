@@ -49,6 +49,8 @@ class SweepContext:
     space: SearchSpace
     base_config: dict[str, Any]  # resolved, secret-free: W&B config of trials whose job failed
     cli_overrides: tuple[str, ...] = ()  # plain command-line overrides, given to every trial
+    # ... but the baseline, which gets those its own config has keys for (None: all of them)
+    baseline_cli: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()  # what the app wants said at launch (e.g. energy is an estimate)
     columns: tuple[str, ...] = ()  # the app's metric names: a column of every report row
     # The override that tells a job its Optuna trial number (vitsweep's app: a config key; any
@@ -147,6 +149,7 @@ def run_study(
         launch,
         on_trial=lambda t, o: recorder.trial_done(study, t, o),
         prefix=ctx.cli_overrides,
+        baseline_prefix=ctx.baseline_cli,
         number_override=ctx.number_override,
     )
     try:
