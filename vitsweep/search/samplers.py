@@ -70,14 +70,21 @@ def _shown(
     shown = copy.copy(trial)
     if baseline:
         shown.state, shown.values = TrialState.FAIL, None
-    elif kept is not None and trial.values is not None:
-        shown.values = [trial.values[i] for i in kept]
+    else:
+        shown.values = _pick(trial.values, kept)
     attrs = {k: v for k, v in trial.system_attrs.items() if k not in stored}
     if trial.state == TrialState.COMPLETE and not baseline:
         metrics = record.metrics(trial)
         attrs |= {f"{_CONSTRAINTS}:{c.key}": c.violation(metrics) for c in constraints}
     shown.system_attrs = attrs
     return shown
+
+
+def _pick(values: Sequence[float] | None, kept: Sequence[int] | None) -> list[float] | None:
+    """`values` of the objectives in `kept` (all when None)."""
+    if values is None or kept is None:
+        return None if values is None else list(values)
+    return [values[i] for i in kept]
 
 
 # Two objectives that order every trial alike are one: a product or a ratio this constant
@@ -147,11 +154,6 @@ class _SamplerView:
     def _is_multi_objective(self) -> bool:
         return len(self.directions) > 1
 
-    def shown_values(self, values: Sequence[float] | None) -> Sequence[float] | None:
-        if values is None or self._kept is None:
-            return values
-        return [values[i] for i in self._kept]
-
     def _get_trials(
         self,
         deepcopy: bool = True,
@@ -205,9 +207,8 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         """Which objectives the sampler is shown, decided once per trial (`before_trial`)."""
         done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
         values = [t.values for t in done if not record.is_baseline(t)]
-        kept: list[int] | None = kept_objectives(study.directions, values)
-        if kept is not None and len(kept) == len(study.directions):
-            kept = None
+        found = kept_objectives(study.directions, values)
+        kept = None if len(found) == len(study.directions) else found
         sid = study._study_id
         if sid not in self._kept or self._kept[sid] != kept:
             self._kept[sid], self._cache[sid] = kept, {}
@@ -256,9 +257,9 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        view = self._shown_study(study)
-        shown = view.shown_values(values)
-        self.inner.after_trial(view, trial, state, shown)  # type: ignore[arg-type]
+        view = self._view(study)  # decides the objectives shown, if no trial has yet
+        shown = _pick(values, self._kept[study._study_id])
+        self.inner.after_trial(view, trial, state, shown)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
