@@ -11,9 +11,9 @@ import pytest
 
 from vitsweep import config
 from vitsweep.predict.candidate import Candidate, candidate
-from vitsweep.predict.cost import Geometry
+from vitsweep.predict.cost import CostTable, Geometry
 from vitsweep.predict.surrogate import METRICS, BytesModel, Surrogate, count_bytes
-from vitsweep.spec import ConfigError
+from vitsweep.spec import ConfigError, MeasureSpec
 
 
 def test_the_bytes_model_is_exact_on_candidates_it_never_saw(one_thread: None) -> None:
@@ -91,6 +91,30 @@ def test_the_baseline_keeps_its_measured_accuracy(surrogate: Surrogate) -> None:
 
 def test_a_committed_table_is_never_timed_on_this_machine(surrogate: Surrogate) -> None:
     odd = dataclasses.replace(_xray(POINT), embed_dim=80)  # no embed dim of the space
-    with pytest.raises(ConfigError, match=r"xray_cost\.json: no entry 'fixed"):
-        surrogate.metrics([odd])
+    m = surrogate.metrics([odd])[0]  # its fixed parts on the line through the timed widths
+    assert m["throughput"] > 0
+    fp16 = dataclasses.replace(_xray(POINT), precision="fp16")  # fp16: no fixed part timed
+    with pytest.raises(ConfigError, match=r"xray_cost\.json: no entry 'fixed\|fp16"):
+        surrogate.metrics([fp16])
     assert surrogate.table.measured == 0
+
+
+def test_a_committed_table_prices_an_untimed_width_on_the_line_of_its_widths() -> None:
+    """The bootstrap bench's space (#29) reaches widths the xray table never timed: patch
+    embedding, norm and head are linear in the width, so a line through the timed widths
+    prices them, and never below the cheapest timed part (timings are noisy)."""
+    g = Geometry(img_size=16, patch_size=4, in_chans=1, num_classes=3)
+    table = CostTable(None, MeasureSpec(), g)
+    table.entries = {table._fixed_key(e, "fp32", 64): 1e-3 + 2e-5 * e for e in (32, 64, 96)}
+    frozen = CostTable.committed(table.entries, "made.json", MeasureSpec(), g)
+    for e in (48, 128, 192):
+        assert frozen.fixed_s(e, 8, "fp32", 64) == pytest.approx(1e-3 + 2e-5 * e)
+    falling = {table._fixed_key(e, "fp32", 64): 5e-3 - 2e-5 * e for e in (32, 64)}
+    cheapest = 5e-3 - 2e-5 * 64
+    assert CostTable.committed(falling, "made.json", MeasureSpec(), g).fixed_s(
+        192, 8, "fp32", 64
+    ) == pytest.approx(cheapest)
+    one = CostTable.committed(dict(list(table.entries.items())[:1]), "made.json", MeasureSpec(), g)
+    with pytest.raises(ConfigError, match=r"made\.json: no entry 'fixed\|fp32\|batch=64\|embed=48"):
+        one.fixed_s(48, 8, "fp32", 64)
+    assert frozen.measured == one.measured == 0

@@ -19,9 +19,10 @@ SECTIONS = (
     "sweeper", "supernet", "tome", "precision", "mixed", "tq", "runtime", "measure", "scaleout",
     "headline",
 )  # fmt: skip
-# Sections too long for `make bench` (`make bench-search` runs this one): never run by default,
-# but their saved JSON joins the README table like any other section's.
-SAVED_ONLY = ("search", "search-real")
+# Sections too long for `make bench` (`make bench-search` runs search; `--only bootstrap` trains
+# six supernets, about 2 h): never run by default, but their saved JSON joins the README table
+# like any other section's.
+SAVED_ONLY = ("search", "search-real", "bootstrap")
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The first paragraph's headline sentence, rewritten with the table so the two cannot disagree.

@@ -230,12 +230,34 @@ class CostTable:
     def fixed_s(self, embed_dim: int, head_dim: int, precision: str, batch: int) -> float:
         """Seconds of the fixed parts of one forward, the call into a compiled program included
         (a whole forward pays it once)."""
-        key = (
+        key = self._fixed_key(embed_dim, precision, batch)
+        if key not in self.entries and self.frozen is not None:
+            call = self._fixed_line(embed_dim, precision, batch)
+        else:
+            call = self._entry(key, lambda: self._time_fixed(embed_dim, head_dim, precision, batch))
+        return self._part(call, precision, batch) + self.call_s(precision)
+
+    def _fixed_key(self, embed_dim: int, precision: str, batch: int) -> str:
+        return (
             f"fixed|{precision}|batch={batch}|embed={embed_dim}|{self._geometry_key()}|"
             f"repeats={repeats(batch)}"
         )
-        call = self._entry(key, lambda: self._time_fixed(embed_dim, head_dim, precision, batch))
-        return self._part(call, precision, batch) + self.call_s(precision)
+
+    def _fixed_line(self, embed_dim: int, precision: str, batch: int) -> float:
+        """A committed table's fixed parts at a width it was not timed at: the least-squares
+        line through the widths it has (patch embedding, norm and head are linear in the
+        width), never below the cheapest timed one; with no width timed, the usual error."""
+        head, _, tail = self._fixed_key(0, precision, batch).partition("embed=0")
+        timed = [
+            (int(k[len(head) + 6 : -len(tail)]), v)
+            for k, v in self.entries.items()
+            if k.startswith(head) and k.endswith(tail)
+        ]
+        if len(timed) < 2:
+            return self._entry(self._fixed_key(embed_dim, precision, batch), lambda: 0.0)
+        x, y = np.array(timed, dtype=float).T
+        slope, intercept = np.polyfit(x, y, 1)
+        return max(float(slope * embed_dim + intercept), float(y.min()))
 
     def whole_s(self, c: Candidate, batch: int) -> float:
         """Seconds of one forward of the whole candidate at `batch`, timed as a trial times it
