@@ -133,6 +133,7 @@ class RealAccuracy(PredictedEvaluator):
 
         super().__init__(bench, surrogate)
         self.images = images
+        self.judged, self.t0 = 0, time.perf_counter()
         # the baseline is a plain ViT: the supernet's own arch.* overrides are not its keys
         plain = config.PointSpecs([o for o in bench.overrides if not o.startswith("arch.")])
         self.base_spec = plain.spec(bench.baseline)
@@ -140,6 +141,10 @@ class RealAccuracy(PredictedEvaluator):
     def _judge(self, entry: dict[str, Any], spec: TrialSpec) -> dict[str, Any]:
         if "metrics" in entry:
             entry["metrics"]["accuracy"] = float(point_flags(spec, "val", self.images).mean())
+            self.judged += 1
+            if self.judged % 10 == 0:
+                done = f"{self.judged} points evaluated ({time.perf_counter() - self.t0:.0f} s)"
+                print(f"  {done}", flush=True)
         return entry
 
     def evaluate(self, points: Sequence[Point], by: str = "") -> list[dict[str, Any]]:
@@ -342,6 +347,7 @@ def run(quick: bool = False) -> list[Section]:
                     name: _test_flags(_spec([*plain, *_shape_overrides(shape_of(space))]))[0]
                     for name, shape_of in SHAPES.items()
                 }
+                print(f"N={n} {variant}: sweeping {budget} trials", flush=True)
                 swept.append(sweep([*over, *keep], budget, surrogate, images, n, variant))
             rows += subnet_rows(n, space, flags)
         figure = plot(swept, out / "bootstrap.png")
