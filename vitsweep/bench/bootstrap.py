@@ -33,6 +33,7 @@ Two readings per supernet:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 import time
 from collections.abc import Sequence
@@ -108,6 +109,7 @@ def variant_overrides(variant: str, pretrained: Path) -> list[str]:
     return [f"arch.pretrained={pretrained}", f"arch.reorder={str(variant == 'reordered').lower()}"]
 
 
+@functools.cache  # the baseline's spec is the same in every sweep of one N: judged once
 def point_flags(spec: TrialSpec, split: str, images: int | None = None) -> np.ndarray:
     """Per-image correctness of the trial's model on `split` (its first `images` images),
     built and judged as `measure.mode=predicted` judges it: uncompiled, same weights and

@@ -231,9 +231,10 @@ class CostTable:
         """Seconds of the fixed parts of one forward, the call into a compiled program included
         (a whole forward pays it once)."""
         key = self._fixed_key(embed_dim, precision, batch)
+        call = None
         if key not in self.entries and self.frozen is not None:
             call = self._fixed_line(embed_dim, precision, batch)
-        else:
+        if call is None:  # timed, or (a committed table with < 2 widths) the one-line error
             call = self._entry(key, lambda: self._time_fixed(embed_dim, head_dim, precision, batch))
         return self._part(call, precision, batch) + self.call_s(precision)
 
@@ -243,18 +244,19 @@ class CostTable:
             f"repeats={repeats(batch)}"
         )
 
-    def _fixed_line(self, embed_dim: int, precision: str, batch: int) -> float:
+    def _fixed_line(self, embed_dim: int, precision: str, batch: int) -> float | None:
         """A committed table's fixed parts at a width it was not timed at: the least-squares
         line through the widths it has (patch embedding, norm and head are linear in the
-        width), never below the cheapest timed one; with no width timed, the usual error."""
-        head, _, tail = self._fixed_key(0, precision, batch).partition("embed=0")
+        width), never below the cheapest timed one; None with fewer than two widths."""
+        head, _, tail = self._fixed_key(0, precision, batch).partition("|embed=0|")
+        head, tail = f"{head}|embed=", f"|{tail}"
         timed = [
-            (int(k[len(head) + 6 : -len(tail)]), v)
+            (int(k[len(head) : -len(tail)]), v)
             for k, v in self.entries.items()
             if k.startswith(head) and k.endswith(tail)
         ]
         if len(timed) < 2:
-            return self._entry(self._fixed_key(embed_dim, precision, batch), lambda: 0.0)
+            return None
         x, y = np.array(timed, dtype=float).T
         slope, intercept = np.polyfit(x, y, 1)
         return max(float(slope * embed_dim + intercept), float(y.min()))
