@@ -51,11 +51,11 @@ def test_the_kernel_computes_the_defined_int4_product(k: int, n: int) -> None:
 def test_shapes_the_kernel_cannot_take_stay_packed() -> None:
     for lin in (nn.Linear(32, 10), nn.Linear(48, 32)):  # outputs not /16; inputs not /32
         assert not supports(lin, "cpu")
-        assert isinstance(convert_layer(lin, 4, "x86", "cpu", "auto"), PackedLinear)
+        assert isinstance(convert_layer(lin, 4, "x86", "cpu", "int4"), PackedLinear)
     lin = nn.Linear(64, 32)
-    assert isinstance(convert_layer(lin, 4, "x86", "cpu", "auto"), Int4Linear)
+    assert isinstance(convert_layer(lin, 4, "x86", "cpu", "int4"), Int4Linear)
     assert isinstance(convert_layer(lin, 4, "x86", "cpu", "packed"), PackedLinear)
-    assert isinstance(convert_layer(lin, 6, "x86", "cpu", "auto"), PackedLinear)  # no 6-bit kernel
+    assert isinstance(convert_layer(lin, 6, "x86", "cpu", "int4"), PackedLinear)  # no 6-bit kernel
     assert not supports(lin, "cuda")  # the CUDA int4 kernel packs differently
 
 
@@ -63,7 +63,7 @@ def test_shapes_the_kernel_cannot_take_stay_packed() -> None:
 def planned(digits16):
     """A tight byte budget on a tiny ViT, both ways: {low_bit_kernel: (model, ctx)}."""
     out = {}
-    for kernel in ("auto", "packed"):
+    for kernel in ("auto", "int4", "packed"):
         spec = PrecisionSpec(mode="mixed", budget_ratio=0.33, hutchinson_samples=2,
                              calib_batches=1, low_bit_kernel=kernel)  # fmt: skip
         out[kernel] = apply_precision(tiny_vit(depth=1), spec, calib=digits16.train)
@@ -73,19 +73,30 @@ def planned(digits16):
 def test_a_plan_names_each_layers_kernel_and_keeps_it(planned) -> None:
     plans = {k: model.vitsweep_mixed_plan for k, (model, _) in planned.items()}
     fours = {k: sum(b == 4 for b in p.bits.values()) for k, p in plans.items()}
-    assert fours["auto"] > 0 and plans["auto"].low_bit_kernel == "auto"
-    exec_auto, exec_packed = (planned[k][1].precision_exec for k in ("auto", "packed"))
-    assert f"4-bit aten int4 kernel (bf16 in, group 32) x{fours['auto']}" in exec_auto
+    assert fours["int4"] > 0 and plans["int4"].low_bit_kernel == "int4"
+    assert plans["auto"].low_bit_kernel == "int_mm"  # a plan records what auto resolved to
+    exec_int4, exec_packed, exec_auto = (
+        planned[k][1].precision_exec for k in ("int4", "packed", "auto")
+    )
+    assert f"4-bit aten int4 kernel (bf16 in, group 32) x{fours['int4']}" in exec_int4
     assert "aten int4" not in exec_packed and "4-bit packed+dequantized" in exec_packed
-    # the plan travels with an export: the kernel comes back; plans stored before it: packed
-    plain = dataclasses.asdict(plans["auto"])
-    assert MixedPlan.from_dict(plain) == plans["auto"]
+    assert (
+        f"4-bit packed, unpacked per call to int8 _int_mm (int8 activations) x{fours['auto']}"
+        in exec_auto
+    )
+    # the plan travels with an export: the kernel comes back; plans stored before it: packed;
+    # stored while auto was not resolved: int4, what auto meant then
+    plain = dataclasses.asdict(plans["int4"])
+    assert MixedPlan.from_dict(plain) == plans["int4"]
+    assert MixedPlan.from_dict({**plain, "low_bit_kernel": "auto"}).low_bit_kernel == "int4"
     del plain["low_bit_kernel"]
     assert MixedPlan.from_dict(plain).low_bit_kernel == "packed"
 
 
 def test_bad_low_bit_kernel_is_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"^precision\.low_bit_kernel=int2: .*auto, packed"):
+    with pytest.raises(
+        ConfigError, match=r"^precision\.low_bit_kernel=int2: .*auto, int_mm, int4, packed"
+    ):
         PrecisionSpec(mode="mixed", low_bit_kernel="int2")
 
 
@@ -95,7 +106,7 @@ def test_the_latency_table_times_distinct_copies(tmp_path) -> None:
     table = LatencyTable(tmp_path, MeasureSpec(threads=1, warmup=0, min_repeats=1,
                                                max_repeats=1, repeat_s=0))  # fmt: skip
     lin = nn.Linear(32, 64)
-    for bits, kernel in ((4, "auto"), (4, "packed"), (6, "auto")):
+    for bits, kernel in ((4, "int4"), (4, "packed"), (6, "int4"), (6, "auto")):
         module, x = table.program(lin, 5, bits, kernel)
         copies = list(module.layers)
         assert len(copies) == REPEATS and x.shape == (REPEATS, 1, 5, 32)
@@ -103,4 +114,4 @@ def test_the_latency_table_times_distinct_copies(tmp_path) -> None:
         assert {type(m) for m in copies} == {type(convert_layer(lin, bits, "x86", "cpu", kernel))}
         assert table.seconds(lin, 5, bits, kernel) > 0
     kinds = sorted(k.split("kernel=")[1].split(",")[0] for k in table.entries)
-    assert kinds == ["Int4Linear", "PackedLinear", "PackedLinear"]
+    assert kinds == ["Int4Linear", "IntMMPackedLinear", "PackedLinear", "PackedLinear"]

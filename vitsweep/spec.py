@@ -221,9 +221,11 @@ class PrecisionSpec:
     # mixed, act_bits < 8: auto = per activation the kind its distribution favours (uniform,
     # log2 after softmax, two-range after GELU); uniform = uniform everywhere
     act_quantizers: Literal["auto", "uniform"] = "auto"
-    # mixed: how 4-bit layers run; auto = aten's int4 CPU kernel where it takes the shape
-    # (precision/int4.py), else packed+dequantized; packed = always packed+dequantized
-    low_bit_kernel: Literal["auto", "packed"] = "auto"
+    # mixed: how layers below 8 bits run: int_mm = stored packed, widened to int8 per call and
+    # multiplied with int8 activations by torch._int_mm (precision/intmm_packed.py); int4 =
+    # aten's int4 CPU kernel at 4 bits (precision/int4.py); packed = dequantized into a float
+    # GEMM (every layer a kernel does not take falls back to it); auto = int_mm on a CPU
+    low_bit_kernel: Literal["auto", "int_mm", "int4", "packed"] = "auto"
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
@@ -262,10 +264,10 @@ class PrecisionSpec:
             "valid: auto, uniform",
         )
         require(
-            self.low_bit_kernel in ("auto", "packed"),
+            self.low_bit_kernel in ("auto", "int_mm", "int4", "packed"),
             "precision.low_bit_kernel",
             self.low_bit_kernel,
-            "valid: auto, packed",
+            "valid: auto, int_mm, int4, packed",
         )
         require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
         require(

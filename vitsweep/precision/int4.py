@@ -7,8 +7,8 @@ What exists for x86 in the locked stack (torch 2.14.1, torchao 0.18.0), found by
   group-wise uint4 weights. Only its bf16 path is vectorized: fp32 and fp16 took 70-140x longer
   (15.7 and 30 ms against 0.21 ms for 65x192 @ 192x768 on the Xeon @2.80GHz), so the layer
   casts its input to bf16 and its output back;
-- nothing multiplies 6-bit (or 2/3/5/7-bit) weights: those stay packed+dequantized
-  (`precision.packed`).
+- nothing multiplies 6-bit (or 2/3/5/7-bit) weights: those are widened to int8 on every call
+  (`precision.intmm_packed`, what mixed runs by default) or dequantized (`precision.packed`).
 
 The kernel wants N (out features) divisible by 16 and K (in features) by its group size
 (32, 64, 128 or 256); `supports` says where it applies. The group is the largest that divides

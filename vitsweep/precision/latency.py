@@ -2,9 +2,10 @@
 executes, measured on this machine and kept per machine.
 
 How a layer executes decides what it costs, so each entry is that layer alone, run the way the
-trial runs it: at 8 bits its own PT2E int8 program; at 4 bits aten's int4 kernel where the plan
-uses it (`mixed.low_bit_layer`); else packed and dequantized into an fp32 GEMM; all compiled by
-inductor, as the trial compiles its whole program. The input is the rows the layer really sees
+trial runs it: at 8 bits its own PT2E int8 program; below 8 bits as `precision.low_bit_kernel`
+has it run (`mixed.low_bit_layer`: packed codes widened to int8 for `_int_mm`, aten's int4
+kernel, or dequantized into an fp32 GEMM); all compiled by inductor, as the trial compiles its
+whole program. The input is the rows the layer really sees
 at batch 1 (after ToMe, when it merges).
 
 One program runs `REPEATS` copies of the layer, each on its own slice, and the time is divided

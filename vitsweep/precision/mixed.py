@@ -34,6 +34,8 @@ from vitsweep.precision.hessian import hutchinson_trace
 from vitsweep.precision.ilp import Budget, BudgetInfeasible, choose_within
 from vitsweep.precision.int4 import Int4Linear, supports
 from vitsweep.precision.int8 import backend_label, eager_backend, int8_linear
+from vitsweep.precision.intmm_packed import IntMMPackedLinear
+from vitsweep.precision.intmm_packed import supports as int_mm_supports
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -49,6 +51,7 @@ class LayerChoice:
     cost: tuple[float, ...]  # per candidate bit-width, in budget units
     bits: int  # the ILP's choice
     latency: tuple[float, ...] = ()  # per candidate: batch-1 seconds over its 8-bit time
+    act_range: tuple[float, ...] = ()  # (min, max) of its inputs on the calibration batches
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class MixedPlan:
     latency_ratio: float | None = None  # batch-1 latency budget over the fp32 model's
     fp32_latency_s: float | None = None  # the float model, batch 1, as measured at planning
     int8_latency_s: float | None = None  # the all-8-bit PT2E program, the prediction's anchor
-    # how 4-bit layers execute (`precision.low_bit_kernel`); plans stored before it: packed
+    # how layers below 8 bits execute (`precision.low_bit_kernel`, never auto: resolved by
+    # `resolve_low_bit_kernel` when planned); plans stored before it: packed
     low_bit_kernel: str = "packed"
 
     @classmethod
@@ -77,10 +81,12 @@ class MixedPlan:
                 cost=tuple(float(v) for v in x["cost"]),
                 bits=int(x["bits"]),
                 latency=tuple(float(v) for v in x.get("latency", ())),
+                act_range=tuple(float(v) for v in x.get("act_range", ())),
             )
             for x in d["layers"]
         )
         optional = {k: d.get(k) for k in ("latency_ratio", "fp32_latency_s", "int8_latency_s")}
+        kernel = str(d.get("low_bit_kernel", "packed"))
         return cls(
             candidates=tuple(int(b) for b in d["candidates"]),
             budget_kind=str(d["budget_kind"]),
@@ -88,7 +94,8 @@ class MixedPlan:
             reference=float(d["reference"]),
             fixed=float(d["fixed"]),
             layers=layers,
-            low_bit_kernel=str(d.get("low_bit_kernel", "packed")),
+            # "auto" in a plan stored before auto was resolved meant int4 where it runs
+            low_bit_kernel={"auto": "int4"}.get(kernel, kernel),
             **{k: None if v is None else float(v) for k, v in optional.items()},
         )
 
@@ -203,6 +210,32 @@ def calib_batches(calib: Dataset, count: int, batch_size: int, device: str) -> l
     return out
 
 
+def input_ranges(
+    model: nn.Module, layers: list[nn.Linear], batches: list[tuple]
+) -> list[tuple[float, float]]:
+    """(min, max) of each layer's inputs over the calibration batches: the static int8 scale of
+    a layer that quantizes its own activations (`IntMMPackedLinear`)."""
+    lows = [float("inf")] * len(layers)
+    highs = [float("-inf")] * len(layers)
+
+    def hook(i: int):
+        def record(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            lows[i] = min(lows[i], float(inputs[0].min()))
+            highs[i] = max(highs[i], float(inputs[0].max()))
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(zip(lows, highs, strict=True))
+
+
 def layer_traces(
     model: nn.Module,
     layers: list[nn.Linear],
@@ -243,26 +276,57 @@ def _int8_bytes(layer: nn.Linear, backend: str, device: str) -> int:
     return model_bytes(int8_linear(layer, backend, device))
 
 
+def resolve_low_bit_kernel(requested: str, device: str) -> str:
+    """`precision.low_bit_kernel` as a plan records it: auto -> int_mm on a CPU with
+    `torch._int_mm` (packed weights, int8 activations: at batch 64 it ran 1.0-1.5x an int8
+    layer's time where aten's int4 kernel ran 1.7-2.8x, AMD EPYC; at batch 1 both 1.4-2x),
+    else int4 (aten's kernel, CPU only; elsewhere packed per layer). Valid values: `spec`."""
+    if requested != "auto":
+        return requested
+    return "int_mm" if str(device).startswith("cpu") and hasattr(torch, "_int_mm") else "int4"
+
+
 def convert_layer(
-    layer: nn.Linear, bits: int, backend: str, device: str, low_bit_kernel: str
+    layer: nn.Linear,
+    bits: int,
+    backend: str,
+    device: str,
+    low_bit_kernel: str,
+    act_range: tuple[float, ...] = (),
 ) -> nn.Module:
-    """The layer as it executes at `bits`: 8 on eager int8 kernels; 4 on aten's int4 CPU kernel
-    where `low_bit_kernel` is auto and the kernel takes the shape; else packed+dequantized."""
+    """The layer as it executes at `bits`: 8 on eager int8 kernels; below 8 by `low_bit_kind`.
+    `act_range`: its calibrated input range (int_mm layers quantize their own inputs)."""
     if bits == 8:
         return int8_linear(layer, backend, device)
-    return low_bit_layer(layer, bits, device, low_bit_kernel)
+    return low_bit_layer(layer, bits, device, low_bit_kernel, act_range)
 
 
 def low_bit_kind(layer: nn.Linear, bits: int, device: str, low_bit_kernel: str) -> type:
-    """How `layer` runs at `bits` < 8: Int4Linear or PackedLinear (see `convert_layer`)."""
-    if bits == 4 and low_bit_kernel == "auto" and supports(layer, device):
+    """How `layer` runs at `bits` < 8 under `low_bit_kernel` (auto resolved): int_mm ->
+    IntMMPackedLinear (packed codes widened to int8 per call, int8 activations, `_int_mm`);
+    int4 -> Int4Linear (aten's int4 kernel, 4 bits only); either where the shape and device
+    allow, else (and under packed) PackedLinear (dequantized into a float GEMM)."""
+    low_bit_kernel = resolve_low_bit_kernel(low_bit_kernel, device)
+    if low_bit_kernel == "int_mm" and int_mm_supports(layer, bits, device):
+        return IntMMPackedLinear
+    if bits == 4 and low_bit_kernel == "int4" and supports(layer, device):
         return Int4Linear
     return PackedLinear
 
 
-def low_bit_layer(layer: nn.Linear, bits: int, device: str, low_bit_kernel: str) -> nn.Module:
-    """The layer at `bits` < 8, on the int4 kernel or packed (see `convert_layer`)."""
-    if low_bit_kind(layer, bits, device, low_bit_kernel) is Int4Linear:
+def low_bit_layer(
+    layer: nn.Linear,
+    bits: int,
+    device: str,
+    low_bit_kernel: str,
+    act_range: tuple[float, ...] = (),
+) -> nn.Module:
+    """The layer at `bits` < 8, as `low_bit_kind` says it runs (see `convert_layer`)."""
+    kind = low_bit_kind(layer, bits, device, low_bit_kernel)
+    if kind is IntMMPackedLinear:
+        lo, hi = act_range or (-1.0, 1.0)  # no range: weight-only uses (bytes, error, timing)
+        return IntMMPackedLinear.from_linear(layer, bits, (lo, hi)).to(device)
+    if kind is Int4Linear:
         return Int4Linear.from_linear(layer).to(device)
     return PackedLinear.from_linear(layer, bits).to(device)
 
@@ -271,7 +335,7 @@ def _dequantized(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """The float weight a layer converted from `weight` computes with."""
     if isinstance(module, Int4Linear):
         return Int4Linear.fake_quantize(weight)
-    if isinstance(module, PackedLinear):
+    if isinstance(module, PackedLinear | IntMMPackedLinear):
         return module.dequantized_weight()
     if hasattr(module, "weight_t"):  # IntMMLinear
         w = module.weight_t[: module.in_features, : module.out_features].t().float()
@@ -283,6 +347,8 @@ def low_bit_label(module: nn.Module, bits: int) -> str:
     """A sub-8-bit layer's kernel, in precision_exec's words."""
     if isinstance(module, Int4Linear):
         return f"{bits}-bit aten int4 kernel (bf16 in, group {module.group})"
+    if isinstance(module, IntMMPackedLinear):
+        return f"{bits}-bit packed, unpacked per call to int8 _int_mm (int8 activations)"
     return f"{bits}-bit packed+dequantized"
 
 
@@ -329,7 +395,8 @@ def plan_mixed(
     cost = np.zeros_like(sens)
     if spec.budget_kind == "bops":
         macs = macs_per_image(model, batches[0][0])
-    kernel = spec.low_bit_kernel
+    kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device)
+    ranges = input_ranges(model, [m for _, m in searched], batches)
     for i, (name, layer) in enumerate(searched):
         w = layer.weight.detach().float()
         for j, bits in enumerate(candidates):
@@ -373,6 +440,7 @@ def plan_mixed(
             cost=tuple(float(v) for v in cost[i]),
             bits=candidates[pick[i]],
             latency=() if latency is None else tuple(float(v) for v in latency.extra_s[i]),
+            act_range=ranges[i],
         )
         for i, (name, layer) in enumerate(searched)
     )
@@ -428,16 +496,19 @@ def apply_plan(
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
     Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits), Int4Linear (4 bits, where
-    the plan's `low_bit_kernel` and the shape allow) or PackedLinear (2..7 bits); other nn.Linear
+    the plan's `low_bit_kernel` and the shape allow), IntMMPackedLinear (2..7 bits, likewise) or
+    PackedLinear (2..7 bits); other nn.Linear
     -> int8-kernel Linear; everything else untouched (fp32).
     `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
     in one exported program.
     """
     bits = plan.bits
+    ranges = {x.name: x.act_range for x in plan.layers}
     low: Counter[tuple[int, str]] = Counter()
     for name, layer in searched_linears(model):
         if bits[name] < 8 or eight_bit:
-            new = convert_layer(layer, bits[name], backend, device, plan.low_bit_kernel)
+            kernel = plan.low_bit_kernel
+            new = convert_layer(layer, bits[name], backend, device, kernel, ranges[name])
             set_module(model, name, new)
             if bits[name] < 8:
                 low[bits[name], low_bit_label(new, bits[name])] += 1
