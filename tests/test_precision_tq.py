@@ -32,6 +32,7 @@ from vitsweep.precision.retrain import Recipe, retrain
 from vitsweep.precision.tq import (
     TQLayer,
     apply_tq,
+    choose_forwards,
     coded_layers,
     input_moments,
     output_error,
@@ -40,7 +41,7 @@ from vitsweep.precision.tq import (
 )
 from vitsweep.precision.uniform import apply_uniform, uniform_layers
 from vitsweep.runctx import RunContext
-from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec, TrialSpec
+from vitsweep.spec import ConfigError, DataSpec, MeasureSpec, PrecisionSpec, TrialSpec
 from vitsweep.vit_space import conditional
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -465,3 +466,51 @@ def test_retraining_records_its_seconds_and_distillation_needs_a_teacher(trained
     assert "retrain_s" not in plan_metrics(plain)
     with pytest.raises(ValueError, match="teacher"):
         retrain(copy.deepcopy(plain), splits.train, Recipe(steps=1, distill=True))
+
+
+@pytest.mark.parametrize(("out_f", "in_f"), [(96, 24), (24, 96), (48, 48)])
+def test_the_transform_domain_forward_computes_the_coded_weight(out_f: int, in_f: int) -> None:
+    """y = U (C x) is the same map as the rebuilt weight W = U C (either side transformed),
+    with rows dropped at 1 bit; its runtime factors are not stored."""
+    torch.manual_seed(out_f + in_f)
+    lin = nn.Linear(in_f, out_f)
+    layer = TQLayer(lin, 1.0, stored=True)
+    assert layer.can_factorize and 0 < layer.kept < min(out_f, in_f)
+    x = torch.randn(5, 7, in_f)
+    with torch.no_grad():
+        dense = layer(x)
+        want = F.linear(x, layer.weight, lin.bias)
+        stored = model_bytes(layer)
+        layer.use_factorized(True)
+        got = layer(x)
+    assert torch.allclose(dense, want, atol=1e-5)
+    assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max()))
+    assert layer.first.shape == (layer.kept, in_f) and layer.second.shape == (out_f, layer.kept)
+    assert model_bytes(layer) == stored and "first" not in layer.state_dict()
+    identity = TQLayer(lin, 1.0, analysis=T.Analysis.of(lin.weight, True), stored=True)
+    with pytest.raises(ValueError, match="only a Linear coded with a transform"):
+        identity.use_factorized(True)
+
+
+def test_each_layer_is_left_on_the_forward_timed_faster(trained) -> None:
+    model = copy.deepcopy(trained)
+    x = torch.randn(8, 3, 16, 16)
+    apply_tq(model, 1.0, [x], transform="klt", stored=True)
+    with torch.no_grad():
+        before = model(x)
+    timing = MeasureSpec(threads=1, lock=False)
+    chosen = choose_forwards(model, x, timing)
+    layers = dict(model.named_modules())
+    linears = [m for m in tq_layers(model) if m.can_factorize]
+    assert len(chosen) == len(linears) > 0
+    for c in chosen:
+        assert layers[c.name].factorized == (c.factorized_s < c.dense_s)
+        assert (
+            c.dense_s > 0
+            and c.factorized_s > 0
+            and 0 < c.kept <= min(c.in_features, c.out_features)
+        )
+        assert c.rows % 8 == 0  # every image's tokens
+    with torch.no_grad():
+        after = model(x)
+    assert torch.allclose(after, before, atol=1e-4 * float(before.abs().max()))

@@ -1,13 +1,15 @@
 """Transform quantization surgery: every nn.Linear / nn.Conv -> a TQ layer storing the coded weight.
 
 `TQLayer` holds what ships: the rows' bit-depths, their packed midrise codes and steps, the kept
-basis vectors at 8 bits with their scales, and the bias (maths in `transform.py`). The forward
-does NOT run in the transform domain: y = U (C x) costs k(m+n) multiply-adds per token against the
-dense layer's m*n, which pays only when fewer than mn/(m+n) rows are kept (under half, for a
-square layer), and reverse water-filling at 2..8 bits keeps nearly all rows of these weights. So
-the weight is rebuilt once (when the layer is made, loaded or fine-tuned) into a non-persistent
-buffer and the layer runs one fp32 GEMM / conv: tq saves storage, not time, and `precision_exec`
-says so. `model_bytes` counts the state_dict, i.e. the stored code and never the runtime copy.
+basis vectors at 8 bits with their scales, and the bias (maths in `transform.py`). By default the
+weight is rebuilt once (when the layer is made, loaded or fine-tuned) into a non-persistent buffer
+and the layer runs one fp32 GEMM / conv. A Linear with a transform can instead run in the
+transform domain, y = U (C x): k(m+n) multiply-adds per token against the dense m*n, fewer only
+when under mn/(m+n) of its rows are kept (under half, for a square layer). At 2-8 bits reverse
+water-filling keeps nearly every row; at 1-1.5 stored bits it keeps a third to two thirds. So
+whether it pays is measured, per layer, on the layer's own inputs (`choose_forwards`), and the
+faster form runs; `precision_exec` counts the factorized layers. `model_bytes` counts the
+state_dict, i.e. the stored code and never a runtime copy.
 
 Fine-tuning (`retrain.retrain`, the loop the uniform baseline is retrained with too):
 quantization-aware, in the transform domain. Each layer's kept coefficients become a float
@@ -22,6 +24,7 @@ transform, the allocation and the steps stay fixed, so the rate cannot drift.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitsweep.measure.speed import thread_scope, timed_repeats
 from vitsweep.precision import transform as T
 from vitsweep.precision.mixed import set_module
+from vitsweep.spec import MeasureSpec
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -135,6 +140,10 @@ class TQLayer(nn.Module):
             None if layer.bias is None else nn.Parameter(layer.bias.detach().float().clone())
         )
         self.register_buffer("weight", torch.empty(0, device=device), persistent=False)
+        # the transform-domain factors (`use_factorized`): runtime copies, like `weight`
+        self.register_buffer("first", torch.empty(0, device=device), persistent=False)
+        self.register_buffer("second", torch.empty(0, device=device), persistent=False)
+        self.factorized = False
         self.latent: nn.Parameter | None = None  # float coefficients while fine-tuning
         self.refresh()
 
@@ -180,8 +189,43 @@ class TQLayer(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute the runtime weight from the stored code."""
-        self.weight = self.rebuild(self.coefficients()).contiguous()
+        """Recompute the runtime weight (and factors, if factorized) from the stored code."""
+        coefficients = self.coefficients()
+        self.weight = self.rebuild(coefficients).contiguous()
+        if self.factorized:
+            self.first, self.second = self.factors(coefficients)
+
+    @property
+    def can_factorize(self) -> bool:
+        """A Linear with a transform and at least one kept row."""
+        return self.conv_args is None and not self.identity and self.bits.numel() > 0
+
+    @property
+    def kept(self) -> int:
+        """Rows kept (k): the inner width of the factorized forward."""
+        return int(self.bits.numel())
+
+    def factors(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first, second) fp32 weights with y = second @ (first @ x): W = U C untransposed
+        (U: out x k, C: k x in), W = (U C)^T transposed (first = U^T, second = C^T)."""
+        u = (self.basis.float() * self.basis_scale[None, :]).to(coefficients.device)
+        c = coefficients.float()
+        if self.transposed:
+            return u.t().contiguous(), c.t().contiguous()
+        return c.contiguous(), u.contiguous()
+
+    @torch.no_grad()
+    def use_factorized(self, on: bool) -> None:
+        """Run the transform domain (on) or the rebuilt dense weight (off)."""
+        if on and not self.can_factorize:
+            raise ValueError("use_factorized: only a Linear coded with a transform factorizes")
+        self.factorized = on
+        if on:
+            self.first, self.second = self.factors(self.coefficients())
+        else:
+            # two tensors: one shared by both buffers fails torch.jit.trace (an export)
+            self.first = torch.empty(0, device=self.weight.device)
+            self.second = torch.empty(0, device=self.weight.device)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args) -> None:
         # How many rows are kept, hence the buffers' lengths, depends on the weights that were
@@ -224,9 +268,11 @@ class TQLayer(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        if self.factorized and self.latent is None:
+            return F.linear(F.linear(x, self.first.to(x.dtype)), self.second.to(x.dtype), b)
         w = self.weight if self.latent is None else self.rebuild(self._quantized_latent())
         w = w.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
         if self.conv_args is None:
             return F.linear(x, w, b)
         c = self.conv_args
@@ -264,6 +310,7 @@ class TQLayer(nn.Module):
             f"{kind}, weight={list(self.weight_shape)}, rate={self.rate:g}, "
             f"kept_rows={self.bits.numel()}/{self.rows}, "
             f"allocation={'output-weighted' if self.weighted else 'weights'}"
+            + (", factorized" if self.factorized else "")
         )
 
 
@@ -446,3 +493,74 @@ def apply_tq(
         assert best is not None
         set_module(model, name, best[1])
     return [name for name, _ in found]
+
+
+@dataclass(frozen=True)
+class ForwardChoice:
+    """One coded Linear's two forwards, timed on its own input: the rebuilt dense weight
+    against the transform domain."""
+
+    name: str
+    out_features: int
+    in_features: int
+    kept: int  # rows kept (k), of min(out, in) for a KLT
+    rows: int  # input rows (tokens x images) it was timed on
+    dense_s: float
+    factorized_s: float
+
+    @property
+    def macs_ratio(self) -> float:
+        """Multiply-adds of the factorized forward over the dense one: k(m+n) / mn."""
+        m, n = self.out_features, self.in_features
+        return self.kept * (m + n) / (m * n)
+
+    @property
+    def factorized(self) -> bool:
+        return self.factorized_s < self.dense_s
+
+
+@torch.no_grad()
+def choose_forwards(
+    model: nn.Module, batch: torch.Tensor, timing: MeasureSpec
+) -> list[ForwardChoice]:
+    """Time every factorizable TQ Linear both ways on the input it sees in a forward of
+    `batch` (the real rows: tokens, as merged), and leave each on its faster forward.
+
+    Timed with the product's repeats (`measure.speed.timed_repeats`) at `timing.threads`, with
+    short repeats: one layer is a fraction of a millisecond, and a trial pays this for each."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, TQLayer) and m.can_factorize}
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def record(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            seen.setdefault(name, inputs[0])  # a hook that returned it would replace the output
+
+        return record
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
+    try:
+        with torch.inference_mode():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    quick = dataclasses.replace(
+        timing, warmup=2, min_repeats=5, max_repeats=9, repeat_s=0.01, time_cap_s=1.0,
+        host_probe="off",
+    )  # fmt: skip
+    out = []
+    with thread_scope(timing.threads), torch.inference_mode():
+        for name, layer in layers.items():
+            x = seen[name]
+            seconds = {}
+            for on in (False, True):
+                layer.use_factorized(on)
+                stats = timed_repeats(lambda layer=layer, x=x: layer(x), lambda: None, quick, 1)
+                seconds[on] = stats.median_step_s
+            choice = ForwardChoice(
+                name, layer.weight_shape[0], layer.weight_shape[1], layer.kept,
+                x.numel() // x.shape[-1], seconds[False], seconds[True],
+            )  # fmt: skip
+            layer.use_factorized(choice.factorized)
+            out.append(choice)
+    return out
