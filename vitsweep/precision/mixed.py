@@ -495,10 +495,10 @@ def apply_plan(
 ) -> str:
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
-    Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits), Int4Linear (4 bits, where
-    the plan's `low_bit_kernel` and the shape allow), IntMMPackedLinear (2..7 bits, likewise) or
-    PackedLinear (2..7 bits); other nn.Linear
-    -> int8-kernel Linear; everything else untouched (fp32).
+    Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits), or below 8 bits the kind
+    `low_bit_kind` gives for the plan's `low_bit_kernel` and the layer's shape (IntMMPackedLinear,
+    Int4Linear or PackedLinear); other nn.Linear -> int8-kernel Linear; everything else
+    untouched (fp32).
     `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
     in one exported program.
     """

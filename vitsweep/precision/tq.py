@@ -5,8 +5,9 @@ basis vectors at 8 bits with their scales, and the bias (maths in `transform.py`
 weight is rebuilt once (when the layer is made, loaded or fine-tuned) into a non-persistent buffer
 and the layer runs one fp32 GEMM / conv. A Linear with a transform can instead run in the
 transform domain, y = U (C x): k(m+n) multiply-adds per token against the dense m*n, fewer only
-when under mn/(m+n) of its rows are kept (under half, for a square layer). At 2-8 bits reverse
-water-filling keeps nearly every row; at 1-1.5 stored bits it keeps a third to two thirds. So
+when under mn/(m+n) of its rows are kept (under half, for a square layer). On the xray baseline
+with the stored budget, the layers that kept their KLT kept a median 10-28% of their rows per
+shape at 1 bit and 20-55% at 2 bits, and none kept a KLT at 3 or 4 (`bench/tq_forward.py`). So
 whether it pays is measured, per layer, on the layer's own inputs (`choose_forwards`), and the
 faster form runs; `precision_exec` counts the factorized layers. `model_bytes` counts the
 state_dict, i.e. the stored code and never a runtime copy.
@@ -27,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitsweep.measure.device import synchronizer
 from vitsweep.measure.speed import thread_scope, timed_repeats
 from vitsweep.precision import transform as T
 from vitsweep.precision.mixed import set_module
@@ -527,7 +530,7 @@ def choose_forwards(
     `batch` (the real rows: tokens, as merged), and leave each on its faster forward.
 
     Timed with the product's repeats (`measure.speed.timed_repeats`) at `timing.threads`, with
-    short repeats: one layer is a fraction of a millisecond, and a trial pays this for each."""
+    short repeats: a trial pays this for every such layer (0.5-7 ms a call at batch 64 here)."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, TQLayer) and m.can_factorize}
     seen: dict[str, torch.Tensor] = {}
 
@@ -555,7 +558,8 @@ def choose_forwards(
             seconds = {}
             for on in (False, True):
                 layer.use_factorized(on)
-                stats = timed_repeats(lambda layer=layer, x=x: layer(x), lambda: None, quick, 1)
+                step = partial(layer, x)
+                stats = timed_repeats(step, synchronizer(str(x.device)), quick, 1)
                 seconds[on] = stats.median_step_s
             choice = ForwardChoice(
                 name, layer.weight_shape[0], layer.weight_shape[1], layer.kept,
