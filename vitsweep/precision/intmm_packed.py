@@ -77,7 +77,7 @@ def unpack_planar(packed: torch.Tensor, bits: int) -> torch.Tensor:
         for i in range(1, nbytes):
             group = group | (b[:, i] << (8 * i))
     planes = [(group >> (bits * i)) & mask for i in range(per)]
-    return (torch.cat(planes).to(torch.int8) - qmax(bits)).to(torch.int8)
+    return torch.cat(planes).to(torch.int8) - qmax(bits)  # an int8 minus an int stays int8
 
 
 def _unfolded(packed: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,7 @@ class IntMMPackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
         self.x_scale, self.x_zero = affine_int8(*act_range)
-        codes = self._codes(packed)
+        codes = unpack_planar(packed, bits)
         colsum = codes.sum(dim=0, dtype=torch.int64).float()
         out_scale = weight_scale.float() * self.x_scale
         out_bias = -out_scale * self.x_zero * colsum
@@ -140,18 +140,15 @@ class IntMMPackedLinear(nn.Module):
         """Bytes stored: packed codes, fp32 scale and bias per output (as `PackedLinear`)."""
         return out_features * in_features * bits // 8 + 8 * out_features
 
-    def _codes(self, packed: torch.Tensor) -> torch.Tensor:
-        return unpack_planar(packed, self.bits)
-
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight (out x in) the layer multiplies by."""
         w_scale = self.out_scale / self.x_scale
-        return self._codes(self.packed).t().float() * w_scale[:, None]
+        return unpack_planar(self.packed, self.bits).t().float() * w_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         q = torch.clamp(torch.round(rows / self.x_scale) + self.x_zero, -128, 127)
-        acc = torch._int_mm(q.to(torch.int8), self._codes(_unfolded(self.packed)))
+        acc = torch._int_mm(q.to(torch.int8), unpack_planar(_unfolded(self.packed), self.bits))
         y = acc.float() * self.out_scale + self.out_bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
