@@ -38,6 +38,13 @@ def test_the_predicted_bench_never_beats_its_reference_nor_pays_for_repeats() ->
         assert run.fractions == sorted(run.fractions), f"{run.sampler}: hypervolume shrank"
         assert run.distinct == len(run.values) - 1  # every counted trial a new configuration
     assert set(res.table) == {"random", "tpe"}
+    # the lead over random is shown on its own, beside the fraction target
+    (section,) = res.sections()
+    (lead,) = [t for t in section.targets if "minus random's" in t.name]
+    diffs = [res.table["tpe"][n]["median"] - res.table["random"][n]["median"] for n in (5, 10)]
+    assert lead.value == round(min(diffs), 3)
+    assert lead.met == all(d > 0 for d in diffs)
+    assert lead.name.startswith("tpe:")
 
 
 def test_a_sampler_that_only_repeats_ends_its_run_as_the_study_would() -> None:
