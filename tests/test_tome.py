@@ -28,8 +28,8 @@ from vitsweep.tome import (
     schedule_of,
     token_counts,
 )
-from vitsweep.tome.fused import merge_step
-from vitsweep.tome.merge import size_bias
+from vitsweep.tome.fused import built_kernel, fused_merge, kernel, merge_step
+from vitsweep.tome.merge import max_merge, size_bias
 from vitsweep.tome.patch import KEY_ALIGN, _aligned_keys, _attention
 from vitsweep.tome.reference import apply_reference_tome
 
@@ -414,6 +414,78 @@ def test_fast_step_merges_like_the_readable_formulation(dtype: torch.dtype) -> N
                 torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
                 torch.testing.assert_close(got_x, want_x, **tol)
                 assert torch.equal(got_src > 0, want_src > 0)  # the same tokens merged
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_cpp_kernel_merges_like_merge_step(dtype: torch.dtype) -> None:
+    """The C++ kernel (eager inference's default) against `merge_step`: the same shapes and
+    dtypes, sizes exactly, tokens within rounding (bf16: one unit in the last place), extras
+    merged like `x`; prefix 0/1/2, batch 1 and 3, r = 1, 5 and the cap, with and without sizes."""
+    k = built_kernel()
+    assert k is not None  # this machine has a C++ compiler: inductor needs one too
+    g = torch.Generator().manual_seed(11)
+    tol = {
+        torch.float64: {"rtol": 1e-12, "atol": 1e-12},
+        torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+        torch.bfloat16: {"rtol": 8e-3, "atol": 0},
+    }[dtype]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for p, batch in itertools.product((0, 1, 2), (1, 3)):
+        n = 2 * 15 + p + 1
+        metric = torch.randn(batch, n, 8, generator=g, dtype=torch.float64).to(dtype)
+        x = torch.randn(batch, n, 6, generator=g, dtype=torch.float64).to(dtype)
+        pos = torch.randn(batch, n, 2, generator=g, dtype=torch.float64).to(dtype)
+        sized = torch.randint(1, 5, (batch, n, 1), generator=g).to(acc)
+        for r, size in itertools.product((1, 5, max_merge(n, p)), (None, sized)):
+            with torch.inference_mode():
+                want_x, want_size, (want_pos,) = merge_step(metric, x, size, r, p, (pos,))
+                got_x, got_size, got_pos = k.merge_step(metric, x, size, r, p, [pos])
+            assert got_x.shape == want_x.shape and got_x.dtype == dtype
+            assert got_size.dtype == want_size.dtype == acc
+            torch.testing.assert_close(got_size, want_size, rtol=0, atol=0)
+            torch.testing.assert_close(got_x, want_x, **tol)
+            torch.testing.assert_close(got_pos, want_pos, **tol)
+
+
+def test_eager_inference_merges_in_the_kernel_and_autograd_op_by_op() -> None:
+    """`fused_merge` takes the kernel in eager inference (fewer top-level ATen ops than
+    `merge_step`: only its matching's, dispatched from C++), the same tokens; with autograd on
+    it merges op by op, so gradients reach the tokens."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(12)
+    metric, x = torch.randn(2, 97, 16, generator=g), torch.randn(2, 97, 24, generator=g)
+    size = torch.randint(1, 3, (2, 97, 1), generator=g).float()
+
+    def top_level_ops(enabled: bool) -> tuple[int, torch.Tensor]:
+        with torch.inference_mode(), kernel(enabled):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                out = fused_merge(metric, x, size, 13, 1)[0]
+        n = sum(
+            e.name.startswith("aten::")
+            and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+            for e in prof.events()
+        )
+        return n, out
+
+    (in_kernel, ours), (op_by_op, step) = top_level_ops(True), top_level_ops(False)
+    assert 0 < in_kernel < op_by_op
+    torch.testing.assert_close(ours, step, rtol=1e-5, atol=1e-6)
+    xg = x.clone().requires_grad_()
+    fused_merge(metric, xg, size, 13, 1)[0].sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_a_trace_under_no_grad_records_the_merge_not_the_kernels_result() -> None:
+    """torch.jit.trace under no_grad (how the TorchScript export traces) must not take the
+    kernel, whose loops the tracer cannot see: the traced model merges a second, different
+    input as the eager model does."""
+    model = apply_tome(vit(), 4)
+    g = torch.Generator().manual_seed(13)
+    x1, x2 = (torch.randn(2, 3, IMG, IMG, generator=g) for _ in range(2))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x1, check_trace=False)
+        torch.testing.assert_close(traced(x2), model(x2), rtol=1e-5, atol=1e-5)
 
 
 def test_fast_step_dispatches_fewer_ops_than_the_readable_formulation() -> None:

@@ -23,7 +23,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, token_sources
-from vitsweep.tome.fused import fused_merge, merge_step
+from vitsweep.tome.fused import fused_merge, kernel, merge_step
 
 IMG, PATCH = 112, 8  # 196 patches + class token = 197 tokens, as DeiT/ViT-S at 224 px
 
@@ -193,6 +193,8 @@ def test_matching_with_distillation_and_register_tokens(p: int) -> None:
     size = torch.randint(1, 5, (batch, n, 1), generator=g).double()
     out, out_size = merge_wavg(bipartite_soft_matching(metric, r, p), x, size)
     fast, fast_size, _ = merge_step(metric, x, size, r, p)
+    with torch.no_grad():  # eager inference: the C++ kernel
+        kern, kern_size, _ = fused_merge(metric, x, size, r, p)
     for i in range(batch):
         groups = [[j] for j in range(n)]
         want, want_size, want_groups = oracle_step(
@@ -201,7 +203,9 @@ def test_matching_with_distillation_and_register_tokens(p: int) -> None:
         assert want_groups[:p] == [[j] for j in range(p)]
         torch.testing.assert_close(out[i], want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(fast[i], want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(kern[i], want, rtol=1e-12, atol=1e-12)
         assert out_size[i, :, 0].tolist() == fast_size[i, :, 0].tolist() == want_size
+        assert kern_size[i, :, 0].tolist() == want_size
 
 
 def test_compiled_region_is_the_published_algorithm_too() -> None:
@@ -240,7 +244,7 @@ def test_compiled_region_is_the_published_algorithm_too() -> None:
                 torch.ones(2, n, 1, dtype=torch.float64), 13, 1)  # fmt: skip
 
         def top_level_ops(enabled: bool) -> int:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU]) as prof, kernel(False):
                 fused_merge(*args, compile=enabled)
             return sum(
                 e.name.startswith("aten::")

@@ -9,9 +9,10 @@ int8 goes through the flow the product uses (torch.export -> prepare_pt2e -> cal
 convert_pt2e -> inductor with freezing), so ToMe must trace through it. fp32 and bf16 run eager,
 as a study runs them by default (`measure.compile=auto` compiles PT2E int8 only), and compiled
 (`measure.compile=always`, through `measure.compile`: the batch dimension dynamic, batch 1 its
-own graph). Eager ToMe merges as a trial does by default (`merge_step` op by op); a "merge
-compiled" row runs the same model through the compiled merge region (`token.compile_merge`,
-`tome.fused`, issue #35), at batch 1 where the difference shows.
+own graph). Eager ToMe merges as a trial does by default (the C++ kernel of `tome.fused`,
+issue #35); at batch 1, where the difference shows, a "merge_step" row runs the same model
+merging op by op, and a "compiled region" row through the compiled merge region
+(`token.compile_merge`).
 A ratio "x same precision" compares like with like.
 
 Every variant is timed by the product's protocol (`measure.speed.time_forward`: warm-up, the
@@ -21,8 +22,9 @@ figure is the median over rounds, ratios come from those medians.
 
 `merge_op_counts` (a second section) counts, per merging block, what ToMe's own work dispatches:
 torch calls from Python and top-level ATen ops, for the readable formulation, the eager
-`merge_step` and the compiled region; the kernels inductor generates for each formulation; and
-the whole ToMe model's graphs and graph breaks under torch.compile. Counts do not depend on load.
+`merge_step`, the C++ kernel and the compiled region; the kernels inductor generates for each
+formulation; and the whole ToMe model's graphs and graph breaks under torch.compile. Counts do
+not depend on load.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from vitsweep.measure.speed import steady_host_allocator, thread_scope, time_for
 from vitsweep.runctx import RunContext
 from vitsweep.spec import MeasureSpec
 from vitsweep.tome import apply_tome, bipartite_soft_matching, merge_wavg, remove_tome, token_counts
-from vitsweep.tome.fused import fused_merge, merge_step, regional
+from vitsweep.tome.fused import fused_merge, kernel, merge_step, regional
 
 # the attention ToMe's merging blocks run (padded bf16 keys), for the pruned ceiling
 from vitsweep.tome.patch import KEY_ALIGN, _attention
@@ -111,6 +113,14 @@ class _MergeCompiled(torch.nn.Module):
             return self.model(x)
 
 
+class _OpByOp(_MergeCompiled):
+    """The same ToMe model merging op by op (`merge_step`), not in the C++ kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with kernel(False):
+            return self.model(x)
+
+
 def _dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision.startswith("bf16") else torch.float32
 
@@ -127,6 +137,8 @@ def _build(
         model = _Pruned(model)
     elif kind == "merge compiled":
         model = _MergeCompiled(model)
+    elif kind == "op by op":
+        model = _OpByOp(model)
     if precision == "int8":
         return _int8(model, calib)
     model = model.to(_dtype(precision))
@@ -240,7 +252,8 @@ def merge_op_counts(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Per merging block (DeiT-S's second block by default: 184 tokens, 384 channels, keys of
     64 features, class token): torch calls from Python and top-level ATen ops dispatched by the
-    readable formulation, `merge_step` eager and the compiled region, at batch 1 and 16, fp32
+    readable formulation, `merge_step` eager, the C++ kernel and the compiled region, at batch
+    1 and 16, fp32
     and bf16 (the region only with `region`: a compile per shape); with `compiled`, also the
     kernels inductor generates for each formulation and the whole model's graph breaks."""
     rows: list[dict[str, Any]] = []
@@ -263,6 +276,15 @@ def merge_op_counts(
                         "aten_ops": _top_level_aten_ops(partial(fn, *args)),
                     }
                 )
+            rows.append(
+                {
+                    "formulation": "C++ kernel (fused_merge)",
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "batch": batch,
+                    "torch_calls": 1,
+                    "aten_ops": _top_level_aten_ops(partial(fused_merge, *args)),
+                }
+            )
             if not region:
                 continue
             with regional(True):
@@ -336,7 +358,9 @@ def _variants(
                 add(label, precision, r, "tome", batches)
             if label == "DeiT-S":  # the pruned ceiling, at the throughput batch
                 add(label, precision, R, "pruned", (batch,))
-            if region and precision in ("fp32", "bf16"):  # the region's worth, where it shows
+            if precision in ("fp32", "bf16"):  # the kernel's worth, at batch 1 where it shows
+                add(label, precision, R, "op by op", (1,))
+            if region and precision in ("fp32", "bf16"):  # and the region's
                 add(label, precision, R, "merge compiled", (1,))
     if "DeiT-S" in models:
         add("DeiT-S", "fp32", R, "reference", (batch, 1))
@@ -425,7 +449,11 @@ def _run(
         model = _float_model(MODELS[v.label], v.r, img)
         n = token_counts(model)[-1] if v.r else (img // 16) ** 2 + 1
         step = med[v.key]
-        merge = {"tome": "eager (merge_step)", "merge compiled": "compiled region"}.get(v.kind, "")
+        merge = {
+            "tome": "eager (C++ kernel)",
+            "op by op": "eager (merge_step)",
+            "merge compiled": "compiled region",
+        }.get(v.kind, "")
         if v.kind == "tome" and (v.precision == "int8" or v.precision.endswith(" compiled")):
             merge = "in the model's graph"
         rows.append(
@@ -469,8 +497,9 @@ def _run(
         f"timm {'/'.join(chosen.values())}, random weights, {img} px, batch {batch} (throughput)"
         f" and 1 (latency), CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"timm {timm.__version__}",
-        "fp32: eager; bf16: weights cast, eager; eager ToMe merges op by op (`merge_step`), "
-        "'merge compiled' rows through its compiled region (`token.compile_merge`); compiled: "
+        "fp32: eager; bf16: weights cast, eager; eager ToMe merges in its C++ kernel (the "
+        "default), 'merge_step' rows op by op, 'compiled region' rows through the compiled "
+        "merge region (`token.compile_merge`); compiled: "
         "torch.compile (inductor, freezing; `measure.compile=always`, batch dynamic, batch 1 its "
         "own graph), stock compiled alike; int8: torchao PT2E static (X86InductorQuantizer on "
         "every Linear, 2 calibration batches, batch dim dynamic), convert_pt2e, torch.compile "

@@ -10,6 +10,12 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
   `index_select`, and the receivers' size-weighted sums are one `baddbmm` (the small "same
   receiver" matrix, as in `merge_wavg`). Only the <= r receivers per image are recomputed,
   every other row is copied exactly.
+- the C++ kernel (`merge_kernel.cpp`, on by default for eager CPU inference): the same
+  matching, by the same ATen ops called from C++, then the merge as loops over rows. At batch 1
+  the ~54 ops of `merge_step` cost more than the merged tokens save (216 us per DeiT-Ti bf16
+  block at 184 tokens, AMD EPYC, 2 threads); no op-level rewrite removes enough of them. Built once
+  per machine by `torch.utils.cpp_extension` (about a minute, cached in its extensions
+  directory); where it cannot be built (no C++ compiler), `merge_step`, with one warning.
 - `fused_merge` (opt-in, `token.compile_merge`; see below): `merge_step` compiled on its own
   (regional compilation, inductor, dynamic shapes, so every block's token count shares one
   graph) and called from an eager model: one
@@ -22,8 +28,11 @@ than the merged tokens save. The same published algorithm (see `merge`'s docstri
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch.overrides import _get_current_function_mode_stack
@@ -140,8 +149,16 @@ def _merge_rows(
 # 27.50), while each process pays its compile (22 s here, 20-60 s cold). Batch 16 with it on:
 # 1.34-1.37x stock. Opt in where a bench shows it pays on that CPU.
 _compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]] | None = None
-# override: `regional`'s forced choice (None: each model's own); failed: a compile failed once
-_state: dict[str, bool | None] = {"override": None, "failed": False}
+# override: `regional`'s forced choice (None: each model's own); failed: a compile failed once;
+# kernel: whether eager inference merges in the C++ kernel (`kernel`); kernel_failed: its build
+# failed once
+_state: dict[str, bool | None] = {
+    "override": None,
+    "failed": False,
+    "kernel": True,
+    "kernel_failed": False,
+}
+_built: ModuleType | None = None
 
 
 def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
@@ -154,21 +171,67 @@ def _region() -> Callable[..., tuple[torch.Tensor, torch.Tensor, Extras]]:
     return _compiled
 
 
+def _eager_inference() -> bool:
+    """No trace, no autograd, no Python dispatch or function mode: where a merge may leave the
+    op-by-op formulation (module docstring)."""
+    # is_compiling first: inside a whole-model trace nothing after it is traced (or guarded on)
+    return (
+        not torch.compiler.is_compiling()
+        and not torch.is_grad_enabled()
+        and _get_current_dispatch_mode() is None
+        and not _get_current_function_mode_stack()
+    )
+
+
 def _region_applies(requested: bool) -> bool:
     """Whether this merge runs through the compiled region: what the model asked for
     (`token.compile_merge`) unless `regional` forces a choice, never after a failed compile,
     and only where it is safe (module docstring)."""
-    # is_compiling first: inside a whole-model trace nothing after it is traced (or guarded on)
-    if torch.compiler.is_compiling():
-        return False
     override = _state["override"]
     enabled = requested if override is None else override
+    return bool(enabled) and not _state["failed"] and _eager_inference()
+
+
+def built_kernel() -> ModuleType | None:
+    """The C++ merge kernel, built on first use (None where it cannot be built: one warning,
+    then `merge_step` for the rest of the process)."""
+    global _built
+    if _built is None and not _state["kernel_failed"]:
+        from torch.utils import cpp_extension
+
+        source = Path(__file__).with_name("merge_kernel.cpp")
+        try:
+            import ninja  # torch builds with the ninja on PATH: the venv's may not be there
+
+            path = os.environ.get("PATH", "")
+            if ninja.BIN_DIR not in path.split(os.pathsep):
+                os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
+            _built = cpp_extension.load(
+                "vitsweep_tome_merge", [str(source)], extra_cflags=["-O3"], verbose=False
+            )
+        except Exception as err:  # no compiler, no ninja, a failed build: no common type
+            _state["kernel_failed"] = True
+            warnings.warn(
+                f"ToMe's merge kernel could not be built ({type(err).__name__}: "
+                f"{str(err)[:200]}); merging with merge_step",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _built
+
+
+def _kernel_applies(x: torch.Tensor, metric: torch.Tensor) -> bool:
+    """Eager CPU inference on plain tensors, not under a tracer: what the kernel computes in
+    its loops is invisible to torch.jit.trace, torch.export and fake or functional tensors."""
     return (
-        bool(enabled)
-        and not _state["failed"]
-        and not torch.is_grad_enabled()
-        and _get_current_dispatch_mode() is None
-        and not _get_current_function_mode_stack()
+        not torch.compiler.is_compiling()  # first: nothing after it is traced or guarded on
+        and bool(_state["kernel"])
+        and type(x) is torch.Tensor
+        and type(metric) is torch.Tensor
+        and x.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_exporting()
+        and _eager_inference()
     )
 
 
@@ -182,8 +245,12 @@ def fused_merge(
     compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Extras]:
     """`merge_step`, through its compiled region where asked (`compile`) and where that
-    applies (module docstring)."""
+    applies, else in eager CPU inference through the C++ kernel (module docstring)."""
     if not _region_applies(compile):
+        r = min(r, max_merge(x.shape[1], num_prefix))
+        if r > 0 and _kernel_applies(x, metric) and (built := built_kernel()) is not None:
+            out, new_size, *rest = built.merge_step(metric, x, size, r, num_prefix, list(extras))
+            return out, new_size, tuple(rest)
         return merge_step(metric, x, size, r, num_prefix, extras)
     if size is None:  # one graph for every block: the first merging block gets ones too
         size = torch.ones(*x.shape[:2], 1, dtype=_acc_dtype(x.dtype), device=x.device)
@@ -198,6 +265,18 @@ def fused_merge(
             stacklevel=2,
         )
         return merge_step(metric, x, size, r, num_prefix, extras)
+
+
+@contextlib.contextmanager
+def kernel(enabled: bool) -> Iterator[None]:
+    """Merge in eager inference with the C++ kernel (the default) or op by op (`merge_step`)
+    inside: for tests and the bench, which compare both on one model."""
+    before = _state["kernel"]
+    _state["kernel"] = enabled
+    try:
+        yield
+    finally:
+        _state["kernel"] = before
 
 
 @contextlib.contextmanager
