@@ -253,9 +253,9 @@ def merge_op_counts(
     """Per merging block (DeiT-S's second block by default: 184 tokens, 384 channels, keys of
     64 features, class token): torch calls from Python and top-level ATen ops dispatched by the
     readable formulation, `merge_step` eager, the C++ kernel and the compiled region, at batch
-    1 and 16, fp32
-    and bf16 (the region only with `region`: a compile per shape); with `compiled`, also the
-    kernels inductor generates for each formulation and the whole model's graph breaks."""
+    1 and 16, fp32 and bf16 (the region only with `region`: a compile per shape); with
+    `compiled`, also the kernels inductor generates for each formulation and the whole model's
+    graph breaks."""
     rows: list[dict[str, Any]] = []
     g = torch.Generator().manual_seed(0)
     for dtype, batch in ((torch.float32, 1), (torch.float32, BATCH), (torch.bfloat16, 1)):
