@@ -16,8 +16,8 @@ import torch
 from vitsweep.bench.common import Section
 
 SECTIONS = (
-    "sweeper", "supernet", "tome", "precision", "mixed", "tq", "tq_forward", "runtime", "measure",
-    "scaleout", "headline",
+    "sweeper", "supernet", "tome", "tome_schedule", "precision", "mixed", "tq", "tq_forward",
+    "runtime", "measure", "scaleout", "headline",
 )  # fmt: skip
 # Sections too long for `make bench` (`make bench-search` runs search; `--only bootstrap` trains
 # six supernets, about 2 h): never run by default, but their saved JSON joins the README table
