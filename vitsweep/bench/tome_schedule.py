@@ -11,8 +11,10 @@ where they buy the most time. This section measures what it could buy, on this C
    tokens a block receives and the MLP half (norm, fc1, fc2) at the tokens it keeps;
 2. the plan: from that curve, the per-block merge counts that minimise the predicted time while
    keeping at least the constant schedule's token-blocks (the sum over blocks of the tokens each
-   keeps: what ToMe's accuracy rests on, and what its FLOPs follow), solved exactly by dynamic
-   programming over (tokens, token-blocks so far);
+   keeps: what its FLOPs follow), each block within `WINDOW` tokens of the constant schedule's
+   count and merging wherever it merges (equal token-blocks alone let a plan merge half the
+   tokens at once and skip later merges: another ToMe, not another row count), solved exactly
+   by dynamic programming over (tokens, token-blocks so far);
 3. the check: the planned schedule and the constant one timed end to end as a trial runs them
    (`apply_tome` with the per-block list, `token.r` accepts one), same rounds.
 
@@ -34,7 +36,8 @@ import torch
 from torch import nn
 
 from vitsweep.bench.common import Section, save_figure
-from vitsweep.bench.tome import MODELS, _dtype, _float_model, _spec
+from vitsweep.bench.tome import MODELS, Variant, _dtype, _float_model, _round_robin, _spec
+from vitsweep.measure.cost import count_flops
 from vitsweep.measure.speed import thread_scope, time_forward
 from vitsweep.runctx import RunContext
 from vitsweep.tome import apply_tome
@@ -180,9 +183,6 @@ def run(
 
 
 def _run(quick: bool, model: str, batch: int, img: int, levels: tuple[int, ...]) -> list[Section]:
-    from vitsweep.bench.tome import Variant, _round_robin
-    from vitsweep.measure.cost import count_flops
-
     rounds = 1 if quick else 5
     load_before = os.getloadavg()[0]
     name = MODELS[model]
