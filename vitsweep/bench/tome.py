@@ -101,23 +101,17 @@ class _Pruned(torch.nn.Module):
         return m.forward_head(m.norm(x))
 
 
-class _MergeCompiled(torch.nn.Module):
-    """The same ToMe model merging through its compiled region (`token.compile_merge`)."""
+class _Within(torch.nn.Module):
+    """The same ToMe model run inside a context: merging through its compiled region
+    (`regional(True)`, `token.compile_merge`) or op by op (`kernel(False)`, `merge_step`, not the
+    C++ kernel)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, context: Callable[[], Any]) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.context = model, context
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with regional(True):
-            return self.model(x)
-
-
-class _OpByOp(_MergeCompiled):
-    """The same ToMe model merging op by op (`merge_step`), not in the C++ kernel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with kernel(False):
+        with self.context():
             return self.model(x)
 
 
@@ -136,9 +130,9 @@ def _build(
     elif kind == "pruned":
         model = _Pruned(model)
     elif kind == "merge compiled":
-        model = _MergeCompiled(model)
+        model = _Within(model, partial(regional, True))
     elif kind == "op by op":
-        model = _OpByOp(model)
+        model = _Within(model, partial(kernel, False))
     if precision == "int8":
         return _int8(model, calib)
     model = model.to(_dtype(precision))

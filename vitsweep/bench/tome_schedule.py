@@ -25,6 +25,7 @@ counts can move the front here, and `token.schedule` does not offer one.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import os
 import statistics
@@ -220,12 +221,14 @@ def _run(quick: bool, model: str, batch: int, img: int, levels: tuple[int, ...])
     steps = {(v.precision, v.r, v.kind): v.steps_s for v in variants}
     measured = {key: statistics.median(v) for key, v in steps.items()}
 
+    @functools.cache  # each schedule's count serves both precisions' rows
     def flops(rs: tuple[int, ...]) -> int:
         return count_flops(apply_tome(_float_model(name, 0, img), rs), RunContext(), (3, img, img))
 
     rows, gains = [], []
     for (precision, level), kinds in plans.items():
         const, planned = kinds["constant"], kinds["planned"]
+        planned_kept = token_counts_for(planned, tokens, NUM_PREFIX)
         gain = measured[precision, level, "constant"] / measured[precision, level, "planned"]
         gains.append(gain)
         paired = [  # each round timed both: their ratio within a round, min-max over rounds
@@ -238,11 +241,8 @@ def _run(quick: bool, model: str, batch: int, img: int, levels: tuple[int, ...])
             "precision": precision,
             "constant r": level,
             "planned r per block": ",".join(map(str, planned)),
-            "tokens kept per block (planned)": ",".join(
-                map(str, token_counts_for(planned, tokens, NUM_PREFIX))),
-            "token-blocks planned / constant": round(
-                sum(token_counts_for(planned, tokens, NUM_PREFIX))
-                / sum(token_counts_for(const, tokens, NUM_PREFIX)), 3),
+            "tokens kept per block (planned)": ",".join(map(str, planned_kept)),
+            "token-blocks planned / constant": round(sum(planned_kept) / sum(kept[level]), 3),
             "FLOPs planned / constant": round(flops(planned) / flops(const), 3),
             "predicted constant / planned": round(
                 predicted[precision, level, "constant"]
@@ -253,7 +253,7 @@ def _run(quick: bool, model: str, batch: int, img: int, levels: tuple[int, ...])
             "per round (min-max)": f"{min(paired):.3f}-{max(paired):.3f}",
         })  # fmt: skip
 
-    curve_rows = _curve_rows(curve, batch, tokens, max(levels, default=0), depth)
+    curve_rows = _curve_rows(curve, batch, tokens, fewest + WINDOW)
     out_dir = Path("multirun") / "bench" / ("quick" if quick else "")
     figure = _plot(curve, batch, plans, tokens, out_dir / "tome-rows.png")
     typical = statistics.median(gains) if gains else 0.0
@@ -302,11 +302,11 @@ def _run(quick: bool, model: str, batch: int, img: int, levels: tuple[int, ...])
 
 
 def _curve_rows(
-    curve: dict[tuple[str, str, int], float], batch: int, tokens: int, level: int, depth: int
+    curve: dict[tuple[str, str, int], float], batch: int, tokens: int, low: int
 ) -> list[dict[str, Any]]:
-    """Per precision and half: us per row at the ends of the range a constant schedule visits,
-    the spread over it, and the largest jump between neighbouring grid counts."""
-    low = token_counts_for((level,) * depth, tokens, NUM_PREFIX)[-1] if level else 0
+    """Per precision and half: us per row at the grid's ends, the spread over `low`..`tokens`
+    (the range the constant schedules visit), and the largest jump between neighbouring grid
+    counts."""
     rows = []
     for precision in PRECISIONS:
         for half in ("attention", "mlp"):
