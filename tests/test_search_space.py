@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -276,3 +276,65 @@ def test_samplers_propose_from_the_objectives_they_are_shown(name: str) -> None:
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(study.trials)
     assert len({t.params["x"] for t in three.trials[1:]}) >= 8  # a front, not one point
     assert max(t.params["x"] for t in one.trials[1:]) > 0.9
+
+
+class RankSpy(optuna.samplers.BaseSampler):
+    """An inner sampler that records the params it is shown and proposes the highest value
+    of every relative param and the lowest of every independent one."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[dict[str, Any], dict[str, BaseDistribution]]] = []
+        self.asked: list[dict[str, BaseDistribution]] = []
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self.shown = [(t.params, t.distributions) for t in done]
+        return optuna.search_space.IntersectionSearchSpace().calculate(study)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        self.asked.append(search_space)
+        return {
+            n: d.high if isinstance(d, IntDistribution) else d.choices[-1]
+            for n, d in search_space.items()
+        }
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, name: str, dist: BaseDistribution
+    ) -> Any:
+        return dist.low if isinstance(dist, IntDistribution) else dist.choices[0]
+
+
+def test_numeric_choices_are_shown_to_the_sampler_as_ranks_and_stored_as_asked() -> None:
+    """heads=choice(4,1,2) reaches a model-based sampler as a rank 0..2 in ascending order
+    (1, 2, 4), its proposal in ranks comes back as the choice; words stay categorical."""
+    from vitsweep.search.samplers import BaselineBlind
+
+    spy = RankSpy()
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=BaselineBlind(spy))
+    for _ in range(4):
+        trial = study.ask()
+        trial.suggest_categorical("heads", [4, 1, 2])
+        trial.suggest_categorical("mlp", [3.0, 2.0])
+        trial.suggest_categorical("act", ["relu", "gelu"])
+        study.tell(trial, [1.0 + trial.number, 2.0])
+    first, *later = study.trials
+    assert first.params == {"heads": 1, "mlp": 2.0, "act": "relu"}  # independent: lowest
+    assert all(t.params == {"heads": 4, "mlp": 3.0, "act": "gelu"} for t in later)  # highest
+    for t in study.trials:  # the study keeps the params as asked
+        assert t.distributions["heads"] == CategoricalDistribution([4, 1, 2])
+    asked = [space for space in spy.asked if space]  # trial 0's space is empty
+    assert len(asked) == 3 and all(
+        space["heads"] == IntDistribution(0, 2)
+        and space["mlp"] == IntDistribution(0, 1)
+        and space["act"] == CategoricalDistribution(["relu", "gelu"])
+        for space in asked
+    )
+    assert [p for p, _ in spy.shown] == [
+        {"heads": 0, "mlp": 0, "act": "relu"},
+        {"heads": 2, "mlp": 1, "act": "gelu"},
+        {"heads": 2, "mlp": 1, "act": "gelu"},
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import warnings
 from collections.abc import Container, Sequence
 from typing import Any
@@ -47,6 +48,25 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
 _CONSTRAINTS = "constraints"  # Optuna's system attribute: a list (old) or "constraints:<name>"
 
 
+def _ranked(dist: BaseDistribution) -> tuple[Any, ...] | None:
+    """The choices of a categorical param whose choices are distinct finite numbers, ascending;
+    None for any other param."""
+    if not isinstance(dist, CategoricalDistribution) or len(dist.choices) < 2:
+        return None
+    choices = dist.choices
+    if not all(isinstance(c, int | float) and not isinstance(c, bool) for c in choices):
+        return None
+    if not all(math.isfinite(c) for c in choices) or len(set(choices)) < len(choices):
+        return None
+    return tuple(sorted(choices))
+
+
+def _rank_space(dist: BaseDistribution) -> BaseDistribution:
+    """`dist` as a model-based sampler is shown it: numeric choices as their rank."""
+    order = _ranked(dist)
+    return dist if order is None else IntDistribution(0, len(order) - 1)
+
+
 def _shown(
     trial: FrozenTrial, constraints: Sequence[Constraint], kept: Sequence[int] | None = None
 ) -> FrozenTrial:
@@ -62,12 +82,27 @@ def _shown(
       since: Optuna 5.1's GP refuses trials whose constraint names differ. The metrics are the
       one record every trial of every era has.
     - Only the objectives in `kept` (all when None): see `kept_objectives`.
+    - A categorical param whose choices are numbers (heads 1/2/4, embed dim 48..128) as its
+      rank among them, an integer param (`_rank_space`). Why: Optuna's GP models a
+      categorical param with a kernel that knows only "same" or "different", so 2 heads
+      taught it nothing about 1 or 4. On xray's supernet space, where every such knob moves
+      cost one way, it changed one or two knobs at a time around its best trial and first
+      tried r=0 at proposal 35. As ranks the kernel sees the order: `make bench-search` on
+      the predictors (xray, AMD EPYC, 2026-12-05, 10 seeds) moved gp's median at 40 trials
+      from 0.84 to 0.99 of the reference hypervolume, tpe's from 0.58 to 0.61. The study
+      stores the choices as asked (reports, resume, W&B); only the sampler sees ranks.
     """
     baseline = record.is_baseline(trial)
     stored = {k: v for k, v in trial.system_attrs.items() if k.startswith(_CONSTRAINTS)}
-    if not baseline and not stored and not constraints and kept is None:
+    ranked = {n: o for n, d in trial.distributions.items() if (o := _ranked(d)) is not None}
+    if not baseline and not stored and not constraints and kept is None and not ranked:
         return trial
     shown = copy.copy(trial)
+    if ranked:
+        shown.params = {
+            n: ranked[n].index(v) if n in ranked else v for n, v in trial.params.items()
+        }
+        shown.distributions = {n: _rank_space(d) for n, d in trial.distributions.items()}
     if baseline:
         shown.state, shown.values = TrialState.FAIL, None
     else:
@@ -184,7 +219,8 @@ class _SamplerView:
 
 class BaselineBlind(optuna.samplers.BaseSampler):
     """`inner`, shown the study through `_shown`: the baseline as a FAIL trial, constraints
-    as the study's current ones, an objective that copies another left out (`kept_objectives`).
+    as the study's current ones, an objective that copies another left out (`kept_objectives`),
+    numeric choices as their ranks.
 
     The baseline (trial 0) runs a config outside the search space, so it has no params.
     Optuna's GP and NSGA-II samplers model only the params that every complete trial shares:
@@ -225,12 +261,27 @@ class BaselineBlind(optuna.samplers.BaseSampler):
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(self._view(study), trial)
+        """The inner sampler's space, each param as the study asks it (Optuna checks a
+        relative param against the distribution of its `suggest_*` call): ranks back to
+        the categorical they stand for."""
+        space = self.inner.infer_relative_search_space(self._view(study), trial)
+        if not space:
+            return space
+        asked: dict[str, BaseDistribution] = {}
+        done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+        for t in done:
+            asked |= {n: d for n, d in t.distributions.items() if n in space and n not in asked}
+            if len(asked) == len(space):
+                break
+        return {n: asked.get(n, d) for n, d in space.items()}
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self.inner.sample_relative(self._view(study), trial, search_space)
+        order = {n: o for n, d in search_space.items() if (o := _ranked(d)) is not None}
+        shown = {n: _rank_space(d) for n, d in search_space.items()}
+        sampled = self.inner.sample_relative(self._view(study), trial, shown)
+        return {n: order[n][int(v)] if n in order else v for n, v in sampled.items()}
 
     def sample_independent(
         self,
@@ -239,12 +290,10 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        return self.inner.sample_independent(
-            self._view(study),
-            trial,
-            param_name,
-            param_distribution,
-        )
+        order = _ranked(param_distribution)
+        shown = _rank_space(param_distribution)
+        value = self.inner.sample_independent(self._view(study), trial, param_name, shown)
+        return value if order is None else order[int(value)]
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._update(study)
