@@ -61,10 +61,16 @@ def _ranked(dist: BaseDistribution) -> tuple[Any, ...] | None:
     return tuple(sorted(choices))
 
 
-def _rank_space(dist: BaseDistribution) -> BaseDistribution:
-    """`dist` as a model-based sampler is shown it: numeric choices as their rank."""
-    order = _ranked(dist)
-    return dist if order is None else IntDistribution(0, len(order) - 1)
+def _as_ranks(
+    space: dict[str, BaseDistribution],
+) -> tuple[dict[str, BaseDistribution], dict[str, tuple[Any, ...]]]:
+    """`space` as a model-based sampler is shown it (numeric choices as their rank, an
+    integer), and the ascending choices each rank indexes."""
+    orders = {n: o for n, d in space.items() if (o := _ranked(d)) is not None}
+    shown = {
+        n: IntDistribution(0, len(orders[n]) - 1) if n in orders else d for n, d in space.items()
+    }
+    return shown, orders
 
 
 def _shown(
@@ -83,7 +89,7 @@ def _shown(
       one record every trial of every era has.
     - Only the objectives in `kept` (all when None): see `kept_objectives`.
     - A categorical param whose choices are numbers (heads 1/2/4, embed dim 48..128) as its
-      rank among them, an integer param (`_rank_space`). Why: Optuna's GP models a
+      rank among them, an integer param (`_as_ranks`). Why: Optuna's GP models a
       categorical param with a kernel that knows only "same" or "different", so 2 heads
       taught it nothing about 1 or 4. On xray's supernet space, where every such knob moves
       cost one way, it changed one or two knobs at a time around its best trial and first
@@ -94,7 +100,7 @@ def _shown(
     """
     baseline = record.is_baseline(trial)
     stored = {k: v for k, v in trial.system_attrs.items() if k.startswith(_CONSTRAINTS)}
-    ranked = {n: o for n, d in trial.distributions.items() if (o := _ranked(d)) is not None}
+    distributions, ranked = _as_ranks(trial.distributions)
     if not baseline and not stored and not constraints and kept is None and not ranked:
         return trial
     shown = copy.copy(trial)
@@ -102,7 +108,7 @@ def _shown(
         shown.params = {
             n: ranked[n].index(v) if n in ranked else v for n, v in trial.params.items()
         }
-        shown.distributions = {n: _rank_space(d) for n, d in trial.distributions.items()}
+        shown.distributions = distributions
     if baseline:
         shown.state, shown.values = TrialState.FAIL, None
     else:
@@ -278,8 +284,7 @@ class BaselineBlind(optuna.samplers.BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        order = {n: o for n, d in search_space.items() if (o := _ranked(d)) is not None}
-        shown = {n: _rank_space(d) for n, d in search_space.items()}
+        shown, order = _as_ranks(search_space)
         sampled = self.inner.sample_relative(self._view(study), trial, shown)
         return {n: order[n][int(v)] if n in order else v for n, v in sampled.items()}
 
@@ -290,10 +295,11 @@ class BaselineBlind(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        order = _ranked(param_distribution)
-        shown = _rank_space(param_distribution)
-        value = self.inner.sample_independent(self._view(study), trial, param_name, shown)
-        return value if order is None else order[int(value)]
+        shown, order = _as_ranks({param_name: param_distribution})
+        value = self.inner.sample_independent(
+            self._view(study), trial, param_name, shown[param_name]
+        )
+        return order[param_name][int(value)] if order else value
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._update(study)
