@@ -7,6 +7,9 @@ The layer must compute fq(x) @ Q_b(W)^T + b with int32 accumulation, so up to fp
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -92,9 +95,15 @@ def test_compiling_keeps_the_weight_packed() -> None:
         compiled, (code, *_) = run_and_get_code(compile_program(model), x)
     assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-5)
     assert "_int_mm" in code
+    assert_packed_constants(code, [(k, n)])
+
+
+def assert_packed_constants(code: str, shapes: list[tuple[int, int]]) -> None:
+    """The generated program holds packed uint8 codes and no int8 (K, N) weight of `shapes`."""
     constants = [line for line in code.splitlines() if "= rand_strided(" in line]
     assert any("torch.uint8" in c for c in constants)  # the packed codes
-    assert not any(f"({k}, {n})" in c and "torch.int8" in c for c in constants)
+    for k, n in shapes:
+        assert not any(f"({k}, {n})" in c and "torch.int8" in c for c in constants)
 
 
 def test_a_mixed_plan_runs_its_low_bit_layers_on_int_mm_and_compiles(digits16) -> None:
@@ -108,6 +117,31 @@ def test_a_mixed_plan_runs_its_low_bit_layers_on_int_mm_and_compiles(digits16) -
     x = torch.stack([digits16.val[i][0] for i in range(8)])
     with torch.inference_mode():
         eager = model(x)
-        compiled = compile_program(model)(x)
+        compiled, (code, *_) = run_and_get_code(compile_program(model), x)
     assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-3)
     assert torch.equal(compiled.argmax(1), eager.argmax(1))
+    # inside the PT2E program too, the low-bit layers stay packed
+    linears = dict(tiny_vit(depth=1).named_modules())  # the float model's shapes, by name
+    shapes = [(linears[x.name].in_features, linears[x.name].out_features) for x in low]
+    assert_packed_constants(code, shapes)
+
+
+def test_an_exported_layer_loads_in_a_fresh_process(tmp_path) -> None:
+    """`vitsweep-export` ships mixed programs as `.pt2`; their low-bit layers hold their codes
+    behind `vitsweep::held`, which a fresh process must know before `torch.export.load`."""
+    model = nn.Sequential(IntMMPackedLinear.from_linear(nn.Linear(64, 96), 4, (-3.0, 3.0)))
+    x = torch.randn(20, 64)
+    program = torch.export.export(model.eval(), (x,))
+    torch.export.save(program, tmp_path / "model.pt2")
+    torch.save((x, model(x)), tmp_path / "io.pt")
+    script = (
+        "import sys, torch\n"
+        "from vitsweep.precision.pt2e import load_program\n"
+        "module = load_program(sys.argv[1] + '/model.pt2')\n"
+        "x, y = torch.load(sys.argv[1] + '/io.pt')\n"
+        "assert torch.allclose(module(x), y, rtol=1e-5, atol=1e-5)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

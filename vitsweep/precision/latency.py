@@ -88,7 +88,8 @@ class LatencyTable:
         """One batch-1 execution of `layer` on `rows` rows at `bits` (8: PT2E int8; below:
         as `low_bit_kernel` runs it)."""
         bias = layer.bias is not None
-        kind = "pt2e" if bits == 8 else low_bit_kind(layer, bits, "cpu", low_bit_kernel).__name__
+        low = None if bits == 8 else low_bit_kind(layer, bits, "cpu", low_bit_kernel)
+        kind = "pt2e" if low is None else getattr(low, "table_name", low.__name__)
         key = (
             f"in={layer.in_features},out={layer.out_features},bias={bias},rows={rows},"
             f"bits={bits},kernel={kind},copies={REPEATS}"

@@ -131,9 +131,12 @@ def quantize_pt2e(
 
 def load_program(file: str | Path) -> torch.fx.GraphModule:
     """A `.pt2` PT2E program back from disk, runnable (`program_module`)."""
-    # The program's quantize/dequantize ops (quantized_decomposed::*) must be registered before
-    # torch.export.load can resolve them: importing the PT2E flow registers them.
+    # The program's own ops must be registered before torch.export.load can resolve them:
+    # importing the PT2E flow registers its quantize/dequantize ops (quantized_decomposed::*),
+    # importing intmm_packed the op mixed's low-bit layers keep their packed codes behind.
     import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+
+    import vitsweep.precision.intmm_packed  # noqa: F401
 
     return program_module(torch.export.load(str(file)))
 
