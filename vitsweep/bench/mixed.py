@@ -143,13 +143,11 @@ def latency_section(quick: bool = False) -> list[Section]:
         targets.append(Target("mixed(0.25, latency <= int8) / int8 images/s",
                               "infeasible (row above)", ">= 0.95", False))  # fmt: skip
     if "images_per_s" in bytes_only:  # the same bytes without a latency budget
-        name, ratio = _vs_int8("mixed(0.25, no latency budget)", bytes_only)
-        targets.append(Target(name, ratio, ">= 0.95", ratio >= 0.95))
+        targets.append(_vs_int8("mixed(0.25, no latency budget)", bytes_only))
     if "images_per_s" in head:
         loss = 0.0 - 100 * head["_diff"]
-        name, ratio = _vs_int8("mixed(0.25, latency <= int8)", head)
         targets += [
-            Target(name, ratio, ">= 0.95", ratio >= 0.95),
+            _vs_int8("mixed(0.25, latency <= int8)", head),
             Target("mixed(0.25, latency <= int8) top-1 loss vs fp32, points", round(loss, 2),
                    "<= 0.5", loss <= 0.5),
         ]  # fmt: skip
@@ -184,12 +182,16 @@ def latency_section(quick: bool = False) -> list[Section]:
     return [grid, _act_section(acts, quick)]
 
 
-def _vs_int8(plan: str, row: dict[str, Any]) -> tuple[str, float]:
-    """A plan's images/s over int8's: timed side by side where it was, else the two trials'."""
+def _vs_int8(plan: str, row: dict[str, Any]) -> Target:
+    """The >= 0.95 target on a plan's images/s over int8's: timed side by side where it was,
+    else the two trials', which is reported but cannot meet it: two trials of the very same
+    all-8-bit program read 0.88-1.11x apart (AMD EPYC, 2026-12-05)."""
     side = row.get("vs int8 images/s, side by side")
     if isinstance(side, float):
-        return f"{plan} / int8 images/s, side by side", side
-    return f"{plan} / int8 images/s, separate trials", row["vs int8 images/s"]
+        return Target(f"{plan} / int8 images/s, side by side", side, ">= 0.95", side >= 0.95)
+    ratio = row["vs int8 images/s"]
+    goal = ">= 0.95, side by side (not timed so)"
+    return Target(f"{plan} / int8 images/s, separate trials", ratio, goal, False)
 
 
 def _interleaved(specs: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]]:
