@@ -126,9 +126,10 @@ def test_a_mixed_plan_runs_its_low_bit_layers_on_int_mm_and_compiles(digits16) -
     assert_packed_constants(code, shapes)
 
 
-def test_an_exported_layer_loads_in_a_fresh_process(tmp_path) -> None:
+def test_an_exported_layer_loads_and_compiles_packed_in_a_fresh_process(tmp_path) -> None:
     """`vitsweep-export` ships mixed programs as `.pt2`; their low-bit layers hold their codes
-    behind `vitsweep::held`, which a fresh process must know before `torch.export.load`."""
+    behind `vitsweep::held`, which a fresh process must know before `torch.export.load`, and
+    which compiling the loaded program (no layer built in that process) must not fold."""
     model = nn.Sequential(IntMMPackedLinear.from_linear(nn.Linear(64, 96), 4, (-3.0, 3.0)))
     x = torch.randn(20, 64)
     program = torch.export.export(model.eval(), (x,))
@@ -136,12 +137,19 @@ def test_an_exported_layer_loads_in_a_fresh_process(tmp_path) -> None:
     torch.save((x, model(x)), tmp_path / "io.pt")
     script = (
         "import sys, torch\n"
+        "from torch._inductor.utils import run_and_get_code\n"
+        "from vitsweep.measure.compile import compile_program\n"
         "from vitsweep.precision.pt2e import load_program\n"
         "module = load_program(sys.argv[1] + '/model.pt2')\n"
         "x, y = torch.load(sys.argv[1] + '/io.pt')\n"
         "assert torch.allclose(module(x), y, rtol=1e-5, atol=1e-5)\n"
+        "with torch.inference_mode():\n"
+        "    compiled, (code, *_) = run_and_get_code(compile_program(module), x)\n"
+        "assert torch.allclose(compiled, y, rtol=1e-5, atol=1e-5)\n"
+        "print(code)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert_packed_constants(done.stdout, [(64, 96)])

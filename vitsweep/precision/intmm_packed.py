@@ -83,7 +83,7 @@ def unpack_planar(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 @torch.library.custom_op("vitsweep::held", mutates_args=())
 def held(packed: torch.Tensor) -> torch.Tensor:
-    """A copy of `packed` that inductor's freezing never constant-folds (`_never_folded`).
+    """A copy of `packed` that inductor's freezing never constant-folds (`never_fold_held`).
     Without it freezing folds the whole unpacking into an int8 constant: the compiled program
     would hold every weight at 8 bits, and the bytes the plan saves would exist only on disk.
 
@@ -101,9 +101,10 @@ def _(packed: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _never_folded() -> None:
-    """Tells inductor's constant folder to leave `held` in the graph (once per process, when
-    the first layer is built: importing inductor costs about a second)."""
+def never_fold_held() -> None:
+    """Tells inductor's constant folder to leave `held` in the graph: once per process, when the
+    first layer is built or a program holding the op is loaded (not at import: importing
+    inductor's folder costs ~2 s)."""
     from torch._inductor.constant_folding import add_dont_constant_fold
 
     add_dont_constant_fold(torch.ops.vitsweep.held.default)
@@ -134,7 +135,7 @@ class IntMMPackedLinear(nn.Module):
         act_range: tuple[float, float],
     ) -> None:
         super().__init__()
-        _never_folded()
+        never_fold_held()
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
         self.x_scale, self.x_zero = affine_int8(*act_range)
         codes = unpack_planar(packed, bits)

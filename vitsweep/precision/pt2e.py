@@ -133,11 +133,13 @@ def load_program(file: str | Path) -> torch.fx.GraphModule:
     """A `.pt2` PT2E program back from disk, runnable (`program_module`)."""
     # The program's own ops must be registered before torch.export.load can resolve them:
     # importing the PT2E flow registers its quantize/dequantize ops (quantized_decomposed::*),
-    # importing intmm_packed the op mixed's low-bit layers keep their packed codes behind.
+    # importing intmm_packed the op mixed's low-bit layers keep their packed codes behind,
+    # which compiling the program must then not fold into int8 weights.
     import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
 
-    import vitsweep.precision.intmm_packed  # noqa: F401
+    from vitsweep.precision.intmm_packed import never_fold_held
 
+    never_fold_held()
     return program_module(torch.export.load(str(file)))
 
 
