@@ -28,6 +28,7 @@ from vitsweep.export import (
     load_export,
     load_torchscript,
 )
+from vitsweep.precision.mixed import format_bits
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,8 @@ def test_the_export_round_trip_reproduces_accuracy(study_dir: Path, number: int,
     spec = export_spec(out)
     splits = data.load(spec.data)
     assert ctx.precision_exec.startswith(PRECISION[number])
+    if PRECISION[number] == "mixed":  # the plan the trial recorded, not one planned again
+        assert format_bits(model.vitsweep_mixed_plan) == record.metric(stored, "mixed_bits")
     stored_accuracy = record.metric(stored, "accuracy")
     assert trial_mod.accuracy(model, ctx, splits.val, spec.measure) == stored_accuracy
     assert json.loads((out / "metrics.json").read_text()) == record.metrics(stored)

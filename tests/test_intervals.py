@@ -154,11 +154,16 @@ def test_headline_reports_the_paired_test_difference_of_every_front_member(tmp_p
 
 def test_the_front_shows_a_plans_predicted_latency_beside_the_measured_one(tmp_path) -> None:
     """A mixed plan under a latency budget (#32): results.yaml's front shows what the plan
-    predicted beside what the trial measured; a member without a prediction gets neither."""
+    predicted beside what the trial measured, and the plan itself; a member without a
+    prediction gets neither."""
     base = np.arange(200) % 10 > 0
     flags = {0: base, 1: base, 2: base}
     values = {0: (0.96, 100.0), 1: (0.95, 900.0), 2: (0.94, 1500.0)}
-    more = {0: {"latency_ms": 9.0}, 2: {"latency_ms": 4.0, "predicted_latency_ms": 3.8}}
+    plan = "blocks.0.mlp.fc2:6,blocks.1.attn.qkv:4"
+    more = {
+        0: {"latency_ms": 9.0},
+        2: {"latency_ms": 4.0, "predicted_latency_ms": 3.8, "mixed_bits": plan},
+    }
     table = study_table(
         _study(flags, values, more), {"accuracy": "maximize", "throughput": "maximize"}
     )
@@ -167,6 +172,7 @@ def test_the_front_shows_a_plans_predicted_latency_beside_the_measured_one(tmp_p
     assert set(front) == {0, 1, 2}
     assert (front[2]["predicted_latency_ms"], front[2]["latency_ms"]) == (3.8, 4.0)
     assert not {"predicted_latency_ms", "latency_ms"} & (set(front[0]) | set(front[1]))
+    assert front[2]["mixed_bits"] == plan and "mixed_bits" not in front[0]  # which layers, bits
 
 
 def test_estimated_energy_is_left_out_of_the_hypervolume() -> None:

@@ -249,6 +249,7 @@ def confirm_main() -> None:
     from vitsweep.confirm import Member, confirm
     from vitsweep.track.pareto import study_table
     from vitsweep.track.report import write_confirmed
+    from vitsweep.trial import as_ran
 
     with one_line_errors():
         retrain, finetune, repeats, rest = _confirm_args(sys.argv[1:])
@@ -269,7 +270,9 @@ def confirm_main() -> None:
                 continue
             spec = trial_spec(OmegaConf.create(_trial_config(ctx, t)))
             spec = dataclasses.replace(spec, root=str(ctx.root))
-            members.append(Member(number, spec, record.metrics(t), number == table.baseline))
+            recorded = record.metrics(t)  # a mixed plan is rebuilt as the trial chose it
+            spec = as_ran(spec, recorded)
+            members.append(Member(number, spec, recorded, number == table.baseline))
         rows = confirm(members, retrain=retrain, repeat_factor=repeats, finetune=finetune)
         out = write_confirmed(rows, ctx.study_dir / "report")
         tracker = recorder(ctx).tracker

@@ -270,7 +270,7 @@ def export_trial(
     from vitsweep.precision.int8 import eager_backend, resolve_int8_backend
     from vitsweep.precision.pt2e import PROGRAM_ATTR
 
-    spec = _with_trial_threads(spec, metrics)
+    spec = trial.as_ran(spec, metrics)
     weights = models.weights_file(spec.arch, spec.train, spec.data, spec.root)
     if weights is not None and not weights.is_file():
         raise ConfigError(
@@ -443,15 +443,6 @@ def _remeasure_runtime(path: Path) -> tuple[Check, ...]:
         Check("weights_bytes", stored.get("weights_bytes"), runtime.weights_bytes(model)),
         Check("test_accuracy (load.py, without torch)", stored.get("test_accuracy"), alone),
     )
-
-
-def _with_trial_threads(spec: TrialSpec, metrics: dict[str, Any]) -> TrialSpec:
-    """`measure.threads=0` means "the process default", which differs between a sweep worker
-    (OMP_NUM_THREADS) and this process: pin it to the count the trial reported using."""
-    threads = metrics.get("threads")
-    if spec.measure.threads or not isinstance(threads, int) or threads < 1:
-        return spec
-    return dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, threads=threads))
 
 
 def _torchscript(model: nn.Module, ctx: RunContext, splits: Any, file: Path) -> str:

@@ -212,9 +212,12 @@ class PrecisionSpec:
     bits: tuple[int, ...] = (4, 6, 8)  # mixed: candidate bit-widths per layer
     budget_kind: Literal["bytes", "bops"] = "bytes"  # mixed
     budget_ratio: float = 0.25  # mixed: budget as a fraction of the fp32 model's bytes/BOPs
-    # mixed: also batch-1 latency <= this x the fp32 model's, each layer's options timed on this
+    # mixed: also batch-1 latency <= this x the reference's, each layer's options timed on this
     # machine (precision/latency.py); null: bytes/BOPs only
     latency_ratio: float | None = None
+    # mixed: what latency_ratio is a multiple of, timed within the trial: the fp32 model, or the
+    # all-8-bit int8 program (1.0: no slower than int8 at batch 1)
+    latency_reference: Literal["fp32", "int8"] = "fp32"
     # mixed: activation bits; below 8 no kernel runs them, so they are simulated for accuracy
     # (precision/act_quant.py) and the speed is the 8-bit program's, said in precision_exec
     act_bits: int = 8
@@ -226,6 +229,11 @@ class PrecisionSpec:
     # aten's int4 CPU kernel at 4 bits (precision/int4.py); packed = dequantized into a float
     # GEMM (every layer a kernel does not take falls back to it); auto = int_mm on a CPU
     low_bit_kernel: Literal["auto", "int_mm", "int4", "packed"] = "auto"
+    # mixed: the plan fixed instead of chosen, "name:bits,..." for each searched layer not at 8
+    # bits ("": all at 8); no ILP, no budget. A trial records its plan as `mixed_bits`, and
+    # confirm and export rebuild that plan with it: a latency budget's plan depends on timings
+    # taken when it is planned, so planning again can pick another
+    layer_bits: str | None = None
     calib_batches: int = 2  # mixed/tq: batches of training data for calibration
     hutchinson_samples: int = 16  # mixed: random vectors for the Hessian-trace estimate
     rate: float = 3.0  # tq: average bits per weight
@@ -255,6 +263,12 @@ class PrecisionSpec:
             "precision.latency_ratio",
             self.latency_ratio,
             "must be > 0 (a fraction of the fp32 model's batch-1 latency), or null",
+        )
+        require(
+            self.latency_reference in ("fp32", "int8"),
+            "precision.latency_reference",
+            self.latency_reference,
+            "valid: fp32, int8",
         )
         require(self.act_bits in (4, 6, 8), "precision.act_bits", self.act_bits, "valid: 4, 6, 8")
         require(

@@ -71,6 +71,22 @@ def build(spec: TrialSpec) -> Built:
     return Built(model, ctx, splits, build_s)
 
 
+def as_ran(spec: TrialSpec, metrics: dict[str, Any]) -> TrialSpec:
+    """`spec` pinned to what its trial recorded, for whatever rebuilds it (confirm, export):
+    `measure.threads=0` ("the process default", which differs between a sweep worker and this
+    process) to the count the trial used, and a mixed trial's plan to its `mixed_bits` (a
+    latency budget's plan rests on timings taken when planning: planned again, it can differ)."""
+    import dataclasses
+
+    threads, bits = metrics.get("threads"), metrics.get("mixed_bits")
+    if not spec.measure.threads and isinstance(threads, int) and threads >= 1:
+        spec = dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, threads=threads))
+    if spec.precision.mode == "mixed" and isinstance(bits, str):
+        fixed = dataclasses.replace(spec.precision, layer_bits=bits)
+        spec = dataclasses.replace(spec, precision=fixed)
+    return spec
+
+
 def needs_training(spec: TrialSpec) -> bool:
     """Whether `build(spec)` would train a model first (none of its weights are cached yet)."""
     from vitsweep import models

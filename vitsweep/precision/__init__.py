@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,15 +27,25 @@ from vitsweep.precision.int8 import (
     int8_linear,
     resolve_int8_backend,
 )
-from vitsweep.precision.latency import LatencyTable, batch1_seconds, rows_per_layer
+from vitsweep.precision.latency import (
+    LatencyTable,
+    interleaved_seconds,
+    layer_group,
+    model_signature,
+    rows_per_layer,
+)
 from vitsweep.precision.mixed import (
     LatencyInputs,
     MixedPlan,
     apply_plan,
     calib_batches,
+    convert_layer,
     executed_weight,
+    format_bits,
+    input_ranges,
     other_linears,
     plan_mixed,
+    resolve_low_bit_kernel,
     searched_linears,
     set_module,
 )
@@ -227,7 +238,7 @@ def _mixed(
                 "(apply_precision(..., calib=train set))"
             )
         latency = None
-        if spec.latency_ratio is not None:
+        if spec.latency_ratio is not None and spec.layer_bits is None:  # else nothing to choose
             if backend != "pt2e":
                 raise ConfigError(
                     f"precision.latency_ratio={spec.latency_ratio:g}: priced on the PT2E int8 "
@@ -301,6 +312,9 @@ def accuracy_model(model: nn.Module, runner: nn.Module) -> nn.Module:
     return getattr(model, ACCURACY_ATTR, runner)
 
 
+_INT8_AGAIN = "int8, built last"
+
+
 def _latency_inputs(
     model: nn.Module,
     spec: PrecisionSpec,
@@ -311,38 +325,84 @@ def _latency_inputs(
     cache_root: str | None,
 ) -> LatencyInputs:
     """Batch-1 timings the latency budget is priced with: the float model and its all-8-bit
-    PT2E program measured whole (compiled, as a trial runs it), each searched layer's options
-    from the per-machine table (`precision.latency`)."""
+    PT2E program measured whole (compiled, as a trial runs it) and side by side, each searched
+    layer's options from the per-machine table (`precision.latency`) plus its group's
+    correction in context (measured once per model and machine: each group switched whole)."""
     x1 = calib_batches(calib, 1, 1, device)[0][0]
-    names = [n for n, _ in searched_linears(model)]
+    searched = searched_linears(model)
+    names = [n for n, _ in searched]
     rows = rows_per_layer(model, names, x1)
     table = LatencyTable(cache_root, timing)
-    with thread_scope(timing.threads), torch.inference_mode():
-        fp32_s = batch1_seconds(lambda: model(x1), timing)
-    program, _ = _pt2e(copy.deepcopy(model), spec, calib, batch_size, device)
-    run = compile_program(program)
-    with thread_scope(timing.threads), torch.inference_mode():
-        int8_s = batch1_seconds(lambda: run(x1), timing)
+    kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device)
     extra = np.zeros((len(names), len(spec.bits)))
-    for i, name in enumerate(names):
-        layer = model.get_submodule(name)
+    for i, (name, layer) in enumerate(searched):
         eight = table.seconds(layer, rows[name], 8, spec.low_bit_kernel)
         for j, bits in enumerate(spec.bits):
             extra[i, j] = table.seconds(layer, rows[name], bits, spec.low_bit_kernel) - eight
-    return LatencyInputs(extra, fp32_s, int8_s)
+    below = [b for b in spec.bits if b < 8]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(layer_group(name), []).append(i)
+    top = max(below, default=8)  # the bit-width each group is switched to whole
+    sig = model_signature(
+        [(n, m, rows[n]) for n, m in searched], f"{kernel},{top},{spec.int8_scheme}"
+    )
+    missing = [g for g in groups if below and table.context(sig, g) is None]
+
+    def program(low: list[int]) -> Callable[[], object]:
+        """The model compiled as the trial runs it, the layers `low` at the highest bits < 8."""
+        copied = copy.deepcopy(model)
+        if low:
+            layers = [searched[i][1] for i in low]
+            batches = calib_batches(calib, spec.calib_batches, batch_size, device)
+            ranges = input_ranges(model, layers, batches)
+            eager = eager_backend(device, "pt2e")
+            for i, r in zip(low, ranges, strict=True):
+                new = convert_layer(searched[i][1], top, eager, device, kernel, r)
+                set_module(copied, names[i], new)
+        eights = [n for i, n in enumerate(names) if i not in low]
+        eights += [n for n, _ in other_linears(model)]
+        run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
+        return lambda: run(x1)
+
+    fns = {"fp32": lambda: model(x1), "int8": program([])}
+    fns.update({g: program(groups[g]) for g in missing})
+    if missing:  # built first and again last: in one process a program built earlier ran
+        fns[_INT8_AGAIN] = program([])  # faster (README, #32); the groups sit between the two
+    with thread_scope(timing.threads), torch.inference_mode():
+        seconds = interleaved_seconds(fns, timing)
+    if missing:  # per layer: the group's cost in the program beyond what the table says
+        seconds["int8"] = (seconds["int8"] + seconds.pop(_INT8_AGAIN)) / 2
+        col = spec.bits.index(top)
+        table.set_context(sig, {
+            g: (seconds[g] - seconds["int8"]) / len(groups[g])
+            - float(np.mean(extra[groups[g], col]))
+            for g in missing
+        })  # fmt: skip
+    low_cols = [j for j, b in enumerate(spec.bits) if b < 8]
+    for g, members in groups.items():
+        if low_cols:
+            extra[np.ix_(members, low_cols)] += table.context(sig, g)
+    return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
 
 
-def plan_metrics(model: nn.Module) -> dict[str, float]:
-    """What a mixed plan predicted, beside what the trial then measures (`latency_ms`), and the
-    seconds tq's retraining took (`retrain_s`: a cost of its own, like `compile_s`)."""
+def plan_metrics(model: nn.Module) -> dict[str, Any]:
+    """A mixed plan's bits (`mixed_bits`, what `precision.layer_bits` rebuilds it from) and
+    what it predicted, beside what the trial then measures (`latency_ms`): the whole and its
+    anchor, the all-8-bit program as timed when planning. tq: the seconds its retraining took
+    (`retrain_s`: a cost of its own, like `compile_s`)."""
     retrain_s = getattr(model, RETRAIN_ATTR, None)
     if retrain_s is not None:
         return {"retrain_s": round(retrain_s, 3)}
     plan = getattr(model, PLAN_ATTR, None)
-    predicted = None if plan is None else plan.predicted_latency_s
-    if predicted is None:
+    if plan is None:
         return {}
-    return {"predicted_latency_ms": round(1e3 * predicted, 4)}
+    out: dict[str, Any] = {"mixed_bits": format_bits(plan)}
+    predicted = plan.predicted_latency_s
+    if predicted is not None and plan.int8_latency_s is not None:
+        out["predicted_latency_ms"] = round(1e3 * predicted, 4)
+        out["planned_int8_latency_ms"] = round(1e3 * plan.int8_latency_s, 4)
+    return out
 
 
 def _tq(

@@ -21,15 +21,31 @@ of why plans with 4-bit layers ran 62% slower than predicted. Timings use the pr
 `<root>/latency/`, like the supernets under `<root>/supernets/`.
 
 The plan's predicted latency = the all-8-bit model measured whole at batch 1 + for each layer
-(its option's time - its 8-bit time). The anchor is measured, so what the table cannot see
-(attention, norms, token merging, the glue between layers) is measured too; only the layers'
-differences are modelled. HAWQ-V3 prices latency the same way, per layer, on the target.
+(its option's time - its 8-bit time) + its group's correction in context. The anchor is
+measured, so what the table cannot see (attention, norms, token merging, the glue between
+layers) is measured too; only the layers' differences are modelled. HAWQ-V3 prices latency the
+same way, per layer, on the target.
+
+A layer alone misses what its neighbours do with it inside the program. In the int8 program
+inductor fuses a layer's output quantization, and fc1's GELU, into its oneDNN kernel; a layer
+below 8 bits ends that fusion. Measured on the AMD EPYC (xray baseline, 2 threads, 2026-12-05,
+whole programs timed side by side at batch 1, load 1.7-2.0 from the run itself), switching all
+6 of a kind to 6 bits cost per layer: qkv +197 us (alone +103), proj +16 (alone -22), fc1 +234
+(alone +11), fc2 +21 (alone +19); in two later processes within the hour fc2 +72 and +190,
+proj +95: how much moves with the host's regime (README), the sign does not. So each group of
+layers (the same place in every block) is
+also switched whole once, at the highest bit-width below 8, timed beside the all-8-bit program,
+and the difference per layer beyond the table's is added to every member at every bit-width.
+Cached with the table, per model (its layers' shapes and rows).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import re
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +74,33 @@ def rows_per_layer(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[
 def batch1_seconds(fn: Callable[[], object], timing: MeasureSpec) -> float:
     """Median seconds of one call, by the product's repeats (after a warm-up that compiles)."""
     return timed_repeats(fn, lambda: None, timing, 1).median_step_s
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], timing: MeasureSpec, rounds: int = 5
+) -> dict[str, float]:
+    """Median batch-1 seconds of each call, timed in turn for `rounds` rounds, the order
+    rotating: this host's speed moves in regimes of seconds to minutes, so a difference between
+    two programs is only worth its salt timed side by side."""
+    names = list(fns)
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            seen[name].append(batch1_seconds(fns[name], timing))
+    return {n: statistics.median(v) for n, v in seen.items()}
+
+
+def layer_group(name: str) -> str:
+    """A searched layer's place in its block ("blocks.3.attn.qkv" -> "attn.qkv"): the layers of
+    a group sit between the same neighbours in every block."""
+    return re.sub(r"^.*?\.\d+\.", "", name)
+
+
+def model_signature(layers: list[tuple[str, nn.Linear, int]], extra: str) -> str:
+    """What a context correction holds for: every searched layer's name, shape and rows, and
+    `extra` (kernel, bits, scheme)."""
+    parts = [f"{n}:{m.in_features}x{m.out_features}:{m.bias is not None}:{r}" for n, m, r in layers]
+    return hashlib.sha256(";".join([*parts, extra]).encode()).hexdigest()[:16]
 
 
 REPEATS = 16  # layer executions (distinct copies) per timed program call; see the docstring
@@ -96,9 +139,21 @@ class LatencyTable:
         )
         if key not in self.entries:
             self.entries[key] = self._measure(layer, rows, bits, low_bit_kernel)
-            if self.path is not None:
-                write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+            self._save()
         return self.entries[key]
+
+    def _save(self) -> None:
+        if self.path is not None:
+            write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+
+    def context(self, signature: str, group: str) -> float | None:
+        """The group's per-layer correction in context for the model `signature` names."""
+        return self.entries.get(f"context={signature},group={group}")
+
+    def set_context(self, signature: str, corrections: dict[str, float]) -> None:
+        for group, seconds in corrections.items():
+            self.entries[f"context={signature},group={group}"] = seconds
+        self._save()
 
     @staticmethod
     def _low(layer: nn.Linear, bits: int, low_bit_kernel: str) -> nn.Module:

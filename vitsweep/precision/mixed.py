@@ -62,12 +62,13 @@ class MixedPlan:
     reference: float  # the fp32 model's bytes or BOPs per image
     fixed: float  # cost of everything not searched (head int8, patch embed fp32, norms, ...)
     layers: tuple[LayerChoice, ...]
-    latency_ratio: float | None = None  # batch-1 latency budget over the fp32 model's
+    latency_ratio: float | None = None  # batch-1 latency budget over the reference's
     fp32_latency_s: float | None = None  # the float model, batch 1, as measured at planning
     int8_latency_s: float | None = None  # the all-8-bit PT2E program, the prediction's anchor
     # how layers below 8 bits execute (`precision.low_bit_kernel`, never auto: resolved by
     # `resolve_low_bit_kernel` when planned); plans stored before it: packed
     low_bit_kernel: str = "packed"
+    latency_reference: str = "fp32"  # what latency_ratio multiplies: fp32 | int8
 
     @classmethod
     def from_dict(cls, d: dict) -> MixedPlan:
@@ -86,6 +87,7 @@ class MixedPlan:
             for x in d["layers"]
         )
         optional = {k: d.get(k) for k in ("latency_ratio", "fp32_latency_s", "int8_latency_s")}
+        reference = str(d.get("latency_reference", "fp32"))  # plans stored before it: fp32
         kernel = str(d.get("low_bit_kernel", "packed"))
         return cls(
             candidates=tuple(int(b) for b in d["candidates"]),
@@ -96,6 +98,7 @@ class MixedPlan:
             layers=layers,
             # "auto" in a plan stored before auto was resolved meant int4 where it runs
             low_bit_kernel={"auto": "int4"}.get(kernel, kernel),
+            latency_reference=reference,
             **{k: None if v is None else float(v) for k, v in optional.items()},
         )
 
@@ -131,6 +134,10 @@ class LatencyInputs:
     extra_s: np.ndarray  # (layers, candidates)
     fp32_s: float
     int8_s: float
+
+    def unit(self, reference: str) -> float:
+        """The batch-1 seconds `precision.latency_ratio` multiplies (`latency_reference`)."""
+        return self.int8_s if reference == "int8" else self.fp32_s
 
 
 def searched_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -425,12 +432,16 @@ def plan_mixed(
     budget = spec.budget_ratio * reference
     budgets = [Budget("precision.budget_ratio", cost, budget - fixed)]
     if latency is not None:
-        limit = spec.latency_ratio * latency.fp32_s - latency.int8_s
+        limit = spec.latency_ratio * latency.unit(spec.latency_reference) - latency.int8_s
         budgets.append(Budget("precision.latency_ratio", latency.extra_s, limit))
-    try:
-        pick = choose_within(sens, budgets)
-    except BudgetInfeasible as err:
-        raise ConfigError(_infeasible(err, spec, reference, fixed, latency)) from None
+    if spec.layer_bits is not None:  # a plan chosen before (the trial's, rebuilt)
+        bits = fixed_bits(spec, [n for n, _ in searched])
+        pick = [candidates.index(bits[n]) for n, _ in searched]
+    else:
+        try:
+            pick = choose_within(sens, budgets)
+        except BudgetInfeasible as err:
+            raise ConfigError(_infeasible(err, spec, reference, fixed, latency)) from None
     layers = tuple(
         LayerChoice(
             name=name,
@@ -446,6 +457,7 @@ def plan_mixed(
     )
     timed = {} if latency is None else {
         "latency_ratio": spec.latency_ratio,
+        "latency_reference": spec.latency_reference,
         "fp32_latency_s": latency.fp32_s,
         "int8_latency_s": latency.int8_s,
     }  # fmt: skip
@@ -453,6 +465,33 @@ def plan_mixed(
         candidates, spec.budget_kind, spec.budget_ratio, reference, fixed, layers,
         low_bit_kernel=kernel, **timed,
     )  # fmt: skip
+
+
+def format_bits(plan: MixedPlan) -> str:
+    """`precision.layer_bits` of `plan`: "name:bits" for each layer not at 8, comma-separated."""
+    return ",".join(f"{x.name}:{x.bits}" for x in plan.layers if x.bits != 8)
+
+
+def fixed_bits(spec: PrecisionSpec, names: list[str]) -> dict[str, int]:
+    """Each searched layer's bits as `precision.layer_bits` fixes them (8 where not named)."""
+    key = "precision.layer_bits"
+    bits = dict.fromkeys(names, 8)
+    for item in filter(None, (spec.layer_bits or "").split(",")):
+        name, colon, value = item.strip().rpartition(":")
+        if not colon:
+            raise ConfigError(f"{key}: {item.strip()!r}: expected name:bits, e.g. {names[0]}:6")
+        if name not in bits:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ConfigError(f"{key}: {name!r} is not a searched layer; valid: {shown}")
+        if not value.isdigit() or int(value) not in spec.bits:
+            raise ConfigError(
+                f"{key}: {item.strip()!r}: bits must be one of precision.bits {list(spec.bits)}"
+            )
+        bits[name] = int(value)
+    unnamed = [n for n, b in bits.items() if b not in spec.bits]
+    if unnamed:  # left at 8, which is not a candidate here
+        raise ConfigError(f"{key}: {unnamed[0]!r} not named, and 8 is not in precision.bits")
+    return bits
 
 
 def _infeasible(
@@ -472,11 +511,12 @@ def _infeasible(
         )
     if err.names == ("precision.latency_ratio",):
         assert latency is not None
-        least = (latency.int8_s + err.min_cost) / latency.fp32_s
+        unit = latency.unit(spec.latency_reference)
+        least = (latency.int8_s + err.min_cost) / unit
         return (
             f"precision.latency_ratio={spec.latency_ratio:g}: infeasible for this model on "
             f"this machine; the smallest feasible ratio with {bits} is {least:.4f} (batch-1 "
-            f"fp32 {latency.fp32_s * 1e3:.3f} ms)"
+            f"{spec.latency_reference} {unit * 1e3:.3f} ms)"
         )
     smallest = (fixed + err.min_cost) / reference
     return (

@@ -128,6 +128,8 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
                     and (k not in PREDICTED_KEYS or r.get("predicted_latency_ms") is not None)
                 },
                 **({"predicted": r["predicted"]} if r.get("predicted") else {}),
+                # a mixed member's plan, as `precision.layer_bits` takes it
+                **({"mixed_bits": r["mixed_bits"]} if r.get("mixed_bits") is not None else {}),
             }
             for r in table.rows
             if r["is_pareto"]
