@@ -8,7 +8,7 @@ what `build` returns, so the export and the trial can never disagree about the m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +76,11 @@ def as_ran(spec: TrialSpec, metrics: dict[str, Any]) -> TrialSpec:
     `measure.threads=0` ("the process default", which differs between a sweep worker and this
     process) to the count the trial used, and a mixed trial's plan to its `mixed_bits` (a
     latency budget's plan rests on timings taken when planning: planned again, it can differ)."""
-    import dataclasses
-
     threads, bits = metrics.get("threads"), metrics.get("mixed_bits")
     if not spec.measure.threads and isinstance(threads, int) and threads >= 1:
-        spec = dataclasses.replace(spec, measure=dataclasses.replace(spec.measure, threads=threads))
+        spec = replace(spec, measure=replace(spec.measure, threads=threads))
     if spec.precision.mode == "mixed" and isinstance(bits, str):
-        fixed = dataclasses.replace(spec.precision, layer_bits=bits)
-        spec = dataclasses.replace(spec, precision=fixed)
+        spec = replace(spec, precision=replace(spec.precision, layer_bits=bits))
     return spec
 
 

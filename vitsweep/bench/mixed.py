@@ -120,15 +120,13 @@ def latency_section(quick: bool = False) -> list[Section]:
     by = {r["plan"]: r for r in rows}
     int8 = by["int8"]
     planned = [r for r in rows if r.get("predicted error %") is not None]
-    rebuilt: list[str] = []
     for r in rows:
         if "images_per_s" in r:
             r["vs int8 images/s"] = round(r["images_per_s"] / int8["images_per_s"], 3)
             r["vs int8 latency"] = round(r["latency_ms"] / int8["latency_ms"], 3)
         both = side_by_side.get(r["plan"])
-        if both is not None and both["executes"] != r.get("executes"):
-            rebuilt.append(f"{r['plan']} rebuilt as {both['executes']}")
-            both = None  # another plan than the trial's: not this row's
+        if both is not None and both["executes"] != r.get("executes"):  # not the trial's plan
+            raise RuntimeError(f"{r['plan']}: rebuilt as {both['executes']}, ran {r['executes']}")
         ref = side_by_side.get("int8")
         paired = both is not None and ref is not None
         r["vs int8 images/s, side by side"] = (
@@ -193,7 +191,7 @@ def latency_section(quick: bool = False) -> list[Section]:
         "`mixed_bits`), twice (in order, then in reverse: the program built first runs "
         "faster), each round timing every copy once at the trial's batch and at batch 1 "
         "(5 rounds, order rotating, medians over both copies): the host's speed drifts "
-        "between trials, not within a round" + (f"; {'; '.join(rebuilt)}" if rebuilt else ""),
+        "between trials, not within a round",
         f"load average at the end {os.getloadavg()[0]:.1f}; plot: {plot}",
     ]
     if quick:
@@ -223,8 +221,7 @@ def _interleaved(specs: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]
     fixed fp32 GEMM and the int8 program's batch-1 latency rose 1.32x and 1.26x together within
     one process, AMD EPYC 2026-12-05): a ratio between two trials carries that drift, a ratio
     timed side by side does not. Per name: the median seconds per step at each batch, and what
-    executes (the plan may differ from the trial's where it depends on a timing, as a latency
-    budget's does)."""
+    executes (the specs carry their trials' plans, `trial.as_ran`)."""
     import statistics
 
     from vitsweep import trial
@@ -239,17 +236,9 @@ def _interleaved(specs: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]
     # first, AMD EPYC 2026-12-05), so each name is timed as an early and as a late build.
     order = list(specs)
     for copy, name in [(0, n) for n in order] + [(1, n) for n in reversed(order)]:
-        if name in out:
-            continue
-        try:
-            built, run_model, ctx, _ = trial.ready(specs[name])
-        except ConfigError as err:  # a latency budget met in its trial, not at this timing
-            out[name] = {"executes": f"infeasible when rebuilt: {err}"}
-            continue
+        built, run_model, ctx, _ = trial.ready(specs[name])
         shape = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
         runs[name, copy] = (run_model, ctx, shape, specs[name].measure, ctx.precision_exec)
-    if ("int8", 0) not in runs:
-        return out
     keys = list(runs)
     steps: dict[tuple[str, int], list[float]] = {}
     for i in range(1 if quick else 5):
