@@ -35,7 +35,6 @@ def _trial_row(name: str, m: dict[str, Any], fp32_flags: Any) -> tuple[dict[str,
         "latency_ms": round(m["latency_ms"], 3),
         "predicted_ms": None if predicted is None else round(predicted, 3),
         "predicted error %": None if error is None else round(error, 1),
-        "_anchor_ms": m.get("planned_int8_latency_ms"),
         "_table_ms": None if predicted is None else predicted - m["planned_int8_latency_ms"],
         "images_per_s": round(m["throughput"], 1),
         "model_bytes": m["model_bytes"],
@@ -137,7 +136,7 @@ def latency_section(quick: bool = False) -> list[Section]:
         )
         # the prediction again on an anchor timed beside the plan: the all-8-bit program's
         # reading of that round + the table's differences (predicted - the planning anchor)
-        anchored = paired and r.get("_anchor_ms") is not None
+        anchored = paired and r.get("_table_ms") is not None
         r["predicted error %, side by side"] = (
             round(100 * (1e3 * ref["step_1"] + r["_table_ms"]) / (1e3 * both["step_1"]) - 100, 1)
             if anchored
@@ -173,7 +172,7 @@ def latency_section(quick: bool = False) -> list[Section]:
             )  # fmt: skip
     plot = _latency_plot(rows, out_dir / "mixed_latency.png")
     for r in rows:
-        for k in ("_diff", "_anchor_ms", "_table_ms"):
+        for k in ("_diff", "_table_ms"):
             r.pop(k, None)
     notes = [
         f"experiment=xray baseline ({', '.join(baseline)}), each row `trial.run` as "

@@ -348,18 +348,17 @@ def _latency_inputs(
         [(n, m, rows[n]) for n, m in searched], f"{kernel},{top},{spec.int8_scheme}"
     )
     missing = [g for g in groups if below and table.context(sig, g) is None]
+    if missing:  # every layer's calibrated input range, once for all the groups' programs
+        batches = calib_batches(calib, spec.calib_batches, batch_size, device)
+        ranges = input_ranges(model, [m for _, m in searched], batches)
 
     def program(low: list[int]) -> Callable[[], object]:
         """The model compiled as the trial runs it, the layers `low` at the highest bits < 8."""
         copied = copy.deepcopy(model)
-        if low:
-            layers = [searched[i][1] for i in low]
-            batches = calib_batches(calib, spec.calib_batches, batch_size, device)
-            ranges = input_ranges(model, layers, batches)
-            eager = eager_backend(device, "pt2e")
-            for i, r in zip(low, ranges, strict=True):
-                new = convert_layer(searched[i][1], top, eager, device, kernel, r)
-                set_module(copied, names[i], new)
+        eager = eager_backend(device, "pt2e")
+        for i in low:
+            new = convert_layer(searched[i][1], top, eager, device, kernel, ranges[i])
+            set_module(copied, names[i], new)
         eights = [n for i, n in enumerate(names) if i not in low]
         eights += [n for n, _ in other_linears(model)]
         run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
@@ -380,8 +379,8 @@ def _latency_inputs(
             for g in missing
         })  # fmt: skip
     low_cols = [j for j, b in enumerate(spec.bits) if b < 8]
-    for g, members in groups.items():
-        if low_cols:
+    if low_cols:
+        for g, members in groups.items():
             extra[np.ix_(members, low_cols)] += table.context(sig, g)
     return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
 
@@ -398,8 +397,8 @@ def plan_metrics(model: nn.Module) -> dict[str, Any]:
     if plan is None:
         return {}
     out: dict[str, Any] = {"mixed_bits": format_bits(plan)}
-    predicted = plan.predicted_latency_s
-    if predicted is not None and plan.int8_latency_s is not None:
+    predicted = plan.predicted_latency_s  # None when nothing was timed (no latency budget)
+    if predicted is not None:
         out["predicted_latency_ms"] = round(1e3 * predicted, 4)
         out["planned_int8_latency_ms"] = round(1e3 * plan.int8_latency_s, 4)
     return out
