@@ -64,7 +64,7 @@ def test_shapes_the_kernel_cannot_take_stay_packed() -> None:
 def planned(digits16):
     """A tight byte budget on a tiny ViT, both ways: {low_bit_kernel: (model, ctx)}."""
     out = {}
-    for kernel in ("auto", "int4", "packed"):
+    for kernel in ("int_mm", "int4", "packed"):
         spec = PrecisionSpec(mode="mixed", budget_ratio=0.33, hutchinson_samples=2,
                              calib_batches=1, low_bit_kernel=kernel)  # fmt: skip
         out[kernel] = apply_precision(tiny_vit(depth=1), spec, calib=digits16.train)
@@ -75,15 +75,15 @@ def test_a_plan_names_each_layers_kernel_and_keeps_it(planned) -> None:
     plans = {k: model.vitsweep_mixed_plan for k, (model, _) in planned.items()}
     fours = {k: sum(b == 4 for b in p.bits.values()) for k, p in plans.items()}
     assert fours["int4"] > 0 and plans["int4"].low_bit_kernel == "int4"
-    assert plans["auto"].low_bit_kernel == "int_mm"  # a plan records what auto resolved to
-    exec_int4, exec_packed, exec_auto = (
-        planned[k][1].precision_exec for k in ("int4", "packed", "auto")
+    assert plans["int_mm"].low_bit_kernel == "int_mm"
+    exec_int4, exec_packed, exec_int_mm = (
+        planned[k][1].precision_exec for k in ("int4", "packed", "int_mm")
     )
     assert f"4-bit aten int4 kernel (bf16 in, group 32) x{fours['int4']}" in exec_int4
     assert "aten int4" not in exec_packed and "4-bit packed+dequantized" in exec_packed
     assert (
-        f"4-bit packed, unpacked per call to int8 _int_mm (int8 activations) x{fours['auto']}"
-        in exec_auto
+        f"4-bit packed, unpacked per call to int8 _int_mm (int8 activations) x{fours['int_mm']}"
+        in exec_int_mm
     )
     # the plan travels with an export: the kernel comes back; plans stored before it: packed;
     # stored while auto was not resolved: int4, what auto meant then
@@ -96,7 +96,7 @@ def test_a_plan_names_each_layers_kernel_and_keeps_it(planned) -> None:
 
 def test_bad_low_bit_kernel_is_one_line() -> None:
     with pytest.raises(
-        ConfigError, match=r"^precision\.low_bit_kernel=int2: .*auto, int_mm, int4, packed"
+        ConfigError, match=r"^precision\.low_bit_kernel=int2: .*auto, onednn, int_mm, int4, packed"
     ):
         PrecisionSpec(mode="mixed", low_bit_kernel="int2")
 
@@ -107,7 +107,7 @@ def test_the_latency_table_times_distinct_copies(tmp_path) -> None:
     table = LatencyTable(tmp_path, MeasureSpec(threads=1, warmup=0, min_repeats=1,
                                                max_repeats=1, repeat_s=0))  # fmt: skip
     lin = nn.Linear(32, 64)
-    for bits, kernel in ((4, "int4"), (4, "packed"), (6, "int4"), (6, "auto")):
+    for bits, kernel in ((4, "int4"), (4, "packed"), (6, "int4"), (6, "int_mm")):
         module, x = table.program(lin, 5, bits, kernel)
         copies = list(module.layers)
         assert len(copies) == REPEATS and x.shape == (REPEATS, 1, 5, 32)

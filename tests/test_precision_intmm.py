@@ -107,7 +107,8 @@ def assert_packed_constants(code: str, shapes: list[tuple[int, int]]) -> None:
 
 
 def test_a_mixed_plan_runs_its_low_bit_layers_on_int_mm_and_compiles(digits16) -> None:
-    spec = PrecisionSpec(mode="mixed", budget_ratio=0.33, hutchinson_samples=2, calib_batches=1)
+    spec = PrecisionSpec(mode="mixed", budget_ratio=0.33, hutchinson_samples=2, calib_batches=1,
+                         low_bit_kernel="int_mm")  # fmt: skip
     model, ctx = apply_precision(tiny_vit(depth=1), spec, calib=digits16.train)
     plan = model.vitsweep_mixed_plan
     low = [x for x in plan.layers if x.bits < 8]

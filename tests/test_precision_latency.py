@@ -21,6 +21,7 @@ from vitsweep import config, trial
 from vitsweep.precision import apply_precision, plan_metrics
 from vitsweep.precision.latency import LatencyTable
 from vitsweep.precision.mixed import LatencyInputs, format_bits, plan_mixed, searched_linears
+from vitsweep.precision.pt2e import pt2e_available
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec, TrialSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = MeasureSpec(threads=1, warmup=1, min_repeats=2, max_repeats=3, repeat_s=0.01,
                     time_cap_s=0.5)  # fmt: skip
 SPEC = dict(mode="mixed", hutchinson_samples=2, calib_batches=1)
-MEASURED = {**SPEC, "bits": (6, 8)}
+MEASURED = {**SPEC, "bits": (6, 8), "low_bit_kernel": "int_mm"}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_every_layer_option_is_timed_once_per_machine_and_kept(measured, base, s
     )
     stamp = table.path.stat().st_mtime_ns
     again = LatencyTable(root, QUICK)
-    assert again.seconds(base.blocks[0].mlp.fc1, 17, 6, "auto") == table.entries[next(
+    assert again.seconds(base.blocks[0].mlp.fc1, 17, 6, "int_mm") == table.entries[next(
         k for k in table.entries if k.startswith("in=32,out=128") and ",bits=6," in k
     )]  # fmt: skip
     assert table.path.stat().st_mtime_ns == stamp  # read back, not measured again
@@ -91,6 +92,21 @@ def test_every_layer_option_is_timed_once_per_machine_and_kept(measured, base, s
         copy.deepcopy(base), spec, calib=splits.train, timing=QUICK, cache_root=str(root)
     )
     assert table.path.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(not pt2e_available("cpu"), reason="onednn runs in the x86 PT2E program")
+def test_under_onednn_a_layer_below_8_bits_costs_what_8_bits_cost(base, splits, tmp_path) -> None:
+    """Its codes run on the 8-bit layer's own compiled GEMM (test_precision_onednn.py reads the
+    kernels): nothing is looked up or timed per layer, only the float and all-8-bit programs."""
+    spec = PrecisionSpec(**{**MEASURED, "low_bit_kernel": "auto"}, budget_ratio=0.38,
+                         latency_ratio=1e6)  # fmt: skip
+    model, _ = apply_precision(copy.deepcopy(base), spec, calib=splits.train, timing=QUICK,
+                               cache_root=str(tmp_path))  # fmt: skip
+    plan = model.vitsweep_mixed_plan
+    assert plan.low_bit_kernel == "onednn" and min(plan.bits.values()) < 8
+    assert all(x.latency == (0.0, 0.0) for x in plan.layers)
+    assert plan.predicted_latency_s == plan.int8_latency_s > 0 and plan.fp32_latency_s > 0
+    assert not LatencyTable(tmp_path, QUICK).entries
 
 
 def hand_built(base: VisionTransformer, saves_s: list[float]) -> LatencyInputs:

@@ -18,6 +18,7 @@ from vitsweep.models.train import train_briefly
 from vitsweep.precision import apply_precision, model_bytes
 from vitsweep.precision.int4 import Int4Linear
 from vitsweep.precision.intmm_packed import IntMMPackedLinear
+from vitsweep.precision.onednn_packed import OneDNNPackedLinear
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, DataSpec, PrecisionSpec
@@ -138,11 +139,12 @@ def test_mixed_close_to_fp32_and_within_budget(trained, splits, kind_budget):
     # PT2E (x86 CPUs): the packed layers are inside the exported program, no modules any more;
     # precision_exec counts them either way, and names the program of the 8-bit layers.
     low = sum(b < 8 for b in plan.bits.values())
-    low_kinds = PackedLinear | Int4Linear | IntMMPackedLinear
+    low_kinds = PackedLinear | Int4Linear | IntMMPackedLinear | OneDNNPackedLinear
     packed = [m for m in model.modules() if isinstance(m, low_kinds)]
     kernels = (
         r"packed\+dequantized|aten int4 kernel \(bf16 in, group \d+\)"
         r"|packed, unpacked per call to int8 _int_mm \(int8 activations\)"
+        r"|packed, widened when compiled to the int8 oneDNN GEMM \(resident int8\)"
     )
     listed = re.findall(rf"\d-bit (?:{kernels}) x(\d+)", ctx.precision_exec)
     assert sum(int(n) for n in listed) == low

@@ -224,11 +224,14 @@ class PrecisionSpec:
     # mixed, act_bits < 8: auto = per activation the kind its distribution favours (uniform,
     # log2 after softmax, two-range after GELU); uniform = uniform everywhere
     act_quantizers: Literal["auto", "uniform"] = "auto"
-    # mixed: how layers below 8 bits run: int_mm = stored packed, widened to int8 per call and
-    # multiplied with int8 activations by torch._int_mm (precision/intmm_packed.py); int4 =
-    # aten's int4 CPU kernel at 4 bits (precision/int4.py); packed = dequantized into a float
-    # GEMM (every layer a kernel does not take falls back to it); auto = int_mm on a CPU
-    low_bit_kernel: Literal["auto", "int_mm", "int4", "packed"] = "auto"
+    # mixed: how layers below 8 bits run: onednn = stored packed, widened to int8 when the PT2E
+    # program is compiled and run by its oneDNN int8 GEMM (resident at 8 bits;
+    # precision/onednn_packed.py); int_mm = stored packed, widened to int8 per call and
+    # multiplied with int8 activations by torch._int_mm (resident packed;
+    # precision/intmm_packed.py); int4 = aten's int4 CPU kernel at 4 bits (precision/int4.py);
+    # packed = dequantized into a float GEMM (every layer a kernel does not take falls back to
+    # it); auto = onednn where the 8-bit layers run in the PT2E program, else int_mm on a CPU
+    low_bit_kernel: Literal["auto", "onednn", "int_mm", "int4", "packed"] = "auto"
     # mixed: the plan fixed instead of chosen, "name:bits,..." for each searched layer not at 8
     # bits ("": all at 8); no ILP, no budget. A trial records its plan as `mixed_bits`, and
     # confirm and export rebuild that plan with it: a latency budget's plan depends on timings
@@ -278,10 +281,10 @@ class PrecisionSpec:
             "valid: auto, uniform",
         )
         require(
-            self.low_bit_kernel in ("auto", "int_mm", "int4", "packed"),
+            self.low_bit_kernel in ("auto", "onednn", "int_mm", "int4", "packed"),
             "precision.low_bit_kernel",
             self.low_bit_kernel,
-            "valid: auto, int_mm, int4, packed",
+            "valid: auto, onednn, int_mm, int4, packed",
         )
         require(self.rate > 0, "precision.rate", self.rate, "must be > 0")
         require(

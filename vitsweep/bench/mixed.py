@@ -98,8 +98,8 @@ def latency_section(quick: bool = False) -> list[Section]:
                 except ConfigError as err:  # a budget the ILP cannot meet: say so in the row
                     row = {"plan": name, "executes": f"infeasible: {err}"}
                 rows.append(row)
-        # the same byte budget with the low-bit layers on the other kernels (auto: int_mm)
-        for kernel in () if quick else ("int4", "packed"):
+        # the same byte budget with the low-bit layers on the other kernels (auto: onednn)
+        for kernel in () if quick else ("int_mm", "int4", "packed"):
             name = f"mixed b={LATENCY_GRID_BUDGETS[0]:g} l=none {kernel}"
             overrides = ["precision=mixed", f"precision.budget_ratio={LATENCY_GRID_BUDGETS[0]}",
                          f"precision.low_bit_kernel={kernel}"]  # fmt: skip
@@ -181,7 +181,8 @@ def latency_section(quick: bool = False) -> list[Section]:
         "program's, both timed in the trial",
         "latency_ms: the trial's batch-1 measurement (compiled where the precision compiles); "
         "predicted_ms: the plan's prediction (the all-8-bit program measured whole when "
-        "planning + each layer's difference from the per-machine table, corrected in context); "
+        "planning + each layer's difference from the per-machine table, corrected in context, "
+        "none under onednn, whose layers run the 8-bit GEMM); "
         "side by side: the same differences added to int8's median reading there, against the "
         "plan's own",
         "vs fp32: paired on the same test images (exact McNemar 95% interval)",

@@ -9,6 +9,7 @@ A new mode plugs in as one more entry of `_HANDLERS`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -267,6 +268,8 @@ def _mixed(
             fallback = f", fallback: torch.export failed ({_export_failure(err)})"
     else:
         fallback = ""
+    if plan.low_bit_kernel == "onednn":  # outside the PT2E program it would be a float GEMM
+        plan = dataclasses.replace(plan, low_bit_kernel="int_mm")
     label = apply_plan(model, plan, backend=eager, device=device) + fallback
     setattr(model, PLAN_ATTR, plan)
     return (*_simulated(model, simulation, label), False)
@@ -327,7 +330,8 @@ def _latency_inputs(
     """Batch-1 timings the latency budget is priced with: the float model and its all-8-bit
     PT2E program measured whole (compiled, as a trial runs it) and side by side, each searched
     layer's options from the per-machine table (`precision.latency`) plus its group's
-    correction in context (measured once per model and machine: each group switched whole)."""
+    correction in context (measured once per model and machine: each group switched whole).
+    Under the onednn kernel every option costs what 8 bits cost: only the two are timed."""
     x1 = calib_batches(calib, 1, 1, device)[0][0]
     searched = searched_linears(model)
     names = [n for n, _ in searched]
@@ -335,6 +339,25 @@ def _latency_inputs(
     table = LatencyTable(cache_root, timing)
     kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device)
     extra = np.zeros((len(names), len(spec.bits)))
+
+    def program(low: list[int]) -> Callable[[], object]:
+        """The model compiled as the trial runs it, the layers `low` at the highest bits < 8."""
+        copied = copy.deepcopy(model)
+        eager = eager_backend(device, "pt2e")
+        for i in low:
+            new = convert_layer(searched[i][1], top, eager, device, kernel, ranges[i])
+            set_module(copied, names[i], new)
+        eights = [n for i, n in enumerate(names) if i not in low]
+        eights += [n for n, _ in other_linears(model)]
+        run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
+        return lambda: run(x1)
+
+    if kernel == "onednn":  # each bit-width runs the 8-bit layer's own compiled GEMM: no extra
+        # (`onednn_packed.py`; the bench times such plans side by side with int8 to check it)
+        fns = {"fp32": lambda: model(x1), "int8": program([])}
+        with thread_scope(timing.threads), torch.inference_mode():
+            seconds = interleaved_seconds(fns, timing)
+        return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
     for i, (name, layer) in enumerate(searched):
         eight = table.seconds(layer, rows[name], 8, spec.low_bit_kernel)
         for j, bits in enumerate(spec.bits):
@@ -351,18 +374,6 @@ def _latency_inputs(
     if missing:  # every layer's calibrated input range, once for all the groups' programs
         batches = calib_batches(calib, spec.calib_batches, batch_size, device)
         ranges = input_ranges(model, [m for _, m in searched], batches)
-
-    def program(low: list[int]) -> Callable[[], object]:
-        """The model compiled as the trial runs it, the layers `low` at the highest bits < 8."""
-        copied = copy.deepcopy(model)
-        eager = eager_backend(device, "pt2e")
-        for i in low:
-            new = convert_layer(searched[i][1], top, eager, device, kernel, ranges[i])
-            set_module(copied, names[i], new)
-        eights = [n for i, n in enumerate(names) if i not in low]
-        eights += [n for n, _ in other_linears(model)]
-        run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
-        return lambda: run(x1)
 
     fns = {"fp32": lambda: model(x1), "int8": program([])}
     fns.update({g: program(groups[g]) for g in missing})

@@ -44,12 +44,13 @@ def supports(layer: nn.Linear, bits: int, device: str) -> bool:
     )
 
 
-def affine_int8(lo: float, hi: float) -> tuple[float, int]:
-    """(scale, zero point) of an int8 affine quantizer covering [lo, hi] and 0."""
+def affine_int8(lo: float, hi: float, qmin: int = -128, qmax: int = 127) -> tuple[float, int]:
+    """(scale, zero point) of an 8-bit affine quantizer covering [lo, hi] and 0: int8 by
+    default, uint8 with (qmin, qmax) = (0, 255)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-8) / 255.0
-    zero = round(-128 - lo / scale)
-    return scale, max(-128, min(127, zero))
+    scale = max(hi - lo, 1e-8) / (qmax - qmin)
+    zero = round(qmin - lo / scale)
+    return scale, max(qmin, min(qmax, zero))
 
 
 def pack_planar(codes: torch.Tensor, bits: int) -> torch.Tensor:

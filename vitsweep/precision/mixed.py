@@ -36,6 +36,8 @@ from vitsweep.precision.int4 import Int4Linear, supports
 from vitsweep.precision.int8 import backend_label, eager_backend, int8_linear
 from vitsweep.precision.intmm_packed import IntMMPackedLinear
 from vitsweep.precision.intmm_packed import supports as int_mm_supports
+from vitsweep.precision.onednn_packed import OneDNNPackedLinear
+from vitsweep.precision.onednn_packed import supports as onednn_supports
 from vitsweep.precision.packed import PackedLinear
 from vitsweep.spec import ConfigError, PrecisionSpec
 
@@ -283,13 +285,24 @@ def _int8_bytes(layer: nn.Linear, backend: str, device: str) -> int:
     return model_bytes(int8_linear(layer, backend, device))
 
 
-def resolve_low_bit_kernel(requested: str, device: str) -> str:
-    """`precision.low_bit_kernel` as a plan records it: auto -> int_mm on a CPU with
+def resolve_low_bit_kernel(requested: str, device: str, backend: str = "pt2e") -> str:
+    """`precision.low_bit_kernel` as a plan records it: auto -> onednn where the 8-bit layers
+    run in the PT2E program (the codes widened into the program's own int8 GEMM: an 8-bit
+    layer's time, where every other kernel cost more, README #32); else int_mm on a CPU with
     `torch._int_mm` (packed weights, int8 activations: at batch 64 it ran 1.0-1.5x an int8
     layer's time where aten's int4 kernel ran 1.7-2.8x, AMD EPYC; at batch 1 both 1.4-2x),
     else int4 (aten's kernel, CPU only; elsewhere packed per layer). Valid values: `spec`."""
+    from vitsweep.precision.pt2e import pt2e_available
+
+    if requested == "onednn" and backend != "pt2e":
+        raise ConfigError(
+            f"precision.low_bit_kernel=onednn: runs inside the PT2E int8 program, and the 8-bit "
+            f"layers here run on {backend}; use auto, int_mm, int4 or packed"
+        )
     if requested != "auto":
         return requested
+    if backend == "pt2e" and pt2e_available(device):
+        return "onednn"
     return "int_mm" if str(device).startswith("cpu") and hasattr(torch, "_int_mm") else "int4"
 
 
@@ -309,12 +322,16 @@ def convert_layer(
 
 
 def low_bit_kind(layer: nn.Linear, bits: int, device: str, low_bit_kernel: str) -> type:
-    """How `layer` runs at `bits` < 8 under `low_bit_kernel` (auto resolved): int_mm ->
-    IntMMPackedLinear (packed codes widened to int8 per call, int8 activations, `_int_mm`);
-    int4 -> Int4Linear (aten's int4 kernel, 4 bits only); either where the shape and device
-    allow, else (and under packed) PackedLinear (dequantized into a float GEMM)."""
+    """How `layer` runs at `bits` < 8 under `low_bit_kernel` (auto resolved): onednn ->
+    OneDNNPackedLinear (packed codes, widened to int8 when the PT2E program is compiled);
+    int_mm -> IntMMPackedLinear (packed codes widened to int8 per call, int8 activations,
+    `_int_mm`), also where onednn does not take the shape; int4 -> Int4Linear (aten's int4
+    kernel, 4 bits only); each where the shape and device allow, else (and under packed)
+    PackedLinear (dequantized into a float GEMM)."""
     low_bit_kernel = resolve_low_bit_kernel(low_bit_kernel, device)
-    if low_bit_kernel == "int_mm" and int_mm_supports(layer, bits, device):
+    if low_bit_kernel == "onednn" and onednn_supports(layer, bits, device):
+        return OneDNNPackedLinear
+    if low_bit_kernel in ("onednn", "int_mm") and int_mm_supports(layer, bits, device):
         return IntMMPackedLinear
     if bits == 4 and low_bit_kernel == "int4" and supports(layer, device):
         return Int4Linear
@@ -330,9 +347,9 @@ def low_bit_layer(
 ) -> nn.Module:
     """The layer at `bits` < 8, as `low_bit_kind` says it runs (see `convert_layer`)."""
     kind = low_bit_kind(layer, bits, device, low_bit_kernel)
-    if kind is IntMMPackedLinear:
+    if kind in (IntMMPackedLinear, OneDNNPackedLinear):
         lo, hi = act_range or (-1.0, 1.0)  # no range: weight-only uses (bytes, error, timing)
-        return IntMMPackedLinear.from_linear(layer, bits, (lo, hi)).to(device)
+        return kind.from_linear(layer, bits, (lo, hi)).to(device)
     if kind is Int4Linear:
         return Int4Linear.from_linear(layer).to(device)
     return PackedLinear.from_linear(layer, bits).to(device)
@@ -342,7 +359,7 @@ def _dequantized(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """The float weight a layer converted from `weight` computes with."""
     if isinstance(module, Int4Linear):
         return Int4Linear.fake_quantize(weight)
-    if isinstance(module, PackedLinear | IntMMPackedLinear):
+    if isinstance(module, PackedLinear | IntMMPackedLinear | OneDNNPackedLinear):
         return module.dequantized_weight()
     if hasattr(module, "weight_t"):  # IntMMLinear
         w = module.weight_t[: module.in_features, : module.out_features].t().float()
@@ -356,6 +373,8 @@ def low_bit_label(module: nn.Module, bits: int) -> str:
         return f"{bits}-bit aten int4 kernel (bf16 in, group {module.group})"
     if isinstance(module, IntMMPackedLinear):
         return f"{bits}-bit packed, unpacked per call to int8 _int_mm (int8 activations)"
+    if isinstance(module, OneDNNPackedLinear):
+        return f"{bits}-bit packed, widened when compiled to the int8 oneDNN GEMM (resident int8)"
     return f"{bits}-bit packed+dequantized"
 
 
@@ -402,7 +421,7 @@ def plan_mixed(
     cost = np.zeros_like(sens)
     if spec.budget_kind == "bops":
         macs = macs_per_image(model, batches[0][0])
-    kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device)
+    kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device, backend)
     ranges = input_ranges(model, [m for _, m in searched], batches)
     for i, (name, layer) in enumerate(searched):
         w = layer.weight.detach().float()
