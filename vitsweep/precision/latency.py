@@ -27,8 +27,9 @@ layers) is measured too; only the layers' differences are modelled. HAWQ-V3 pric
 same way, per layer, on the target.
 
 A layer alone misses what its neighbours do with it inside the program. In the int8 program
-inductor fuses a layer's output quantization, and fc1's GELU, into its oneDNN kernel; a layer
-below 8 bits ends that fusion. Measured on the AMD EPYC (xray baseline, 2 threads, 2026-12-05,
+inductor fuses a layer's output quantization, and fc1's GELU, into its oneDNN kernel; an
+`int_mm` layer ends that fusion (an `onednn` one keeps it: it is not timed here at all).
+Measured on the AMD EPYC (xray baseline, 2 threads, 2026-12-05,
 whole programs timed side by side at batch 1, load 1.7-2.0 from the run itself), switching all
 6 of a kind to 6 bits cost per layer: qkv +197 us (alone +103), proj +16 (alone -22), fc1 +234
 (alone +11), fc2 +21 (alone +19); in two later processes within the hour fc2 +72 and +190,
