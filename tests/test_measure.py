@@ -112,6 +112,33 @@ def test_time_cap_ends_an_unsteady_measurement():
     assert 2 <= stats.repeats < 10_000 and stats.noisy
 
 
+def test_a_timed_warm_up_lasts_its_seconds_on_synchronized_steps():
+    """`warmup_s`: a count of fast steps can end inside a GPU's clock ramp, so the warm-up also
+    lasts at least this long, each step synchronized (the device's time, not the host's)."""
+    from vitsweep.measure.speed import DEPTH_OFFSETS
+
+    calls: list[tuple[str, float]] = []
+
+    def step() -> None:
+        calls.append(("step", time.perf_counter()))
+        time.sleep(0.005)
+
+    def sync() -> None:
+        calls.append(("sync", time.perf_counter()))
+
+    spec = MeasureSpec(
+        warmup=2, warmup_s=0.2, min_repeats=2, max_repeats=2, time_cap_s=10, repeat_s=0
+    )
+    timed_repeats(step, sync, spec, 1)
+    steps = [i for i, (kind, _) in enumerate(calls) if kind == "step"]
+    warm = steps[: -(len(DEPTH_OFFSETS) + 2)]  # calibration and the two repeats come last
+    assert len(warm) >= 0.2 / 0.006  # far more than warmup=2 steps at 5 ms each
+    assert calls[warm[-1]][1] - calls[warm[0]][1] >= 0.2 - 0.006
+    assert all(calls[i + 1][0] == "sync" for i in warm)  # every warm-up step synchronized
+    with pytest.raises(ValueError, match=r"measure\.warmup_s"):
+        MeasureSpec(warmup_s=-1.0)
+
+
 def test_repeats_are_lengthened_for_fast_steps():
     spec = MeasureSpec(warmup=1, min_repeats=3, max_repeats=3, time_cap_s=10, repeat_s=0.02)
     stats = timed_repeats(sleeper([0.001]), lambda: None, spec, 4)

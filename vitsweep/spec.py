@@ -323,6 +323,9 @@ class MeasureSpec:
     eval_batch_size: int = 256
     threads: int = 0  # 0: leave torch's default
     warmup: int = 3
+    # and at least this many seconds of steps, each synchronized: a GPU's clocks ramp up over
+    # its first fraction of a second under load, which a count of fast steps can fit inside
+    warmup_s: float = 0.0
     min_repeats: int = 5
     max_repeats: int = 30
     max_cv: float = 0.05
@@ -358,6 +361,7 @@ class MeasureSpec:
             f"must be >= measure.min_repeats={self.min_repeats}",
         )
         require(self.warmup >= 0, "measure.warmup", self.warmup, "must be >= 0")
+        require(self.warmup_s >= 0, "measure.warmup_s", self.warmup_s, "must be >= 0")
         require(self.repeat_s >= 0, "measure.repeat_s", self.repeat_s, "must be >= 0 (0: 1 step)")
         require(self.threads >= 0, "measure.threads", self.threads, "must be >= 0 (0: default)")
         for key in ("max_cv", "time_cap_s", "watts", "energy_window_s"):
