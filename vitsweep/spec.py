@@ -209,7 +209,8 @@ class PrecisionSpec:
     int8_scheme: Literal["static", "dynamic"] = "static"
     # int8/mixed kernels: auto = torchao PT2E + inductor on x86 CPUs, int_mm on CUDA
     int8_backend: Literal["auto", "pt2e", "ao_dynamic", "int_mm"] = "auto"
-    bits: tuple[int, ...] = (4, 6, 8)  # mixed: candidate bit-widths per layer
+    # mixed: candidate bit-widths per layer: 2..8 integer weights, 16 = bf16, 32 = fp32
+    bits: tuple[int, ...] = (4, 6, 8)
     budget_kind: Literal["bytes", "bops"] = "bytes"  # mixed
     budget_ratio: float = 0.25  # mixed: budget as a fraction of the fp32 model's bytes/BOPs
     # mixed: also batch-1 latency <= this x the reference's, each layer's options timed on this
@@ -256,10 +257,12 @@ class PrecisionSpec:
             "must be in (0, 1]",
         )
         require(
-            bool(self.bits) and all(2 <= b <= 8 for b in self.bits),
+            bool(self.bits)
+            and len(set(self.bits)) == len(self.bits)
+            and all(2 <= b <= 8 or b in (16, 32) for b in self.bits),
             "precision.bits",
             list(self.bits),
-            "each must be in 2..8",
+            "need distinct bit-widths, each in 2..8, or 16 (bf16) or 32 (fp32)",
         )
         require(
             self.latency_ratio is None or self.latency_ratio > 0,

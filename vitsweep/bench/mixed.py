@@ -17,6 +17,7 @@ from vitsweep.spec import ConfigError
 # is "no slower than int8 at batch 1").
 LATENCY_GRID_BUDGETS = (0.25, 0.5)
 LATENCY_GRID_SCALES = (1.0, 1.15, None)  # None: no latency budget (bytes only)
+WIDE_BITS = "4,6,8,16,32"  # a row whose layers may also stay bf16 (16) or fp32 (32)
 
 
 def _trial_row(name: str, m: dict[str, Any], fp32_flags: Any) -> tuple[dict[str, Any], Any]:
@@ -98,6 +99,17 @@ def latency_section(quick: bool = False) -> list[Section]:
                 except ConfigError as err:  # a budget the ILP cannot meet: say so in the row
                     row = {"plan": name, "executes": f"infeasible: {err}"}
                 rows.append(row)
+        # per layer also bf16 or fp32 (X86InductorQuantizer's int8-mixed-bf16 choice, per layer),
+        # where the bytes leave room for them: the latency budget decides how many
+        if not quick:
+            name = f"mixed b={LATENCY_GRID_BUDGETS[-1]:g} l=1.15x int8 bits {WIDE_BITS}"
+            overrides = ["precision=mixed", f"precision.budget_ratio={LATENCY_GRID_BUDGETS[-1]}",
+                         "precision.latency_ratio=1.15", "precision.latency_reference=int8",
+                         f"precision.bits=[{WIDE_BITS}]"]  # fmt: skip
+            try:
+                rows.append(_trial_row(name, measured(overrides), fp32_flags)[0])
+            except ConfigError as err:
+                rows.append({"plan": name, "executes": f"infeasible: {err}"})
         # the same byte budget with the low-bit layers on the other kernels (auto: onednn)
         for kernel in () if quick else ("int_mm", "int4", "packed"):
             name = f"mixed b={LATENCY_GRID_BUDGETS[0]:g} l=none {kernel}"

@@ -52,7 +52,6 @@ from vitsweep.precision.mixed import (
 )
 from vitsweep.precision.pt2e import label as pt2e_label
 from vitsweep.precision.pt2e import quantize_pt2e
-from vitsweep.precision.quantizers import MAX_BITS, MIN_BITS
 from vitsweep.precision.resolve import (
     MODES,
     Resolved,
@@ -95,11 +94,6 @@ def _validate(spec: PrecisionSpec) -> None:
         _validate_tq(spec)
     if spec.mode != "mixed":
         return
-    bits = tuple(spec.bits)
-    if not bits or len(set(bits)) != len(bits) or any(not MIN_BITS <= b <= MAX_BITS for b in bits):
-        raise ConfigError(
-            f"precision.bits={list(bits)}: need distinct bit-widths, each in {MIN_BITS}..{MAX_BITS}"
-        )
     if not spec.budget_ratio > 0:
         raise ConfigError(f"precision.budget_ratio={spec.budget_ratio}: must be > 0")
     if spec.calib_batches < 1 or spec.hutchinson_samples < 1:
@@ -294,7 +288,8 @@ def _simulation(
     }
     batches = [x for x, _ in calib_batches(calib, spec.calib_batches, batch_size, device)]
     kinds = act_quant.KINDS if spec.act_quantizers == "auto" else ("uniform",)
-    chosen = act_quant.simulate(sim, weights, spec.act_bits, kinds, batches)
+    wide = frozenset(n for n, b in plan.bits.items() if b > 8)
+    chosen = act_quant.simulate(sim, weights, spec.act_bits, kinds, batches, wide)
     return sim, act_quant.label(chosen, spec.act_bits)
 
 
@@ -328,10 +323,11 @@ def _latency_inputs(
     cache_root: str | None,
 ) -> LatencyInputs:
     """Batch-1 timings the latency budget is priced with: the float model and its all-8-bit
-    PT2E program measured whole (compiled, as a trial runs it) and side by side, each searched
-    layer's options from the per-machine table (`precision.latency`) plus its group's
-    correction in context (measured once per model and machine: each group switched whole).
-    Under the onednn kernel every option costs what 8 bits cost: only the two are timed."""
+    PT2E program measured whole (compiled, as a trial runs it) and side by side; each searched
+    layer's options below 8 bits from the per-machine table (`precision.latency`) plus its
+    group's correction in context; its wide options (bf16, fp32) from its group switched whole
+    to each, per layer. A group is switched once per model and machine (kept in the table).
+    Under the onednn kernel every option below 8 bits costs what 8 bits cost: none is timed."""
     x1 = calib_batches(calib, 1, 1, device)[0][0]
     searched = searched_linears(model)
     names = [n for n, _ in searched]
@@ -339,60 +335,66 @@ def _latency_inputs(
     table = LatencyTable(cache_root, timing)
     kernel = resolve_low_bit_kernel(spec.low_bit_kernel, device)
     extra = np.zeros((len(names), len(spec.bits)))
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(layer_group(name), []).append(i)
+    ranges: list[tuple[float, float]] = []  # calibrated input ranges, if a group goes below 8
 
-    def program(low: list[int]) -> Callable[[], object]:
-        """The model compiled as the trial runs it, the layers `low` at the highest bits < 8."""
+    def program(switched: list[int], bits: int) -> Callable[[], object]:
+        """The model compiled as the trial runs it, the layers `switched` at `bits`."""
         copied = copy.deepcopy(model)
         eager = eager_backend(device, "pt2e")
-        for i in low:
-            new = convert_layer(searched[i][1], top, eager, device, kernel, ranges[i])
+        for i in switched:
+            act = ranges[i] if bits < 8 else ()
+            new = convert_layer(copied.get_submodule(names[i]), bits, eager, device, kernel, act)
             set_module(copied, names[i], new)
-        eights = [n for i, n in enumerate(names) if i not in low]
+        eights = [n for i, n in enumerate(names) if i not in switched]
         eights += [n for n, _ in other_linears(model)]
         run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
         return lambda: run(x1)
 
-    if kernel == "onednn":  # each bit-width runs the 8-bit layer's own compiled GEMM: no extra
-        # (`onednn_packed.py`; the bench times such plans side by side with int8 to check it)
-        fns = {"fp32": lambda: model(x1), "int8": program([])}
-        with thread_scope(timing.threads), torch.inference_mode():
-            seconds = interleaved_seconds(fns, timing)
-        return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
-    for i, (name, layer) in enumerate(searched):
+    def signature(bits: int) -> str:
+        layers = [(n, m, rows[n]) for n, m in searched]
+        return model_signature(layers, f"{kernel},{bits},{spec.int8_scheme}")
+
+    # onednn: each bit-width below 8 runs the 8-bit layer's own compiled GEMM, so no difference
+    # (`onednn_packed.py`; the bench times such plans side by side with int8 to check it)
+    below = [] if kernel == "onednn" else [b for b in spec.bits if b < 8]
+    for i, (name, layer) in enumerate(searched if below else []):
         eight = table.seconds(layer, rows[name], 8, spec.low_bit_kernel)
         for j, bits in enumerate(spec.bits):
-            extra[i, j] = table.seconds(layer, rows[name], bits, spec.low_bit_kernel) - eight
-    below = [b for b in spec.bits if b < 8]
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(layer_group(name), []).append(i)
-    top = max(below, default=8)  # the bit-width each group is switched to whole
-    sig = model_signature(
-        [(n, m, rows[n]) for n, m in searched], f"{kernel},{top},{spec.int8_scheme}"
-    )
-    missing = [g for g in groups if below and table.context(sig, g) is None]
-    if missing:  # every layer's calibrated input range, once for all the groups' programs
+            if bits < 8:
+                extra[i, j] = table.seconds(layer, rows[name], bits, spec.low_bit_kernel) - eight
+    # the widths each group is switched to whole: the highest below 8 (its correction then
+    # holds for every width below 8), and each wide one (its whole difference)
+    switches = [max(below)] if below else []
+    switches += [b for b in spec.bits if b > 8]
+    missing = [(g, b) for b in switches for g in groups if table.context(signature(b), g) is None]
+    if any(b < 8 for _, b in missing):  # the layers' input ranges, once for all the programs
         batches = calib_batches(calib, spec.calib_batches, batch_size, device)
-        ranges = input_ranges(model, [m for _, m in searched], batches)
+        ranges.extend(input_ranges(model, [m for _, m in searched], batches))
 
-    fns = {"fp32": lambda: model(x1), "int8": program([])}
-    fns.update({g: program(groups[g]) for g in missing})
+    fns = {"fp32": lambda: model(x1), "int8": program([], 8)}
+    fns.update({f"{g}@{b}": program(groups[g], b) for g, b in missing})
     if missing:  # built first and again last: in one process a program built earlier ran
-        fns[_INT8_AGAIN] = program([])  # faster (README, #32); the groups sit between the two
+        fns[_INT8_AGAIN] = program([], 8)  # faster (README, #32); the groups sit between the two
     with thread_scope(timing.threads), torch.inference_mode():
         seconds = interleaved_seconds(fns, timing)
     if missing:  # per layer: the group's cost in the program beyond what the table says
         seconds["int8"] = (seconds["int8"] + seconds.pop(_INT8_AGAIN)) / 2
-        col = spec.bits.index(top)
-        table.set_context(sig, {
-            g: (seconds[g] - seconds["int8"]) / len(groups[g])
+    for b in switches:
+        col = spec.bits.index(b)
+        measured = {
+            g: (seconds[f"{g}@{b}"] - seconds["int8"]) / len(groups[g])
             - float(np.mean(extra[groups[g], col]))
-            for g in missing
-        })  # fmt: skip
-    low_cols = [j for j, b in enumerate(spec.bits) if b < 8]
-    if low_cols:
+            for g, width in missing
+            if width == b
+        }
+        if measured:
+            table.set_context(signature(b), measured)
+        cols = [j for j, w in enumerate(spec.bits) if w < 8] if b < 8 else [col]
         for g, members in groups.items():
-            extra[np.ix_(members, low_cols)] += table.context(sig, g)
+            extra[np.ix_(members, cols)] += table.context(signature(b), g)
     return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
 
 

@@ -167,8 +167,9 @@ class ActFakeQuant(nn.Module):
         return self.quantizer
 
 
-def _insert(model: nn.Module) -> list[ActFakeQuant]:
-    """A recording quantizer before every block Linear's input and after every attention
+def _insert(model: nn.Module, wide: frozenset[str]) -> list[ActFakeQuant]:
+    """A recording quantizer before every block Linear's input (but those in `wide`) and after
+    every attention
     softmax (timm `Attention` and its subclasses: unfused, so the probabilities exist and pass
     through `attn_drop`, the identity at eval, which the quantizer replaces)."""
     from timm.models.vision_transformer import Attention
@@ -177,6 +178,8 @@ def _insert(model: nn.Module) -> list[ActFakeQuant]:
 
     sites: list[ActFakeQuant] = []
     for name, layer in searched_linears(model):
+        if name in wide:
+            continue
         site = ActFakeQuant(f"{name}.input")
         set_module(model, name, nn.Sequential(site, layer))
         sites.append(site)
@@ -194,15 +197,17 @@ def simulate(
     act_bits: int,
     kinds: tuple[str, ...],
     batches: list[torch.Tensor],
+    wide: frozenset[str] = frozenset(),
 ) -> dict[str, ActQuantizer]:
     """Turn `model` (float, changed in place) into the simulation of a mixed plan at `act_bits`
     activations: each named Linear's weight replaced by `weights` (what the plan's real layers
     compute with), then a quantizer per activation chosen on the float activations of
-    `batches`. Returns site -> quantizer."""
+    `batches`; the Linears in `wide` (kept bf16 or fp32 by the plan) keep float inputs.
+    Returns site -> quantizer."""
     with torch.no_grad():
         for name, weight in weights.items():
             model.get_submodule(name).weight.copy_(weight)
-    sites = _insert(model)
+    sites = _insert(model, wide)
     model.eval()
     with torch.inference_mode():
         for x in batches:

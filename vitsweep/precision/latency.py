@@ -37,7 +37,9 @@ proj +95: how much moves with the host's regime (README), the sign does not. So 
 layers (the same place in every block) is
 also switched whole once, at the highest bit-width below 8, timed beside the all-8-bit program,
 and the difference per layer beyond the table's is added to every member at every bit-width.
-Cached with the table, per model (its layers' shapes and rows).
+Cached with the table, per model (its layers' shapes and rows). The wide options (bf16, fp32:
+`float_layers.py`) have no rows here at all: each group is switched whole to each, in the
+program, and that whole difference per layer is their price.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """HAWQ-style mixed precision: Hessian-trace sensitivity per layer, bit-widths from an ILP.
 
 Which layers: every nn.Linear inside `model.blocks` (qkv, proj, fc1, fc2) is searched over
-`spec.bits`. Kept out of the search: every other nn.Linear (the head) runs 8-bit on int8 kernels,
-and the patch-embedding Conv2d stays fp32 (no dynamic int8 conv kernel, and the first layer is
-the one quantization hurts most); norms, tokens and position embeddings stay fp32.
+`spec.bits`: integer weights at 2..8 bits, or kept wide, bf16 (16) or fp32 (32), unquantized in
+the int8 program (`float_layers.py`). Kept out of the search: every other nn.Linear (the head)
+runs 8-bit on int8 kernels, and the patch-embedding Conv2d stays fp32 (no dynamic int8 conv
+kernel, and the first layer is the one quantization hurts most); norms, tokens and position
+embeddings stay fp32.
 
 Sensitivity of layer l at b bits (HAWQ-V2/V3): (tr(H_l) / n_l) * ||W_l - Q_b(W_l)||^2. The trace
 is divided by the weight count because a quantization error spread over all n_l weights sees the
@@ -13,8 +15,10 @@ never look worse than fewer.
 
 Costs: "bytes" = the layer's storage after conversion (model_bytes of the converted layer, so the
 ILP prices exactly what is then stored); "bops" = MACs per image x weight bits x 8 activation bits
-(HAWQ-V3 convention), fp32 layers at 32 x 32. The budget is `budget_ratio` x the fp32 model's
-total, and the fixed parts are paid first.
+(HAWQ-V3 convention), a wide layer's at its width squared (its activations stay wide too), fp32
+layers outside the search at 32 x 32. A wide layer's sensitivity is its weight's rounding error
+(none at 32); the 8-bit activation quantization it avoids is not priced. The budget is
+`budget_ratio` x the fp32 model's total, and the fixed parts are paid first.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 
 from vitsweep.precision.bytes import model_bytes
+from vitsweep.precision.float_layers import Bf16Linear, wide_label, wide_layer
 from vitsweep.precision.hessian import hutchinson_trace
 from vitsweep.precision.ilp import Budget, BudgetInfeasible, choose_within
 from vitsweep.precision.int4 import Int4Linear, supports
@@ -314,10 +319,13 @@ def convert_layer(
     low_bit_kernel: str,
     act_range: tuple[float, ...] = (),
 ) -> nn.Module:
-    """The layer as it executes at `bits`: 8 on eager int8 kernels; below 8 by `low_bit_kind`.
-    `act_range`: its calibrated input range (int_mm layers quantize their own inputs)."""
+    """The layer as it executes at `bits`: 8 on eager int8 kernels; below 8 by `low_bit_kind`;
+    16 or 32 kept wide (`float_layers.wide_layer`; 32 is `layer` itself). `act_range`: its
+    calibrated input range (int_mm layers quantize their own inputs)."""
     if bits == 8:
         return int8_linear(layer, backend, device)
+    if bits > 8:
+        return wide_layer(layer, bits)
     return low_bit_layer(layer, bits, device, low_bit_kernel, act_range)
 
 
@@ -359,8 +367,10 @@ def _dequantized(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """The float weight a layer converted from `weight` computes with."""
     if isinstance(module, Int4Linear):
         return Int4Linear.fake_quantize(weight)
-    if isinstance(module, PackedLinear | IntMMPackedLinear | OneDNNPackedLinear):
+    if isinstance(module, PackedLinear | IntMMPackedLinear | OneDNNPackedLinear | Bf16Linear):
         return module.dequantized_weight()
+    if type(module) is nn.Linear:  # kept at fp32
+        return module.weight.detach().float()
     if hasattr(module, "weight_t"):  # IntMMLinear
         w = module.weight_t[: module.in_features, : module.out_features].t().float()
         return w * module.scale[:, None]
@@ -432,8 +442,8 @@ def plan_mixed(
             if spec.budget_kind == "bytes":
                 pt2e = bits == 8 and backend == "pt2e"
                 cost[i, j] = pt2e_linear_bytes(layer) if pt2e else model_bytes(conv)
-            else:
-                cost[i, j] = macs[name] * bits * 8
+            else:  # weights x activations: 8-bit activations up to 8 bits, wide ones beyond
+                cost[i, j] = macs[name] * bits * max(bits, 8)
     if spec.budget_kind == "bytes":
         reference = float(model_bytes(model))
         fixed = reference - sum(model_bytes(m) for _, m in searched + others)
@@ -555,22 +565,25 @@ def apply_plan(
     """Swap each searched Linear for its chosen kind, the head for int8; returns precision_exec.
 
     Modifications: blocks' nn.Linear -> int8-kernel Linear (8 bits), or below 8 bits the kind
-    `low_bit_kind` gives for the plan's `low_bit_kernel` and the layer's shape (IntMMPackedLinear,
-    Int4Linear or PackedLinear); other nn.Linear -> int8-kernel Linear; everything else
-    untouched (fp32).
+    `low_bit_kind` gives for the plan's `low_bit_kernel` and the layer's shape (OneDNNPacked-,
+    IntMMPacked-, Int4- or PackedLinear), at 16 Bf16Linear, at 32 unchanged; other nn.Linear ->
+    int8-kernel Linear; everything else untouched (fp32).
     `eight_bit=False`: the 8-bit layers and the head stay nn.Linear, for PT2E to quantize them
     in one exported program.
     """
     bits = plan.bits
     ranges = {x.name: x.act_range for x in plan.layers}
-    low: Counter[tuple[int, str]] = Counter()
+    other: Counter[tuple[int, str]] = Counter()  # the layers not at 8 bits, by width and kernel
     for name, layer in searched_linears(model):
-        if bits[name] < 8 or eight_bit:
-            kernel = plan.low_bit_kernel
-            new = convert_layer(layer, bits[name], backend, device, kernel, ranges[name])
-            set_module(model, name, new)
-            if bits[name] < 8:
-                low[bits[name], low_bit_label(new, bits[name])] += 1
+        if bits[name] == 8 and not eight_bit:
+            continue
+        kernel = plan.low_bit_kernel
+        new = convert_layer(layer, bits[name], backend, device, kernel, ranges[name])
+        set_module(model, name, new)
+        if bits[name] < 8:
+            other[bits[name], low_bit_label(new, bits[name])] += 1
+        elif bits[name] > 8:
+            other[bits[name], wide_label(bits[name], in_program=not eight_bit)] += 1
     others = other_linears(model)
     if eight_bit:
         for name, layer in others:
@@ -578,7 +591,7 @@ def apply_plan(
     kernels = backend_label(backend, device) if eight_bit else "(PT2E)"
     eights = sum(b == 8 for b in bits.values()) + len(others)
     parts = [f"8-bit {kernels} x{eights}"]
-    parts += [f"{text} x{n}" for (_, text), n in sorted(low.items(), reverse=True)]
+    parts += [f"{text} x{n}" for (_, text), n in sorted(other.items(), reverse=True)]
     return (
         f"mixed {plan.budget_kind}<={plan.budget_ratio:g}: "
         + ", ".join(parts)
