@@ -169,9 +169,8 @@ class ActFakeQuant(nn.Module):
 
 def _insert(model: nn.Module, wide: frozenset[str]) -> list[ActFakeQuant]:
     """A recording quantizer before every block Linear's input (but those in `wide`) and after
-    every attention
-    softmax (timm `Attention` and its subclasses: unfused, so the probabilities exist and pass
-    through `attn_drop`, the identity at eval, which the quantizer replaces)."""
+    every attention softmax (timm `Attention` and its subclasses: unfused, so the probabilities
+    exist and pass through `attn_drop`, the identity at eval, which the quantizer replaces)."""
     from timm.models.vision_transformer import Attention
 
     from vitsweep.precision.mixed import searched_linears, set_module
