@@ -162,7 +162,13 @@ def test_the_front_shows_a_plans_predicted_latency_beside_the_measured_one(tmp_p
     plan = "blocks.0.mlp.fc2:6,blocks.1.attn.qkv:4"
     more = {
         0: {"latency_ms": 9.0},
-        2: {"latency_ms": 4.0, "predicted_latency_ms": 3.8, "mixed_bits": plan},
+        2: {
+            "latency_ms": 4.0,
+            "predicted_latency_ms": 3.8,
+            "mixed_bits": plan,
+            "side_by_side_latency_ms": 3.1,
+            "side_by_side_predicted_ms": 3.2,
+        },
     }
     table = study_table(
         _study(flags, values, more), {"accuracy": "maximize", "throughput": "maximize"}
@@ -171,6 +177,8 @@ def test_the_front_shows_a_plans_predicted_latency_beside_the_measured_one(tmp_p
     front = {m["number"]: m for m in results["pareto"]}
     assert set(front) == {0, 1, 2}
     assert (front[2]["predicted_latency_ms"], front[2]["latency_ms"]) == (3.8, 4.0)
+    beside = ("side_by_side_predicted_ms", "side_by_side_latency_ms")
+    assert tuple(front[2][k] for k in beside) == (3.2, 3.1)
     assert not {"predicted_latency_ms", "latency_ms"} & (set(front[0]) | set(front[1]))
     assert front[2]["mixed_bits"] == plan and "mixed_bits" not in front[0]  # which layers, bits
 

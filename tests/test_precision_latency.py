@@ -18,7 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from tests.conftest import tiny_vit
 from vitsweep import config, trial
-from vitsweep.precision import apply_precision, plan_metrics
+from vitsweep.measure.compile import compile_program
+from vitsweep.precision import anchored_latency, apply_precision, plan_metrics
 from vitsweep.precision.latency import LatencyTable
 from vitsweep.precision.mixed import LatencyInputs, format_bits, plan_mixed, searched_linears
 from vitsweep.precision.pt2e import pt2e_available
@@ -100,13 +101,22 @@ def test_under_onednn_a_layer_below_8_bits_costs_what_8_bits_cost(base, splits, 
     kernels): nothing is looked up or timed per layer, only the float and all-8-bit programs."""
     spec = PrecisionSpec(**{**MEASURED, "low_bit_kernel": "auto"}, budget_ratio=0.38,
                          latency_ratio=1e6)  # fmt: skip
-    model, _ = apply_precision(copy.deepcopy(base), spec, calib=splits.train, timing=QUICK,
-                               cache_root=str(tmp_path))  # fmt: skip
+    model, ctx = apply_precision(copy.deepcopy(base), spec, calib=splits.train, timing=QUICK,
+                                 cache_root=str(tmp_path))  # fmt: skip
     plan = model.vitsweep_mixed_plan
     assert plan.low_bit_kernel == "onednn" and min(plan.bits.values()) < 8
     assert all(x.latency == (0.0, 0.0) for x in plan.layers)
     assert plan.predicted_latency_s == plan.int8_latency_s > 0 and plan.fp32_latency_s > 0
     assert not LatencyTable(tmp_path, QUICK).entries
+    # the trial times the plan again beside the all-8-bit program its prediction rests on (kept
+    # from planning), and re-anchors the prediction there: here the table adds nothing to it
+    shape = (3, 16, 16)
+    beside = anchored_latency(model, compile_program(model), ctx, shape, QUICK)
+    assert beside["side_by_side_latency_ms"] > 0
+    assert beside["side_by_side_predicted_ms"] == beside["side_by_side_int8_latency_ms"] > 0
+    int8, int8_ctx = apply_precision(copy.deepcopy(base), PrecisionSpec(mode="int8"),
+                                     calib=splits.train)  # fmt: skip
+    assert anchored_latency(int8, int8, int8_ctx, shape, QUICK) == {}  # nothing was predicted
 
 
 def hand_built(base: VisionTransformer, saves_s: list[float]) -> LatencyInputs:

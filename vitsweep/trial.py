@@ -238,6 +238,7 @@ def _measured(
             **runtime.file_metrics(model),
             "precision_exec": ctx.precision_exec,
             **precision.plan_metrics(model),
+            **precision.anchored_latency(model, run_model, ctx, sample_shape, spec.measure),
             "compile_s": compile_s,  # apart: never inside throughput or latency
             "build_s": round(built.build_s, 3),
             "trial_s": round(time.perf_counter() - t0, 3),

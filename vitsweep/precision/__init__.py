@@ -83,6 +83,7 @@ __all__ = [
 _APPLIED = "_vitsweep_precision"  # attribute holding (spec, ctx) on a converted model
 PLAN_ATTR = "vitsweep_mixed_plan"  # attribute holding the MixedPlan of a mixed model
 ACCURACY_ATTR = "vitsweep_accuracy_model"  # a simulation the accuracy is measured on
+ANCHOR_ATTR = "vitsweep_latency_anchor"  # the compiled all-8-bit program a plan was priced on
 RETRAIN_ATTR = "vitsweep_retrain_s"  # seconds a tq model spent retraining (a cost, like compile)
 CALIB_BATCH_SIZE = 64  # images per calibration batch (PT2E int8, mixed, tq; runtimes' int8 too)
 TQ_MAX_RATE = 8.0  # tq: rows take at most 8 bits, so 8 bits per weight is the most a layer spends
@@ -257,6 +258,7 @@ def _mixed(
         try:
             program, q_text = _pt2e(packed_only, spec, calib, calib_batch_size, device, eight)
             setattr(program, PLAN_ATTR, plan)
+            _keep_anchor(program, latency)
             return (*_simulated(program, simulation, f"{text}; 8-bit: {q_text}"), True)
         except Exception as err:  # torch.export's failures have no common type
             fallback = f", fallback: torch.export failed ({_export_failure(err)})"
@@ -266,7 +268,49 @@ def _mixed(
         plan = dataclasses.replace(plan, low_bit_kernel="int_mm")
     label = apply_plan(model, plan, backend=eager, device=device) + fallback
     setattr(model, PLAN_ATTR, plan)
+    _keep_anchor(model, latency)
     return (*_simulated(model, simulation, label), False)
+
+
+def _keep_anchor(model: nn.Module, latency: LatencyInputs | None) -> None:
+    """The all-8-bit program the plan's latency was predicted from rides on the model, so the
+    trial can time it again beside the plan (`anchored_latency`); not a submodule, so neither
+    the model's state nor its bytes see it."""
+    if latency is not None and latency.anchor is not None:
+        object.__setattr__(model, ANCHOR_ATTR, latency.anchor)
+
+
+def anchored_latency(
+    model: nn.Module,
+    runner: Callable[[torch.Tensor], object],
+    ctx: RunContext,
+    sample_shape: tuple[int, ...],
+    timing: MeasureSpec,
+) -> dict[str, Any]:
+    """A planned mixed model's batch-1 latency timed again side by side with the all-8-bit
+    program its prediction is anchored on, and the prediction re-anchored on that reading.
+
+    The prediction is the anchor timed while planning + the table's differences; the trial
+    times the plan later, and this host's speed moves 20-40% in between (README, #32), so the
+    two readings of one trial disagree by that much whatever the table. Timed side by side
+    (`latency.interleaved_seconds`, 5 rounds), the drift hits both alike. {} for any other
+    model (no latency budget, a plan given as `layer_bits`, not mixed)."""
+    plan = getattr(model, PLAN_ATTR, None)
+    anchor = getattr(model, ANCHOR_ATTR, None)
+    if anchor is None or plan is None or plan.predicted_latency_s is None:
+        return {}
+    from vitsweep.measure.speed import make_input
+
+    x1 = make_input(1, sample_shape, ctx)
+    fns = {"plan": lambda: ctx.forward(runner, x1), "int8": lambda: ctx.forward(anchor, x1)}
+    with thread_scope(timing.threads), torch.inference_mode():
+        seconds = interleaved_seconds(fns, timing)
+    table_s = plan.predicted_latency_s - plan.int8_latency_s
+    return {
+        "side_by_side_latency_ms": round(1e3 * seconds["plan"], 4),
+        "side_by_side_int8_latency_ms": round(1e3 * seconds["int8"], 4),
+        "side_by_side_predicted_ms": round(1e3 * (seconds["int8"] + table_s), 4),
+    }
 
 
 def _simulation(
@@ -340,7 +384,7 @@ def _latency_inputs(
         groups.setdefault(layer_group(name), []).append(i)
     ranges: list[tuple[float, float]] = []  # calibrated input ranges, if a group goes below 8
 
-    def program(switched: list[int], bits: int) -> Callable[[], object]:
+    def program(switched: list[int], bits: int) -> Callable[[torch.Tensor], object]:
         """The model compiled as the trial runs it, the layers `switched` at `bits`."""
         copied = copy.deepcopy(model)
         eager = eager_backend(device, "pt2e")
@@ -350,7 +394,9 @@ def _latency_inputs(
             set_module(copied, names[i], new)
         eights = [n for i, n in enumerate(names) if i not in switched]
         eights += [n for n, _ in other_linears(model)]
-        run = compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
+        return compile_program(_pt2e(copied, spec, calib, batch_size, device, eights)[0])
+
+    def at_batch_1(run: Callable[[torch.Tensor], object]) -> Callable[[], object]:
         return lambda: run(x1)
 
     def signature(bits: int) -> str:
@@ -374,10 +420,11 @@ def _latency_inputs(
         batches = calib_batches(calib, spec.calib_batches, batch_size, device)
         ranges.extend(input_ranges(model, [m for _, m in searched], batches))
 
-    fns = {"fp32": lambda: model(x1), "int8": program([], 8)}
-    fns.update({f"{g}@{b}": program(groups[g], b) for g, b in missing})
-    if missing:  # built first and again last: in one process a program built earlier ran
-        fns[_INT8_AGAIN] = program([], 8)  # faster (README, #32); the groups sit between the two
+    anchor = program([], 8)
+    fns = {"fp32": lambda: model(x1), "int8": at_batch_1(anchor)}
+    fns.update({f"{g}@{b}": at_batch_1(program(groups[g], b)) for g, b in missing})
+    if missing:  # built first and again last, the groups between: in one process a program
+        fns[_INT8_AGAIN] = at_batch_1(program([], 8))  # built earlier ran faster (README, #32)
     with thread_scope(timing.threads), torch.inference_mode():
         seconds = interleaved_seconds(fns, timing)
     if missing:  # per layer: the group's cost in the program beyond what the table says
@@ -395,7 +442,7 @@ def _latency_inputs(
         cols = [j for j, w in enumerate(spec.bits) if w < 8] if b < 8 else [col]
         for g, members in groups.items():
             extra[np.ix_(members, cols)] += table.context(signature(b), g)
-    return LatencyInputs(extra, seconds["fp32"], seconds["int8"])
+    return LatencyInputs(extra, seconds["fp32"], seconds["int8"], anchor)
 
 
 def plan_metrics(model: nn.Module) -> dict[str, Any]:

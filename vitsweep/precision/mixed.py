@@ -24,6 +24,7 @@ layers outside the search at 32 x 32. A wide layer's sensitivity is its weight's
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,11 +137,13 @@ class MixedPlan:
 class LatencyInputs:
     """What `precision.latency_ratio` is priced with (`precision.latency`): per searched layer
     and candidate, batch-1 seconds over the 8-bit option; the float model's and the all-8-bit
-    program's measured batch-1 seconds."""
+    program's measured batch-1 seconds, and that program compiled (`anchor`), which the trial
+    times again beside the plan (`precision.anchored_latency`)."""
 
     extra_s: np.ndarray  # (layers, candidates)
     fp32_s: float
     int8_s: float
+    anchor: Callable[[torch.Tensor], object] | None = None
 
     def unit(self, reference: str) -> float:
         """The batch-1 seconds `precision.latency_ratio` multiplies (`latency_reference`)."""
