@@ -132,8 +132,10 @@ def test_a_timed_warm_up_lasts_its_seconds_on_synchronized_steps():
     timed_repeats(step, sync, spec, 1)
     steps = [i for i, (kind, _) in enumerate(calls) if kind == "step"]
     warm = steps[: -(len(DEPTH_OFFSETS) + 2)]  # calibration and the two repeats come last
-    assert len(warm) >= 0.2 / 0.006  # far more than warmup=2 steps at 5 ms each
-    assert calls[warm[-1]][1] - calls[warm[0]][1] >= 0.2 - 0.006
+    assert len(warm) > spec.warmup  # the seconds, not the count, ended it
+    # from the first warm-up step to the sync after the last: at least warmup_s, however slow
+    # each sleep ran on a loaded machine
+    assert calls[warm[-1] + 1][1] - calls[warm[0]][1] >= 0.2 - 1e-3
     assert all(calls[i + 1][0] == "sync" for i in warm)  # every warm-up step synchronized
     with pytest.raises(ValueError, match=r"measure\.warmup_s"):
         MeasureSpec(warmup_s=-1.0)

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitsweep.measure.compile import compile_program
-from vitsweep.measure.speed import thread_scope
+from vitsweep.measure.lock import timing_lock
+from vitsweep.measure.speed import make_input, thread_scope
 from vitsweep.precision import act_quant
 from vitsweep.precision.bytes import model_bytes
 from vitsweep.precision.int8 import (
@@ -293,17 +294,16 @@ def anchored_latency(
     The prediction is the anchor timed while planning + the table's differences; the trial
     times the plan later, and this host's speed moves 20-40% in between (README, #32), so the
     two readings of one trial disagree by that much whatever the table. Timed side by side
-    (`latency.interleaved_seconds`, 5 rounds), the drift hits both alike. {} for any other
-    model (no latency budget, a plan given as `layer_bits`, not mixed)."""
+    (`latency.interleaved_seconds`, 5 rounds, under the machine's timing lock like every
+    timed section), the drift hits both alike. {} for any other model (no latency budget, a
+    plan given as `layer_bits`, not mixed)."""
     plan = getattr(model, PLAN_ATTR, None)
     anchor = getattr(model, ANCHOR_ATTR, None)
     if anchor is None or plan is None or plan.predicted_latency_s is None:
         return {}
-    from vitsweep.measure.speed import make_input
-
     x1 = make_input(1, sample_shape, ctx)
     fns = {"plan": lambda: ctx.forward(runner, x1), "int8": lambda: ctx.forward(anchor, x1)}
-    with thread_scope(timing.threads), torch.inference_mode():
+    with timing_lock(timing), thread_scope(timing.threads), torch.inference_mode():
         seconds = interleaved_seconds(fns, timing)
     table_s = plan.predicted_latency_s - plan.int8_latency_s
     return {
@@ -399,10 +399,6 @@ def _latency_inputs(
     def at_batch_1(run: Callable[[torch.Tensor], object]) -> Callable[[], object]:
         return lambda: run(x1)
 
-    def signature(bits: int) -> str:
-        layers = [(n, m, rows[n]) for n, m in searched]
-        return model_signature(layers, f"{kernel},{bits},{spec.int8_scheme}")
-
     # onednn: each bit-width below 8 runs the 8-bit layer's own compiled GEMM, so no difference
     # (`onednn_packed.py`; the bench times such plans side by side with int8 to check it)
     below = [] if kernel == "onednn" else [b for b in spec.bits if b < 8]
@@ -415,7 +411,9 @@ def _latency_inputs(
     # holds for every width below 8), and each wide one (its whole difference)
     switches = [max(below)] if below else []
     switches += [b for b in spec.bits if b > 8]
-    missing = [(g, b) for b in switches for g in groups if table.context(signature(b), g) is None]
+    layers = [(n, m, rows[n]) for n, m in searched]
+    sig = {b: model_signature(layers, f"{kernel},{b},{spec.int8_scheme}") for b in switches}
+    missing = [(g, b) for b in switches for g in groups if table.context(sig[b], g) is None]
     if any(b < 8 for _, b in missing):  # the layers' input ranges, once for all the programs
         batches = calib_batches(calib, spec.calib_batches, batch_size, device)
         ranges.extend(input_ranges(model, [m for _, m in searched], batches))
@@ -438,10 +436,10 @@ def _latency_inputs(
             if width == b
         }
         if measured:
-            table.set_context(signature(b), measured)
+            table.set_context(sig[b], measured)
         cols = [j for j, w in enumerate(spec.bits) if w < 8] if b < 8 else [col]
         for g, members in groups.items():
-            extra[np.ix_(members, cols)] += table.context(signature(b), g)
+            extra[np.ix_(members, cols)] += table.context(sig[b], g)
     return LatencyInputs(extra, seconds["fp32"], seconds["int8"], anchor)
 
 

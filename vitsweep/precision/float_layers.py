@@ -22,8 +22,6 @@ WIDE_BITS = (16, 32)  # bf16, fp32; below them the integer widths 2..8
 class Bf16Linear(nn.Module):
     """nn.Linear in bf16 inside an fp32 model: input cast in, output cast back."""
 
-    table_name = "bf16"
-
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
