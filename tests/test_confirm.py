@@ -26,7 +26,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # model_bytes as a fourth objective puts an int8 member on the front whatever the timings
     # say: nothing fp32 has fewer bytes, so the int8 trials with the fewest are not dominated
     front = "+hydra.sweeper.objectives.model_bytes=minimize"
-    sweep = ("-m", *STUDY, *tiny, *base, *int8, front, "hydra.sweeper.n_trials=3")
+    # every trial times the baseline beside its own throughput, as experiment=xray's do
+    beside = "measure.beside=baseline"
+    sweep = ("-m", *STUDY, *tiny, *base, *int8, front, beside, "hydra.sweeper.n_trials=3")
     run_cli("vitsweep", *sweep, cwd=workdir)
     return workdir
 
@@ -43,7 +45,26 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         study_name="smoke", storage=f"sqlite:///{workdir / 'multirun' / 'vitsweep.db'}"
     )
     front = {t.number for t in study.best_trials}
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    base = next(t for t in trials if t.user_attrs.get("baseline"))
+    unit = base.user_attrs["metrics"]["throughput"]
+    assert "throughput_x_beside" not in base.user_attrs["metrics"]  # the unit: timed alone
+    for t in trials:
+        m = t.user_attrs["metrics"]
+        if t.number == base.number or t.user_attrs.get("duplicate_of") is not None:
+            continue
+        # measure.beside=baseline: the ratio to the baseline timed beside the clock's reading,
+        # recorded in the baseline trial's images/s (and the estimated energy with it)
+        assert m["beside_trial"] == base.number and m["baseline_throughput_beside"] > 0
+        assert m["throughput_x_beside"] == pytest.approx(
+            m["throughput_raw"] / m["baseline_throughput_beside"]
+        )
+        assert m["throughput"] == pytest.approx(m["throughput_x_beside"] * unit)
+        assert t.values[1] == pytest.approx(m["throughput"])  # what the sampler was told
+        assert m["energy_source"] == "estimate"
+        assert m["energy"] == pytest.approx(15.0 / m["throughput"])
     assert rows[0]["baseline"] and rows[0]["test_delta_pts"] == 0.0
+    assert rows[0]["sweep_over_confirmed"] == pytest.approx(unit / rows[0]["throughput"])
     assert rows[0]["baseline_throughput_beside"] == rows[0]["throughput"]
     assert {r["number"] for r in rows[1:]} <= front
     for r in rows:
@@ -57,6 +78,11 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["host_speed"] > 0
         # the ratio is to the baseline timed beside the member, not minutes earlier
         assert r["throughput_x"] == pytest.approx(r["throughput"] / r["baseline_throughput_beside"])
+        if not r["baseline"]:  # compared in the units the sweep recorded: ratio against ratio
+            by = {t.number: t.user_attrs["metrics"] for t in trials}
+            swept_x = by[r["number"]]["throughput_x_beside"]
+            assert r["sweep_over_confirmed"] == pytest.approx(swept_x / r["throughput_x"])
+            assert r["throughput_sweep_units"] == pytest.approx(r["throughput_x"] * unit)
         # what ran is what the trial ran (compiled where it was), not a slower stand-in
         assert r["precision_exec"] == r["sweep_precision_exec"]
         # each member's line is printed as it is measured (minutes of work, one by one)
@@ -86,6 +112,8 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
     from vitsweep.track.report import confirmed_ratios
 
     results = yaml.safe_load((out.parent / "results.yaml").read_text())
+    timed = [t for t in trials if t.number != base.number and "duplicate_of" not in t.user_attrs]
+    assert any(f"{len(timed)} measured trials timed the baseline" in n for n in results["notes"])
     joined = confirmed_ratios(out.parent, results)
     members = {p["number"] for p in results["pareto"]} - {results["baseline"]}
     assert set(joined) == members

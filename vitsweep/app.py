@@ -46,6 +46,8 @@ def _task(cfg: DictConfig) -> dict[str, Any]:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     with nullcontext() if in_sweep else one_line_errors():
         spec = trial_spec(cfg)
+        if in_sweep and spec.measure.beside == "baseline":
+            spec = _with_baseline_beside(cfg, spec)
         metrics = (isolated.run(spec) if spec.measure.isolate else trial.run(spec)).as_dict()
     label = f"trial {spec.trial_number}" if spec.trial_number is not None else "result"
     from vitsweep.measure.accuracy import TEST_FLAGS_KEY
@@ -143,6 +145,34 @@ def _export_args(args: list[str]) -> tuple[str | None, str | None, list[str]]:
         else:
             rest.append(a)
     return trial, out, rest
+
+
+def _stored_spec(ctx: Any, trial: Any) -> Any:
+    """The TrialSpec a finished trial ran, rebuilt from its stored config as it ran (its
+    thread count and mixed plan pinned: `trial.as_ran`), under this launch's root."""
+    from vitsweep.trial import as_ran
+
+    spec = trial_spec(OmegaConf.create(_trial_config(ctx, trial)))
+    return as_ran(dataclasses.replace(spec, root=str(ctx.root)), record.metrics(trial))
+
+
+def _with_baseline_beside(cfg: DictConfig, spec: Any) -> Any:
+    """`measure.beside=baseline`: `spec` with the study's baseline to time beside it, rebuilt
+    as `vitsweep-confirm` rebuilds it. The baseline trial itself, and a trial that starts
+    before the baseline has finished (another worker's), time alone: their throughput is the
+    clock's, and they record no `throughput_x_beside`."""
+    from optuna.trial import TrialState
+
+    from vitsweep.spec import Beside
+
+    ctx = sweep_context(cfg, HydraConfig.get().sweeper)
+    study = _load_study(ctx)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    base = next((t for t in done if record.is_baseline(t)), None)
+    unit = None if base is None else record.metrics(base).get("throughput")
+    if base is None or base.number == spec.trial_number or not unit:
+        return spec
+    return dataclasses.replace(spec, beside=Beside(_stored_spec(ctx, base), unit, base.number))
 
 
 def _trial_config(ctx: Any, trial: Any) -> dict[str, Any]:
@@ -249,7 +279,6 @@ def confirm_main() -> None:
     from vitsweep.confirm import Member, confirm
     from vitsweep.track.pareto import study_table
     from vitsweep.track.report import write_confirmed
-    from vitsweep.trial import as_ran
 
     with one_line_errors():
         retrain, finetune, repeats, rest = _confirm_args(sys.argv[1:])
@@ -268,11 +297,8 @@ def confirm_main() -> None:
             t = by_number[number]
             if t.state != TrialState.COMPLETE:
                 continue
-            spec = trial_spec(OmegaConf.create(_trial_config(ctx, t)))
-            spec = dataclasses.replace(spec, root=str(ctx.root))
-            recorded = record.metrics(t)  # a mixed plan is rebuilt as the trial chose it
-            spec = as_ran(spec, recorded)
-            members.append(Member(number, spec, recorded, number == table.baseline))
+            spec = _stored_spec(ctx, t)  # a mixed plan is rebuilt as the trial chose it
+            members.append(Member(number, spec, record.metrics(t), number == table.baseline))
         rows = confirm(members, retrain=retrain, repeat_factor=repeats, finetune=finetune)
         out = write_confirmed(rows, ctx.study_dir / "report")
         tracker = recorder(ctx).tracker

@@ -71,25 +71,14 @@ class _Ready:
     cost_model: nn.Module
     reference: float | None  # the machine's host-speed reference, as the trial had it
 
-    def measure_all(self) -> dict[str, Any]:
+    def measure_all(self, beside: Callable[[], float] | None = None) -> dict[str, Any]:
         from vitsweep import measure
 
         m = self.spec.measure
         cost = measure.measure_all(
-            self.model, self.ctx, self.sample, m, self.cost_model, self.reference
+            self.model, self.ctx, self.sample, m, self.cost_model, self.reference, beside
         )
         return {**cost, "precision_exec": self.ctx.precision_exec}
-
-    def throughput(self) -> float:
-        from vitsweep.measure.drift import Probe
-        from vitsweep.measure.speed import measure_throughput, thread_scope
-
-        m = self.spec.measure
-        with thread_scope(m.threads):
-            scale = m.host_probe == "scale"
-            probe = None if self.reference is None else Probe(self.reference, scale)
-            stats, _ = measure_throughput(self.model, self.ctx, self.sample, m, probe)
-        return stats.rate
 
 
 def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
@@ -120,20 +109,19 @@ def _test_flags(spec: TrialSpec) -> np.ndarray:
 def _measured(job: tuple[TrialSpec, TrialSpec | None]) -> tuple[np.ndarray, dict[str, Any], float]:
     """(test flags, costs, the baseline's throughput beside it) of one member, in one process.
 
-    The baseline is timed again just before and after the member, and the ratio is taken
-    against those: on a shared 2-core VM a whole process ran 20-35% slower or faster than
-    another minutes apart, while back-to-back timings agreed within about 5%. The baseline's
-    own job (no baseline beside) reads its throughput once.
+    The baseline is timed again just before and after the member's throughput (as a
+    `measure.beside=baseline` trial times it), and the ratio is taken against those: on a
+    shared 2-core VM a whole process ran 20-35% slower or faster than another minutes apart,
+    while back-to-back timings agreed within about 5%. The baseline's own job (no baseline
+    beside) reads its throughput once.
     """
     spec, baseline = job
     flags, ready = _flagged(spec)
     if baseline is None:
         cost = ready.measure_all()
         return flags, cost, cost["throughput"]
-    _, beside = _ready(baseline)
-    before = beside.throughput()
-    cost = ready.measure_all()
-    return flags, cost, 0.5 * (before + beside.throughput())
+    cost = ready.measure_all(beside=trial.timer(baseline))
+    return flags, cost, cost["baseline_throughput_beside"]
 
 
 def _call(fn: Callable[[A], T], arg: A, isolate: bool) -> T:
@@ -142,6 +130,25 @@ def _call(fn: Callable[[A], T], arg: A, isolate: bool) -> T:
     the two could be the process (one that has built and compiled every member before), not
     the candidate. What is left between them is the host's drift (`measure.drift`)."""
     return isolated.in_child(fn, arg) if isolate else fn(arg)
+
+
+def _against_sweep(
+    row: dict[str, Any], rec: dict[str, Any], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The confirmed throughput in the units the sweep recorded it in, and sweep over confirmed.
+
+    A `measure.beside=baseline` trial recorded its ratio to the baseline timed beside it times
+    the baseline trial's throughput (`throughput_x_beside`): the confirmed ratio, timed the
+    same way, is put in those units. Any other trial recorded what the clock read (at the
+    host probe's reference speed under `host_probe=scale`), compared with the same here.
+    """
+    swept, unit = rec.get("throughput"), base.get("throughput")
+    if rec.get("throughput_x_beside") is not None and unit:
+        confirmed = row["throughput_x"] * float(unit)
+    else:
+        confirmed = row["throughput"]
+    ratio = float(swept) / confirmed if swept and confirmed else None
+    return {"throughput_sweep_units": confirmed, "sweep_over_confirmed": ratio}
 
 
 def standalone(spec: TrialSpec) -> TrialSpec:
@@ -239,6 +246,7 @@ def confirm(
             baseline_throughput_beside=beside,
             throughput_x=cost["throughput"] / beside,
         )
+        row.update(_against_sweep(row, rec, base.recorded))
         for name, (make, which) in variants.items():
             if m.number not in which:
                 continue

@@ -148,6 +148,8 @@ def trained(*specs: TrialSpec) -> None:
     for spec in specs:
         if trial.needs_training(spec):
             in_child(trial.train, spec)
+        if spec.beside is not None:  # the baseline timed beside it: trained by its own trial
+            trained(spec.beside.spec)
 
 
 def run(spec: TrialSpec) -> Metrics:

@@ -353,6 +353,12 @@ class MeasureSpec:
     # energy come from the per-machine cost table (`vitsweep.predict.cost`), its accuracy is
     # still evaluated; `vitsweep-confirm` then measures the front (the OFA workflow)
     mode: Literal["measured", "predicted"] = "measured"
+    # baseline: in a sweep, every trial times the study's baseline trial (rebuilt from its
+    # stored config) just before and just after its own throughput, and records its throughput
+    # as the ratio to that times the baseline trial's: on a host whose speed drifts 20-30%
+    # within minutes, raw readings minutes apart cannot agree within 10%, the ratio beside can
+    # (`throughput_raw` keeps what the clock read); none: the clock's reading
+    beside: Literal["none", "baseline"] = "none"
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "eval_batch_size", "min_repeats"):
@@ -468,6 +474,19 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class Beside:
+    """The study's baseline, timed beside a trial (`measure.beside=baseline`): how to rebuild
+    it, and the throughput its own trial recorded (the unit the trial's throughput is read in)."""
+
+    spec: TrialSpec
+    throughput: float
+    number: int  # its trial number
+
+    def __post_init__(self) -> None:
+        require(self.throughput > 0, "baseline throughput", self.throughput, "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrialSpec:
     data: DataSpec = field(default_factory=DataSpec)
     arch: ArchSpec = field(default_factory=ArchSpec)
@@ -479,6 +498,7 @@ class TrialSpec:
     root: str = "multirun"  # paths.root: storage, supernets, reports
     seed: int = 0
     trial_number: int | None = None  # the Optuna trial number when run by the sweeper
+    beside: Beside | None = None  # measure.beside=baseline in a sweep: the baseline to time
 
     def __post_init__(self) -> None:
         valid = RUNTIME_PRECISIONS[self.runtime.name]

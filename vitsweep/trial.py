@@ -8,7 +8,9 @@ what `build` returns, so the export and the trial can never disagree about the m
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from vitsweep.runctx import RunContext
-from vitsweep.spec import METRIC_NAMES, ConfigError, MeasureSpec, Metrics, TrialSpec
+from vitsweep.spec import METRIC_NAMES, Beside, ConfigError, MeasureSpec, Metrics, TrialSpec
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -134,6 +136,52 @@ def ready(spec: TrialSpec) -> tuple[Built, nn.Module, RunContext, float]:
     return built, run_model, ctx, compile_s
 
 
+def throughput_now(
+    model: nn.Module,
+    ctx: RunContext,
+    sample_shape: tuple[int, int, int],
+    spec: MeasureSpec,
+    reference: float | None,
+) -> float:
+    """`model`'s images/s timed now, as `measure_all` times a trial's (threads, host probe)."""
+    from vitsweep.measure.drift import Probe
+    from vitsweep.measure.speed import measure_throughput, thread_scope
+
+    with thread_scope(spec.threads):
+        probe = None if reference is None else Probe(reference, spec.host_probe == "scale")
+        stats, _ = measure_throughput(model, ctx, sample_shape, spec, probe)
+    return stats.rate
+
+
+def timer(spec: TrialSpec) -> Callable[[], float]:
+    """A call that times, each time it is called, the throughput of the model `spec` builds,
+    run as its trial ran it (built and compiled once, here)."""
+    from vitsweep import measure
+
+    built, run_model, ctx, _ = ready(spec)
+    s = built.splits
+    reference = measure.host_reference(spec.root, spec.measure, ctx.device)
+    sample = (s.in_chans, s.image_size, s.image_size)
+    return partial(throughput_now, run_model, ctx, sample, spec.measure, reference)
+
+
+def in_baseline_units(cost: dict[str, Any], beside: Beside, spec: MeasureSpec) -> dict[str, Any]:
+    """`measure.beside=baseline`: the trial's throughput as its ratio to the baseline timed
+    beside it, times the throughput the baseline's own trial recorded. Two readings of one
+    program minutes apart differ by up to 30% on a drifting host, so only a ratio taken within
+    seconds can be compared across trials and with `vitsweep-confirm` (which times the same
+    baseline beside each member). The estimate's energy follows the throughput it divides."""
+    x = cost["throughput"] / cost["baseline_throughput_beside"]
+    out = {
+        "throughput_x_beside": x,
+        "throughput": x * beside.throughput,
+        "beside_trial": beside.number,
+    }
+    if cost["energy_source"] == "estimate":
+        out["energy"] = spec.watts / out["throughput"]
+    return out
+
+
 def accuracy(model: nn.Module, ctx: RunContext, dataset: Dataset, spec: MeasureSpec) -> float:
     """Top-1 on `dataset` at `measure.threads` (the thread count fixes the order of float sums,
     so the same model gives the same accuracy in the trial and in its export)."""
@@ -223,7 +271,10 @@ def _measured(
         spec.measure,
         cost_model=runtime.cost_model(model),
         reference=reference,
+        beside=None if spec.beside is None else timer(spec.beside.spec),
     )
+    if spec.beside is not None:
+        cost.update(in_baseline_units(cost, spec.beside, spec.measure))
     core = {k: cost.pop(k) for k in METRIC_NAMES if k in cost}
     return Metrics(
         accuracy=acc.pop("accuracy"),

@@ -134,6 +134,10 @@ class Bench:
         spec = dataclasses.asdict(self.base)
         spec.pop("root")
         spec.pop("trial_number")
+        # trial.run here times alone: a baseline beside a trial is the sweep's (it needs the
+        # study), so `measure.beside` decides nothing the cache holds
+        spec.pop("beside")
+        spec["measure"].pop("beside")
         return {"experiment": self.experiment, "overrides": list(self.overrides), "spec": spec}
 
     @functools.cached_property

@@ -8,6 +8,7 @@ steady (`steady_host_allocator`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ def measure_all(
     spec: MeasureSpec,
     cost_model: torch.nn.Module | None = None,
     reference: float | None = None,
+    beside: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Throughput, latency, energy, params, FLOPs and peak memory of `model` run through `ctx`.
 
@@ -52,7 +54,9 @@ def measure_all(
     `reference`: the machine's reference GEMM rate (`drift.host_reference`); given, the host
     probe is timed after every repeat and `host_speed` says how fast the host ran (with
     `measure.host_probe=scale` every repeat is also scaled to the reference; `throughput_raw`
-    is what the clock read).
+    is what the clock read). `beside`: another model's throughput, timed just before and just
+    after `model`'s, inside the same lock; their mean is `baseline_throughput_beside` (the
+    ratio to it holds where the host's speed moves between minutes, not within seconds).
     """
     sample_shape = tuple(sample_shape)  # type: ignore[assignment]
     steady_host_allocator()
@@ -70,7 +74,10 @@ def measure_all(
             with timing_lock(spec) as lock_wait_s:
                 scale = spec.host_probe == "scale"
                 probe = None if reference is None else Probe(reference, scale)
+                before = beside() if beside is not None else None
                 tput, batch = measure_throughput(model, ctx, sample_shape, spec, probe)
+                if beside is not None:
+                    beside_rate = 0.5 * (before + beside())
                 lat = measure_latency(model, ctx, sample_shape, spec, probe)
                 if isinstance(meter, EstimateMeter):
                     energy = meter.watts / tput.rate
@@ -92,7 +99,7 @@ def measure_all(
                     power_w = reading.power_w
     finally:
         meter.close()
-    return {
+    out = {
         "throughput": tput.rate,
         "latency_ms": lat.median_step_s * 1e3,
         "energy": energy,
@@ -117,3 +124,6 @@ def measure_all(
         "energy_power_w": power_w,
         "lock_wait_s": lock_wait_s,
     }
+    if beside is not None:
+        out["baseline_throughput_beside"] = beside_rate
+    return out

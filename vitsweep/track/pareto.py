@@ -262,6 +262,18 @@ def notes(table: StudyTable) -> list[str]:
         )
     elif table.hv_objectives:
         out.append(f"The hypervolume is computed over {', '.join(table.hv_objectives)}.")
+    beside = [
+        r["number"]
+        for r in table.rows
+        if r.get("throughput_x_beside") is not None and r["duplicate_of"] is None
+    ]  # a repeat is told its twin's metrics: it timed nothing
+    if beside:
+        out.append(
+            f"{len(beside)} measured trials timed the baseline (trial {table.baseline}) just "
+            "before and after their own throughput (measure.beside=baseline): their throughput "
+            "is that ratio (throughput_x_beside) times the baseline trial's images/s, so no "
+            "ratio rests on two readings minutes apart; throughput_raw is what the clock read."
+        )
     predicted = [r["number"] for r in table.rows if r.get("predicted")]
     if predicted:
         out.append(
