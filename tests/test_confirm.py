@@ -87,6 +87,7 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["precision_exec"] == r["sweep_precision_exec"]
         # each member's line is printed as it is measured (minutes of work, one by one)
         assert f"trial {r['number']}: test {r['test_accuracy']:.4f}" in proc.stderr
+        assert f"sweep_over_confirmed={r['sweep_over_confirmed']:.6g}" in proc.stdout
     assert rows[1:] and all(r["precision_exec"].endswith(", compiled") for r in rows[1:])
     retrained = [
         r

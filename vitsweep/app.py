@@ -309,6 +309,7 @@ def confirm_main() -> None:
             tracker.log_confirmed(rows, ids.summary if ids is not None else None)
     keys = ["number", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi"]
     keys += ["test_delta_pts", "test_delta_lo_pts", "test_delta_hi_pts", "throughput_x"]
+    keys += ["sweep_over_confirmed"]
     keys += ["inside_sweep_interval", "standalone_test_accuracy", "finetuned_test_accuracy"]
     for r in rows:
         print("  ".join(f"{k}={_fmt(r.get(k))}" for k in keys if k in r))

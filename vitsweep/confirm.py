@@ -261,10 +261,12 @@ def confirm(
                 },
             )
         rows.append(row)
+        swept = row["sweep_over_confirmed"]
         tqdm.write(
             f"trial {m.number}: test {acc['test_accuracy']:.4f} "
             f"({row['test_delta_pts']:+.2f} pts vs baseline), {cost['throughput']:.0f} img/s = "
-            f"{row['throughput_x']:.2f}x the baseline beside it",
+            f"{row['throughput_x']:.2f}x the baseline beside it"
+            + ("" if swept is None else f"; sweep/confirmed {swept:.2f}"),
             file=sys.stderr,
         )
     return rows
