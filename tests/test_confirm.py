@@ -108,6 +108,27 @@ def test_confirm_reproduces_the_sweep_and_sets_standalone_beside_inherited(workd
         assert r["finetuned_test_accuracy_lo"] <= r["finetuned_test_accuracy"]
     assert (out.parent / "confirmed.csv").exists()
 
+    # The front's hypervolume from what was measured again. Checked against box volumes: each
+    # member alone dominates the box between its baseline-normalized point and the reference
+    # (ratio 0 for a maximized objective, 2 for a minimized one), so the front's volume is at
+    # least the largest box and at most their sum.
+    doc = yaml.safe_load(out.read_text())
+    names = doc["confirmed_hypervolume_objectives"]
+    assert names == ["accuracy", "throughput", "model_bytes"]  # energy: an estimate, left out
+    assert doc["confirmed_hypervolume_from_sweep"] == []
+    assert all(r["model_bytes"] == r["sweep_model_bytes"] for r in rows)  # as built, again
+    base_row = rows[0]
+    boxes = [
+        (r["test_accuracy"] / base_row["test_accuracy"])
+        * r["throughput_x"]
+        * max(0.0, 2 - r["model_bytes"] / base_row["model_bytes"])
+        for r in rows[1:]
+    ]
+    hv = doc["confirmed_hypervolume"]
+    assert max(boxes) - 1e-9 <= hv <= sum(boxes) + 1e-9
+    assert hv > 0 and doc["sweep_hypervolume"] > 0
+    assert f"confirmed {hv:.6g}" in proc.stdout
+
     # The README's headline sets each member's confirmed throughput beside the sweep's, and
     # never joins a confirmation made from another study (other sweep throughputs).
     from vitsweep.track.report import confirmed_ratios

@@ -18,7 +18,13 @@ from scipy.stats import kendalltau
 
 from vitsweep import config
 from vitsweep.models.vit import ViTShape, build_vit
-from vitsweep.predict.accuracy import DATA_DIR, AccuracyPredictor, accuracy_records
+from vitsweep.predict.accuracy import (
+    DATA_DIR,
+    MIN_SAME_PRECISION,
+    AccuracyPredictor,
+    Evaluations,
+    accuracy_records,
+)
 from vitsweep.predict.candidate import Block, Candidate, candidate
 from vitsweep.predict.cost import (
     BlockModel,
@@ -26,6 +32,7 @@ from vitsweep.predict.cost import (
     CostTable,
     Geometry,
     block_features,
+    committed_entries,
     fit_offset,
     parse_block_key,
 )
@@ -308,3 +315,58 @@ def test_the_committed_accuracy_data_names_its_machine_and_matches_its_configs()
         assert candidate(spec_of(*lines)) == c
     # distinct configurations: a repeat would count twice in the cross-validation
     assert len({json.dumps(r["point"], sort_keys=True) for r in records}) == len(records)
+
+
+def test_a_supernet_keeps_its_evaluations_and_predicts_once_it_has_enough(tmp_path) -> None:
+    """What `measure.mode=predicted` fits its accuracy predictor on: every subnet evaluated
+    once, per setting, and a predictor only from `after` evaluations on, with some at the
+    candidate's own precision."""
+    cands, y = synthetic(40, 0)
+    path = tmp_path / "supernet.accuracy.json"
+    kept, other = Evaluations(path, "one"), Evaluations(path, "two")
+    for c, a in zip(cands[:9], y[:9], strict=True):
+        kept.add(c, a, 500)
+    kept.add(cands[0], 0.0, 500)  # evaluated before: its first accuracy stays
+    got, acc = kept.records()
+    assert got == cands[:9] and np.allclose(acc, y[:9], atol=1e-6)
+    assert other.records()[0] == []  # another setting (precision or token options)
+    assert kept.predictor(cands[20], after=10, layers=6) is None  # 9 < 10
+    assert kept.predictor(cands[20], after=0, layers=6) is None  # 0: always evaluated
+    kept.add(cands[9], y[9], 500)
+    seen = {c.runs_as for c in cands[:10]}
+    for c in cands[10:]:
+        fitted = kept.predictor(c, after=10, layers=6)
+        mine = sum(x.runs_as == c.runs_as for x in cands[:10])
+        assert (fitted is None) == (mine < MIN_SAME_PRECISION), (c.runs_as, seen)
+    for c, a in zip(cands[10:30], y[10:30], strict=True):
+        kept.add(c, a, 500)
+    fitted = kept.predictor(cands[30], after=10, layers=6)
+    assert fitted is not None
+    assert kendalltau(y[30:], fitted.predict(cands[30:])).statistic > 0.5
+    path.write_text("{")
+    with pytest.raises(ConfigError, match=r"supernet\.accuracy\.json: not a file of subnet "):
+        kept.records()
+
+
+def test_committed_cost_tables_seed_the_machine_they_were_measured_on(tmp_path) -> None:
+    """A committed table of this machine (CPU, threads, torch) and protocol seeds a fresh
+    per-machine table, so nothing is timed twice; one of another CPU or protocol does not."""
+    from dataclasses import asdict
+
+    from vitsweep.measure.host import describe
+
+    here = {"cpu": describe(), "threads": 1, "torch": torch.__version__}
+    ship = tmp_path / "ship"
+    ship.mkdir()
+
+    def table(name: str, machine: dict, measure: dict, key: str) -> None:
+        doc = {"machine": machine, "measure": measure, "entries": {key: 0.001}}
+        (ship / f"{name}_cost.json").write_text(json.dumps(doc))
+
+    table("a", here, asdict(QUICK), "block|a")
+    table("b", {**here, "cpu": "another CPU"}, asdict(QUICK), "block|b")
+    table("c", here, {**asdict(QUICK), "max_cv": 0.5}, "block|c")
+    table("d", {**here, "threads": 2}, asdict(QUICK), "block|d")
+    (ship / "e_cost.json").write_text("not json")
+    entries, files = committed_entries(QUICK, ship)
+    assert entries == {"block|a": 0.001} and files == ["a_cost.json"]

@@ -28,19 +28,35 @@ PREDICTED = "throughput,latency_ms,energy"
 def test_a_predicted_study_prices_subnets_and_says_so(workdir: Path) -> None:
     run_cli(
         "vitsweep", "-m", *STUDY, *TINY_SUPERNET, "measure.mode=predicted",
-        "hydra.sweeper.n_trials=5", cwd=workdir,
+        "measure.accuracy_after=5", "hydra.sweeper.n_trials=7", cwd=workdir,
     )  # fmt: skip
     root = workdir / "multirun"
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{root / 'vitsweep.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     subnets = [t for t in done if t.user_attrs.get("duplicate_of") is None]  # repeats: told
-    assert len(subnets) == 5
-    for t in subnets:
+    assert len(subnets) == 7
+    # The first 5 subnets' val accuracy is evaluated and kept beside the supernet; from then on
+    # a predictor fitted on those 5 gives it, and nothing is evaluated
+    (kept,) = (root / "supernets").glob("*.accuracy.json")
+    records = json.loads(kept.read_text())["records"]
+    assert len(records) == 5
+    subnets.sort(key=lambda t: t.number)
+    for t in subnets[:5]:
         attrs = record.metrics(t)
         assert attrs["predicted"] == PREDICTED
+        assert 0 <= attrs["accuracy"] <= 1 and attrs["accuracy_n"] > 0  # evaluated
+        assert any(r["accuracy"] == pytest.approx(attrs["accuracy"], abs=1e-6) for r in records)
+    for t in subnets[5:]:
+        attrs = record.metrics(t)
+        assert attrs["predicted"] == f"accuracy,{PREDICTED}"
+        assert attrs["accuracy_fitted_on"] == 5 and "accuracy_n" not in attrs
+        assert 0 <= attrs["accuracy"] <= 1
+        assert attrs["model_bytes"] >= 4 * attrs["params"]  # fp32: 4 bytes a weight
+    for t in subnets:
+        attrs = record.metrics(t)
         assert "predicted" in attrs["peak_mem_source"]
         assert attrs["throughput"] > 0 and attrs["latency_ms"] > 0
-        assert 0 <= attrs["accuracy"] <= 1  # evaluated, not predicted
+        assert "vitsweep-confirm" in attrs["test_accuracy_source"]  # the test split: left
     # Every entry of the machine's table was timed by exactly one trial: none twice.
     (table,) = (root / "cost").glob("*.json")
     entries = json.loads(table.read_text())
@@ -48,16 +64,24 @@ def test_a_predicted_study_prices_subnets_and_says_so(workdir: Path) -> None:
     timed = [record.metrics(t)["cost_parts_timed"] for t in subnets]
     assert sum(timed) == len(entries)
     results = yaml.safe_load((root / "smoke" / "report" / "results.yaml").read_text())
-    assert any("priced, not timed" in n for n in results["notes"])
-    assert results["pareto"] and all(m["predicted"] == PREDICTED for m in results["pareto"])
+    assert any(
+        "7 trials were priced, not timed" in n and "2 of them also had their val accuracy" in n
+        for n in results["notes"]
+    )
+    assert results["pareto"] and all(PREDICTED in m["predicted"] for m in results["pareto"])
 
 
-def test_a_plain_model_is_measured_in_predicted_mode() -> None:
-    """The study's baseline is usually a plain ViT, which the table of subnet blocks does not
-    price: it is timed, and says nothing of predictions."""
+def test_a_plain_model_is_priced_like_the_subnets_in_predicted_mode() -> None:
+    """The study's baseline is usually a ViT built from its dims, which the table's blocks
+    describe: it is priced like the subnets (their ratios rest on one predictor) and its val
+    accuracy evaluated; a model the table cannot describe would be measured."""
     spec = config.trial_spec(config.compose([*STUDY, "measure.mode=predicted", "train.epochs=1"]))
+    assert trial.priceable(spec)
     metrics = trial.run(spec).as_dict()
-    assert "predicted" not in metrics and metrics["throughput_cv"] is not None
+    assert metrics["predicted"] == PREDICTED and "throughput_cv" not in metrics
+    assert metrics["accuracy_n"] > 0 and 0 <= metrics["accuracy"] <= 1
+    timm = config.trial_spec(config.compose([*STUDY, "arch.timm_name=vit_tiny_patch16_224"]))
+    assert not trial.priceable(timm)
 
 
 @pytest.mark.parametrize(

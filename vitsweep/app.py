@@ -276,7 +276,7 @@ def confirm_main() -> None:
     report/confirmed.csv and confirmed.yaml, and a `confirmed` W&B table."""
     from optuna.trial import TrialState
 
-    from vitsweep.confirm import Member, confirm
+    from vitsweep.confirm import Member, confirm, confirmed_hypervolume
     from vitsweep.track.pareto import study_table
     from vitsweep.track.report import write_confirmed
 
@@ -300,7 +300,12 @@ def confirm_main() -> None:
             spec = _stored_spec(ctx, t)  # a mixed plan is rebuilt as the trial chose it
             members.append(Member(number, spec, record.metrics(t), number == table.baseline))
         rows = confirm(members, retrain=retrain, repeat_factor=repeats, finetune=finetune)
-        out = write_confirmed(rows, ctx.study_dir / "report")
+        directions = {n: table.objectives[n] for n in table.hv_objectives}
+        summary = {
+            "sweep_hypervolume": table.hypervolume[-1] if table.hypervolume else None,
+            **confirmed_hypervolume(rows, {m.number: m.recorded for m in members}, directions),
+        }
+        out = write_confirmed(rows, ctx.study_dir / "report", summary)
         tracker = recorder(ctx).tracker
         if tracker is not None:
             from vitsweep.track.wandb_front import wandb_run_ids
@@ -313,4 +318,9 @@ def confirm_main() -> None:
     keys += ["inside_sweep_interval", "standalone_test_accuracy", "finetuned_test_accuracy"]
     for r in rows:
         print("  ".join(f"{k}={_fmt(r.get(k))}" for k in keys if k in r))
+    print(
+        f"hypervolume: sweep {_fmt(summary['sweep_hypervolume'])}, confirmed "
+        f"{_fmt(summary['confirmed_hypervolume'])} over "
+        f"{', '.join(summary['confirmed_hypervolume_objectives'])}"
+    )
     print(f"confirmed: {out}")

@@ -70,6 +70,7 @@ class _Ready:
     spec: TrialSpec
     cost_model: nn.Module
     reference: float | None  # the machine's host-speed reference, as the trial had it
+    model_bytes: int  # as built: a predicted trial's were priced
 
     def measure_all(self, beside: Callable[[], float] | None = None) -> dict[str, Any]:
         from vitsweep import measure
@@ -78,7 +79,7 @@ class _Ready:
         cost = measure.measure_all(
             self.model, self.ctx, self.sample, m, self.cost_model, self.reference, beside
         )
-        return {**cost, "precision_exec": self.ctx.precision_exec}
+        return {**cost, "precision_exec": self.ctx.precision_exec, "model_bytes": self.model_bytes}
 
 
 def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
@@ -90,7 +91,8 @@ def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
     built, run_model, ctx, _ = trial.ready(spec)
     sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
     reference = host_reference(spec.root, spec.measure, ctx.device)
-    return built, _Ready(run_model, ctx, sample, spec, cost_model(built.model), reference)
+    size = trial.stored_bytes(built.model)
+    return built, _Ready(run_model, ctx, sample, spec, cost_model(built.model), reference, size)
 
 
 def _flagged(spec: TrialSpec) -> tuple[np.ndarray, _Ready]:
@@ -237,6 +239,8 @@ def confirm(
             "host_speed": cost.get("host_speed"),
             "sweep_precision_exec": rec.get("precision_exec"),
             "precision_exec": cost["precision_exec"],
+            "sweep_model_bytes": rec.get("model_bytes"),
+            "model_bytes": cost["model_bytes"],
         }
         p = paired_difference(f, flags[base.number])
         row.update(
@@ -270,3 +274,41 @@ def confirm(
             file=sys.stderr,
         )
     return rows
+
+
+# What the confirmation measures again of each objective; the rest are taken from the sweep
+CONFIRMED = {
+    "accuracy": "test_accuracy",
+    "throughput": "throughput_x",
+    "model_bytes": "model_bytes",
+}
+
+
+def confirmed_hypervolume(
+    rows: list[dict[str, Any]],
+    recorded: dict[int, dict[str, Any]],
+    directions: dict[str, str],
+) -> dict[str, Any]:
+    """The front's hypervolume (`vitsweep.hypervolume`: baseline-normalized) from what the
+    confirmation measured: test accuracy, throughput as the ratio to the baseline beside it,
+    bytes as built. What two studies' fronts are compared by (a predicted study's against a
+    measured one's): the sweep's own hypervolume rests on val accuracy and on one reading per
+    trial, a predicted study's on predictions. Objectives not measured again (`directions`
+    should hold only those the study's hypervolume counts) come from the sweep, named in
+    `confirmed_hypervolume_from_sweep`."""
+    from vitsweep.hypervolume import hypervolume
+
+    def value(row: dict[str, Any], name: str) -> float:
+        key = CONFIRMED.get(name)
+        return float(row[key] if key is not None else recorded[row["number"]][name])
+
+    names = list(directions)
+    base = next(r for r in rows if r["baseline"])
+    points = [tuple(value(r, n) for n in names) for r in rows if not r["baseline"]]
+    return {
+        "confirmed_hypervolume": hypervolume(
+            points, tuple(value(base, n) for n in names), [directions[n] for n in names]
+        ),
+        "confirmed_hypervolume_objectives": names,
+        "confirmed_hypervolume_from_sweep": [n for n in names if n not in CONFIRMED],
+    }

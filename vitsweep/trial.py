@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from vitsweep.data.splits import Splits
+    from vitsweep.predict.accuracy import Evaluations
 
 
 @dataclass
@@ -219,12 +220,12 @@ def stored_bytes(model: nn.Module) -> int:
     return precision.model_bytes(model)
 
 
-def deploy_bytes(spec: TrialSpec, model: nn.Module, ctx: RunContext) -> int:
+def deploy_bytes(spec: TrialSpec, model_bytes: int, precision_exec: str) -> int:
     """`deploy_bytes`: the model's stored bytes plus the installed runtime it needs."""
     from vitsweep import measure, runtime
 
-    packages = runtime.distributions(spec.runtime.name, ctx.precision_exec)
-    return stored_bytes(model) + measure.installed_bytes(packages)
+    packages = runtime.distributions(spec.runtime.name, precision_exec)
+    return model_bytes + measure.installed_bytes(packages)
 
 
 # `measure.mode=predicted`: blocks of one (precision, batch) timed into the per-machine table
@@ -235,8 +236,8 @@ PREDICT_AFTER = 16
 def run(spec: TrialSpec) -> Metrics:
     from vitsweep import runtime
 
-    if spec.measure.mode == "predicted" and spec.arch.kind == "supernet":
-        return _predicted(spec)  # the baseline (a plain model) is always measured
+    if spec.measure.mode == "predicted" and priceable(spec):
+        return _predicted(spec)
     t0 = time.perf_counter()
     built, run_model, ctx, compile_s = ready(spec)
     try:
@@ -262,6 +263,8 @@ def _measured(
         correct_flags(judged, ctx, splits.val, spec.measure),
         correct_flags(judged, ctx, splits.test, spec.measure),
     )
+    _keep_evaluation(spec, acc)
+    size = stored_bytes(model)
     sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
     reference = measure.host_reference(spec.root, spec.measure, ctx.device)
     cost = measure.measure_all(
@@ -279,8 +282,8 @@ def _measured(
     return Metrics(
         accuracy=acc.pop("accuracy"),
         test_accuracy=acc.pop("test_accuracy"),
-        model_bytes=stored_bytes(model),
-        deploy_bytes=deploy_bytes(spec, model, ctx),
+        model_bytes=size,
+        deploy_bytes=deploy_bytes(spec, size, ctx.precision_exec),
         **core,
         extra={
             **acc,
@@ -297,13 +300,64 @@ def _measured(
     )
 
 
+def priceable(spec: TrialSpec) -> bool:
+    """What `measure.mode=predicted` prices: what the cost table's blocks describe, supernet
+    subnets and ViTs built from their dims (a study's usual baseline, priced like its subnets
+    so that their ratios rest on one predictor); a timm or pretrained model is measured."""
+    arch = spec.arch
+    plain = arch.kind == "vit" and arch.timm_name is None and arch.pretrained is None
+    return arch.kind == "supernet" or plain
+
+
+def evaluations(spec: TrialSpec) -> Evaluations | None:
+    """Where a supernet subnet's real val accuracy is kept (`predict.accuracy.Evaluations`,
+    beside the supernet's weights); None for what the accuracy predictor does not describe (a
+    plain model, a fine-tuned subnet, another runtime, mixed or transform precision)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from vitsweep import models
+    from vitsweep.predict.accuracy import Evaluations
+    from vitsweep.predict.cost import PRECISIONS
+
+    arch = spec.arch
+    if arch.kind != "supernet" or arch.space is None or arch.finetune:
+        return None
+    if spec.runtime.name != "torch" or spec.precision.mode not in PRECISIONS:
+        return None
+    weights = models.weights_file(arch, spec.train, spec.data, spec.root)
+    if weights is None:
+        return None
+    # what the candidate does not say but accuracy depends on: the other precision and token
+    # options (calibration, casts, ToMe's proportional attention, ...)
+    setting = {
+        "precision": {k: v for k, v in dataclasses.asdict(spec.precision).items() if k != "mode"},
+        "token": {k: v for k, v in dataclasses.asdict(spec.token).items() if k != "r"},
+    }
+    digest = hashlib.sha1(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()
+    return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16])
+
+
+def _keep_evaluation(spec: TrialSpec, acc: dict[str, Any]) -> None:
+    """A subnet's real val accuracy joins its supernet's evaluations."""
+    from vitsweep.predict.candidate import candidate
+
+    kept = evaluations(spec)
+    if kept is not None:
+        kept.add(candidate(spec), acc["accuracy"], acc["accuracy_n"])
+
+
 def _predicted(spec: TrialSpec) -> Metrics:
-    """A subnet judged on the predictors (`measure.mode=predicted`): accuracy evaluated as the
-    trial evaluates it, but uncompiled (same weights and calibration; compiling is most of an
-    int8 trial's time), throughput and batch-1 latency from the per-machine cost table, whose
-    blocks are timed until the block model can price the rest, energy as the estimate's watts
-    over that throughput. `predicted` names the metrics that were not measured."""
-    from vitsweep import measure, precision
+    """A candidate judged on the predictors (`measure.mode=predicted`): throughput and batch-1
+    latency from the per-machine cost table, whose blocks are timed until the block model can
+    price the rest; energy as the estimate's watts over that throughput. Its val accuracy is
+    evaluated (uncompiled: same weights and calibration; compiling is most of an int8 trial's
+    time); a subnet's until `measure.accuracy_after` of the supernet's subnets were, then
+    predicted from them. The test split is left to `vitsweep-confirm`,
+    which measures the front. `predicted` names the metrics that were not measured."""
+    from vitsweep import data, measure, models, precision, tome
+    from vitsweep.measure.accuracy import accuracy_summary
     from vitsweep.predict.candidate import candidate
     from vitsweep.predict.cost import (
         PRECISIONS,
@@ -312,6 +366,7 @@ def _predicted(spec: TrialSpec) -> Metrics:
         CostTable,
         Geometry,
     )
+    from vitsweep.predict.surrogate import count_bytes
 
     t0 = time.perf_counter()
     c = candidate(spec)
@@ -325,17 +380,50 @@ def _predicted(spec: TrialSpec) -> Metrics:
             "measure.mode=predicted: the cost table is timed on this CPU; with "
             f"measure.device={spec.measure.device} use measure.mode=measured"
         )
-    built = build(spec)
-    model, ctx, splits = built.model, built.ctx, built.splits
-    judged = precision.accuracy_model(model, model)
-    acc = accuracy_metrics(
-        correct_flags(judged, ctx, splits.val, spec.measure),
-        correct_flags(judged, ctx, splits.test, spec.measure),
-    )
+    kept = evaluations(spec)  # None for a plain model: its accuracy is always evaluated
+    space = spec.arch.space
+    predictor = None
+    if kept is not None and space is not None:
+        predictor = kept.predictor(c, spec.measure.accuracy_after, max(space.depth))
+    predicted = ["throughput", "latency_ms", "energy"]
+    extra: dict[str, Any]
+    model_bytes: int | None
+    if predictor is None:  # evaluated, and kept for the predictor
+        built = build(spec)
+        model, ctx, splits = built.model, built.ctx, built.splits
+        flags = correct_flags(precision.accuracy_model(model, model), ctx, splits.val, spec.measure)
+        acc = accuracy_summary(flags, "accuracy")
+        model_bytes = stored_bytes(model)
+        if kept is not None:
+            kept.add(c, acc["accuracy"], acc["accuracy_n"])
+        extra = {**acc, "precision_exec": ctx.precision_exec, "build_s": round(built.build_s, 3)}
+    else:  # the float subnet only, for its size and FLOPs: nothing calibrated or evaluated
+        splits = data.load(spec.data, data.data_dir(spec.root))
+        model = models.build_model(spec.arch, spec.train, spec.data, splits, spec.root)
+        with measure.thread_scope(spec.measure.threads):
+            model = tome.apply_token(model, spec.token)
+        ctx = RunContext()  # FLOPs do not depend on the precision
+        acc = {"accuracy": float(predictor.predict([c])[0])}
+        model_bytes = None  # counted below
+        predicted = ["accuracy", *predicted]
+        extra = {
+            "accuracy_fitted_on": len(kept.records()[0]),
+            # not built at its precision: what the trial would execute, by name (for the runtime
+            # it needs); vitsweep-confirm builds it
+            "precision_exec": f"{c.precision}{' pt2e' * (c.precision == 'int8')} (not built)",
+        }
     geometry = Geometry(
         spec.arch.img_size, spec.arch.patch_size, splits.in_chans, splits.num_classes
     )
-    table = CostTable(spec.root, spec.measure, geometry, prop_attn=spec.token.prop_attn)
+    if model_bytes is None:
+        # on the candidate built whole with random weights (storage does not depend on their
+        # values): exact, and for int8 a PT2E export (~5 s on xray), as an int8 program's
+        # bytes are not linear in its layer sizes (22 xray subnets: up to 57 kB off a
+        # least-squares fit on `surrogate.bytes_features`)
+        model_bytes = count_bytes(c, geometry, spec.token.prop_attn)
+    table = CostTable(
+        spec.root, spec.measure, geometry, prop_attn=spec.token.prop_attn, shipped=True
+    )
     table.model = BlockModel.fit(table.timed_blocks(), min_rows=PREDICT_AFTER)
     cost = CostPredictor(table, spec.measure.batch_size).predict(c)
     shape = (splits.in_chans, splits.image_size, splits.image_size)
@@ -343,24 +431,25 @@ def _predicted(spec: TrialSpec) -> Metrics:
         params, flops = measure.count_params(model), measure.count_flops(model, ctx, shape)
     return Metrics(
         accuracy=acc.pop("accuracy"),
-        test_accuracy=acc.pop("test_accuracy"),
+        test_accuracy=float("nan"),
         throughput=cost.throughput,
         latency_ms=cost.latency_ms,
         energy=spec.measure.watts / cost.throughput,
         energy_source="estimate",
         params=params,
         flops=flops,
-        model_bytes=stored_bytes(model),
-        deploy_bytes=deploy_bytes(spec, model, ctx),
+        model_bytes=model_bytes,
+        deploy_bytes=deploy_bytes(spec, model_bytes, extra["precision_exec"]),
         peak_mem_bytes=float("nan"),
         extra={
             **acc,
-            "predicted": "throughput,latency_ms,energy",
+            **extra,
+            "predicted": ",".join(predicted),
+            "test_accuracy_source": "not measured (measure.mode=predicted): vitsweep-confirm",
             "peak_mem_source": "not measured (measure.mode=predicted)",
             "cost_parts_timed": table.measured,
+            **({"cost_parts_from": ",".join(table.seeded_from)} if table.seeded_from else {}),
             "runtime": spec.runtime.name,
-            "precision_exec": ctx.precision_exec,
-            "build_s": round(built.build_s, 3),
             "trial_s": round(time.perf_counter() - t0, 3),
         },
     )

@@ -10,6 +10,7 @@ split on a sum only with many leaves, so the sums are given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -115,12 +116,18 @@ class AccuracyPredictor:
     layers: int = 0  # fixed width of the encoding, the deepest depth fitted on
     model: Any = None
 
-    def fit(self, candidates: Sequence[Candidate], accuracy: Sequence[float]) -> AccuracyPredictor:
+    def fit(
+        self,
+        candidates: Sequence[Candidate],
+        accuracy: Sequence[float],
+        layers: int | None = None,
+    ) -> AccuracyPredictor:
+        """`layers`: the deepest depth it will be asked about (default: the deepest fitted)."""
         if len(candidates) < 5:
             raise ConfigError(
                 f"accuracy predictor: {len(candidates)} evaluations; need at least 5 to fit"
             )
-        self.layers = max(c.depth for c in candidates)
+        self.layers = max([c.depth for c in candidates] + [layers or 0])
         x = np.array([features(c, self.layers) for c in candidates])
         model = _model(self.kind, self.seed, x.shape[1])
         with warnings.catch_warnings():  # a length scale at its bound is an answer, not an error
@@ -133,3 +140,73 @@ class AccuracyPredictor:
             raise ValueError("AccuracyPredictor.predict before fit")
         x = np.array([features(c, self.layers) for c in candidates])
         return np.clip(self.model.predict(x), 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ one supernet's evaluations
+
+
+class Evaluations:
+    """Every real val accuracy of one supernet's subnets, kept beside its weights
+    (`<supernet>.accuracy.json`, the committed data file's format): what `measure.mode=predicted`
+    fits its accuracy predictor on, as OFA fits its predictor on a supernet's evaluated subnets.
+    Every trial that evaluates a subnet adds to it, in either mode, so a measured study leaves
+    what a later predicted study of the same supernet starts from. `setting` keeps apart what
+    the candidate does not say (precision and token options other than the searched ones)."""
+
+    def __init__(self, path: Path, setting: str) -> None:
+        self.path, self.setting = Path(path), setting
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"records": []}
+        try:
+            data = json.loads(self.path.read_text())
+            records = data["records"]
+            for r in records:
+                float(r["accuracy"]), candidate_of(r)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f"{self.path}: not a file of subnet evaluations ({type(err).__name__}); delete "
+                "it and the next trials evaluate again"
+            ) from None
+        return data
+
+    def records(self) -> tuple[list[Candidate], np.ndarray]:
+        """(candidates, val accuracies) evaluated under this setting."""
+        mine = [r for r in self._read()["records"] if r.get("setting") == self.setting]
+        return [candidate_of(r) for r in mine], np.array([float(r["accuracy"]) for r in mine])
+
+    def add(self, c: Candidate, accuracy: float, n: int) -> None:
+        """Keep one evaluation (a candidate evaluated before keeps its first). Workers of one
+        study write the same file: the read-modify-write is under a file lock."""
+        from filelock import FileLock
+
+        from vitsweep.files import write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path.with_suffix(".lock"))):
+            data = self._read()
+            # as JSON gives it back (tuples come back as lists)
+            entry = json.loads(
+                json.dumps({"candidate": dataclasses.asdict(c), "setting": self.setting})
+            )
+            if any({k: r.get(k) for k in entry} == entry for r in data["records"]):
+                return
+            data["records"].append({**entry, "accuracy": round(float(accuracy), 6), "n": n})
+            data["how"] = "val split, one record per subnet evaluated by a trial (vitsweep.trial)"
+            write_text(self.path, json.dumps(data, indent=1) + "\n")
+
+    def predictor(self, c: Candidate, after: int, layers: int) -> AccuracyPredictor | None:
+        """A predictor fitted on this setting's evaluations once there are `after` of them,
+        `MIN_SAME_PRECISION` at `c`'s precision among them (the precision's own offset is
+        learnt from those); None before, when the trial evaluates for real."""
+        cands, acc = self.records()
+        same = sum(x.runs_as == c.runs_as for x in cands)
+        if not after or len(cands) < after or same < min(MIN_SAME_PRECISION, after):
+            return None
+        return AccuracyPredictor().fit(cands, acc, layers=layers)
+
+
+# A precision's accuracy differs from another's by an offset the GP learns from its one-hot:
+# it needs some evaluations at that precision to see it
+MIN_SAME_PRECISION = 3

@@ -165,12 +165,20 @@ class CostTable:
         timing: MeasureSpec,
         geometry: Geometry,
         prop_attn: bool = True,
+        shipped: bool = False,
     ) -> None:
+        """`shipped`: start from the committed tables of a machine like this one
+        (`committed_entries`), as a study's predictions do; the predictors bench times its
+        own."""
         self.timing, self.geometry, self.prop_attn = timing, geometry, prop_attn
         self.path = machine_file(root, "cost", timing.threads)
         self.entries = read_table(
             self.path, "cost table", "delete it and the next prediction measures it again"
         )
+        self.seeded_from: list[str] = []  # committed tables measured on a machine like this
+        if shipped and root is not None:
+            committed, self.seeded_from = committed_entries(timing)
+            self.entries = {**committed, **self.entries}
         self.measured = 0  # entries this table timed (the rest came from the file)
         self.model: BlockModel | None = None  # predicts the blocks the table lacks
         self.frozen: str | None = None  # read-only, from this source: a miss is an error
@@ -368,6 +376,49 @@ class CostTable:
                     return module(x)
 
             return batch1_seconds(step, self.timing)
+
+
+# The fields of `measure` that decide how a part is timed: a committed table timed otherwise
+# does not seed this machine's
+TIMING_KEYS = ("warmup", "warmup_s", "min_repeats", "max_repeats", "max_cv", "time_cap_s",
+               "repeat_s", "host_probe")  # fmt: skip
+
+
+def committed_entries(
+    timing: MeasureSpec, data_dir: Path | None = None
+) -> tuple[dict[str, float], list[str]]:
+    """(entries, files) of the committed cost tables (`predict/data/*_cost.json`) measured on a
+    machine like this one (the same CPU description, thread count and torch) by the same
+    protocol: a fresh clone on such a machine prices from them at once instead of timing its
+    parts first, as nn-Meter ships predictors for the devices it measured. Entries are keyed
+    by everything that decides a part's time, so tables of other geometries add, never clash."""
+    import dataclasses
+
+    from vitsweep.measure.host import describe
+
+    if data_dir is None:
+        from vitsweep.predict import accuracy
+
+        data_dir = accuracy.DATA_DIR
+    with thread_scope(timing.threads) as used:
+        machine = {"cpu": describe(), "threads": used, "torch": torch.__version__}
+    mine = dataclasses.asdict(timing)
+    entries: dict[str, float] = {}
+    files = []
+    for path in sorted(Path(data_dir).glob("*_cost.json")):
+        try:
+            data = json.loads(path.read_text())
+            theirs, table = data["machine"], data["entries"]
+            protocol = data["measure"]
+        except (ValueError, KeyError, TypeError):
+            continue  # not a table this can read: timing here is the safe answer
+        if any(theirs.get(k) != v for k, v in machine.items()):
+            continue
+        if any(protocol[k] != mine[k] for k in TIMING_KEYS if k in protocol and k in mine):
+            continue
+        entries.update({k: float(v) for k, v in table.items()})
+        files.append(path.name)
+    return entries, files
 
 
 _BLOCK_KEY = re.compile(

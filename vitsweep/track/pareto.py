@@ -274,12 +274,20 @@ def notes(table: StudyTable) -> list[str]:
             "is that ratio (throughput_x_beside) times the baseline trial's images/s, so no "
             "ratio rests on two readings minutes apart; throughput_raw is what the clock read."
         )
-    predicted = [r["number"] for r in table.rows if r.get("predicted")]
+    predicted = [r for r in table.rows if r.get("predicted") and r["duplicate_of"] is None]
     if predicted:
+        guessed = sum("accuracy" in str(r["predicted"]).split(",") for r in predicted)
         out.append(
             f"{len(predicted)} trials were priced, not timed (measure.mode=predicted): their "
-            "throughput, latency and energy come from this machine's cost table (`predicted` "
-            "on each front member); run vitsweep-confirm to measure the front."
+            "throughput, latency and energy come from this machine's cost table"
+            + (
+                f"; {guessed} of them also had their val accuracy predicted (a GP fitted on "
+                "the supernet's evaluated subnets, `accuracy_fitted_on`)"
+                if guessed
+                else ""
+            )
+            + " (`predicted` on each front member). None evaluated the test split: run "
+            "vitsweep-confirm to measure the front."
         )
     return out
 

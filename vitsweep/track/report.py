@@ -153,8 +153,11 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
     return out_dir
 
 
-def write_confirmed(rows: list[dict[str, Any]], out_dir: Path) -> Path:
-    """The confirmation pass beside the front: confirmed.csv and confirmed.yaml."""
+def write_confirmed(
+    rows: list[dict[str, Any]], out_dir: Path, summary: dict[str, Any] | None = None
+) -> Path:
+    """The confirmation pass beside the front: confirmed.csv and confirmed.yaml (`summary`:
+    what is said of the whole front, its confirmed hypervolume)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "confirmed.csv", rows)
     doc = {
@@ -167,6 +170,7 @@ def write_confirmed(rows: list[dict[str, Any]], out_dir: Path) -> Path:
             "(baseline_throughput_beside); standalone_*: the same shape "
             "trained from scratch with the same recipe (retrain=K)."
         ],
+        **(summary or {}),
         "confirmed": rows,
     }
     write_text(out_dir / "confirmed.yaml", yaml.safe_dump(doc, sort_keys=False))
