@@ -155,7 +155,12 @@ def study_table(
 ) -> StudyTable:
     """`columns`: metrics every row carries, in this order (None where a trial lacks one): the
     app's metric list. After them come the objectives, then whatever else any trial returned,
-    so every row has the same keys whatever the app is."""
+    so every row has the same keys whatever the app is. A study that stored its objectives
+    (`metric_names`, as every sweep does) is read by them, whatever `objectives` a later
+    command composed (vitsweep-confirm without the sweep's `+hydra.sweeper.objectives...`)."""
+    if study.metric_names is not None and len(study.metric_names) == len(study.directions):
+        stored = [d.name.lower() for d in study.directions]
+        objectives = dict(zip(study.metric_names, stored, strict=True))
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     front = {t.number for t in front_trials(study, trials)}
