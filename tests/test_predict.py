@@ -370,3 +370,20 @@ def test_committed_cost_tables_seed_the_machine_they_were_measured_on(tmp_path) 
     (ship / "e_cost.json").write_text("not json")
     entries, files = committed_entries(QUICK, ship)
     assert entries == {"block|a": 0.001} and files == ["a_cost.json"]
+
+
+def test_one_supernet_keeps_one_set_of_evaluations_across_precisions() -> None:
+    """What the candidate carries (precision, cast, r) does not split the supernet's
+    evaluations, so the GP learns the precisions' offsets from one set; an option it does not
+    carry (here int8's calibration) does."""
+    from vitsweep import trial
+
+    kept = {p: trial.evaluations(spec_of(f"precision={p}")) for p in ("fp32", "bf16", "int8")}
+    assert all(k is not None for k in kept.values())
+    assert len({(k.path, k.setting) for k in kept.values() if k is not None}) == 1
+    assert kept["int8"] is not None and kept["int8"].path.name.endswith(".accuracy.json")
+    merged = trial.evaluations(spec_of("token.r=8", "precision=bf16", "precision.cast=autocast"))
+    assert merged is not None and merged.setting == kept["fp32"].setting  # type: ignore[union-attr]
+    other = trial.evaluations(spec_of("precision=int8", "precision.calib_batches=4"))
+    assert other is not None and other.setting != kept["int8"].setting
+    assert trial.evaluations(spec_of("precision=tq")) is None  # not what the predictor describes

@@ -330,10 +330,12 @@ def evaluations(spec: TrialSpec) -> Evaluations | None:
     if weights is None:
         return None
     # what the candidate does not say but accuracy depends on: the other precision and token
-    # options (calibration, casts, ToMe's proportional attention, ...)
+    # options (calibration, int8 scheme, ToMe's proportional attention, ...); the candidate
+    # carries the precision, its cast (xray's bf16 casts fully, its int8 does not) and r
+    said = {"precision": ("mode", "cast"), "token": ("r",)}
     setting = {
-        "precision": {k: v for k, v in dataclasses.asdict(spec.precision).items() if k != "mode"},
-        "token": {k: v for k, v in dataclasses.asdict(spec.token).items() if k != "r"},
+        group: {k: v for k, v in dataclasses.asdict(getattr(spec, group)).items() if k not in keys}
+        for group, keys in said.items()
     }
     digest = hashlib.sha1(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()
     return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16])
