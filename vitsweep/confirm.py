@@ -89,7 +89,7 @@ def _ready(spec: TrialSpec) -> tuple[Built, _Ready]:
     from vitsweep.runtime import cost_model
 
     built, run_model, ctx, _ = trial.ready(spec)
-    sample = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
+    sample = built.splits.sample_shape
     reference = host_reference(spec.root, spec.measure, ctx.device)
     size = trial.stored_bytes(built.model)
     return built, _Ready(run_model, ctx, sample, spec, cost_model(built.model), reference, size)

@@ -120,7 +120,7 @@ def runner(
     if runtime.is_deployed(model):
         return model, ctx, round(model.deployed.seconds, 3)
 
-    sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
+    sample_shape = splits.sample_shape
     eb = spec.eval_batch_size
     tails = [len(d) % eb for d in (splits.val, splits.test)]  # type: ignore[arg-type]
     sizes = (spec.batch_size, 1, min(eb, len(splits.val)), *tails)  # type: ignore[arg-type]
@@ -160,9 +160,8 @@ def timer(spec: TrialSpec) -> Callable[[], float]:
     from vitsweep import measure
 
     built, run_model, ctx, _ = ready(spec)
-    s = built.splits
     reference = measure.host_reference(spec.root, spec.measure, ctx.device)
-    sample = (s.in_chans, s.image_size, s.image_size)
+    sample = built.splits.sample_shape
     return partial(throughput_now, run_model, ctx, sample, spec.measure, reference)
 
 
@@ -265,7 +264,7 @@ def _measured(
     )
     _keep_evaluation(spec, acc)
     size = stored_bytes(model)
-    sample_shape = (splits.in_chans, splits.image_size, splits.image_size)
+    sample_shape = splits.sample_shape
     reference = measure.host_reference(spec.root, spec.measure, ctx.device)
     cost = measure.measure_all(
         run_model,
@@ -356,8 +355,8 @@ def _predicted(spec: TrialSpec) -> Metrics:
     price the rest; energy as the estimate's watts over that throughput. Its val accuracy is
     evaluated (uncompiled: same weights and calibration; compiling is most of an int8 trial's
     time); a subnet's until `measure.accuracy_after` of the supernet's subnets were, then
-    predicted from them. The test split is left to `vitsweep-confirm`,
-    which measures the front. `predicted` names the metrics that were not measured."""
+    predicted from them. The test split is left to `vitsweep-confirm`, which measures the
+    front. `predicted` names the metrics that were not measured."""
     from vitsweep import data, measure, models, precision, tome
     from vitsweep.measure.accuracy import accuracy_summary
     from vitsweep.predict.candidate import candidate
@@ -409,7 +408,7 @@ def _predicted(spec: TrialSpec) -> Metrics:
         model_bytes = None  # counted below
         predicted = ["accuracy", *predicted]
         extra = {
-            "accuracy_fitted_on": len(kept.records()[0]),
+            "accuracy_fitted_on": predictor.fitted_on,
             # not built at its precision: what the trial would execute, by name (for the runtime
             # it needs); vitsweep-confirm builds it
             "precision_exec": f"{c.precision}{' pt2e' * (c.precision == 'int8')} (not built)",
@@ -428,7 +427,7 @@ def _predicted(spec: TrialSpec) -> Metrics:
     )
     table.model = BlockModel.fit(table.timed_blocks(), min_rows=PREDICT_AFTER)
     cost = CostPredictor(table, spec.measure.batch_size).predict(c)
-    shape = (splits.in_chans, splits.image_size, splits.image_size)
+    shape = splits.sample_shape
     with measure.thread_scope(spec.measure.threads):
         params, flops = measure.count_params(model), measure.count_flops(model, ctx, shape)
     return Metrics(

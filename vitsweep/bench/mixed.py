@@ -265,7 +265,7 @@ def _interleaved(specs: dict[str, Any], quick: bool) -> dict[str, dict[str, Any]
     order = list(specs)
     for copy, name in [(0, n) for n in order] + [(1, n) for n in reversed(order)]:
         built, run_model, ctx, _ = trial.ready(specs[name])
-        shape = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
+        shape = built.splits.sample_shape
         runs[name, copy] = (run_model, ctx, shape, specs[name].measure, ctx.precision_exec)
     keys = list(runs)
     steps: dict[tuple[str, int], list[float]] = {}

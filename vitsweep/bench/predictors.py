@@ -230,7 +230,7 @@ def measure_whole(spec: TrialSpec) -> tuple[float, float]:
 
     built = trial.build(spec)
     ms = spec.measure
-    shape = (built.splits.in_chans, built.splits.image_size, built.splits.image_size)
+    shape = built.splits.sample_shape
     with measure.thread_scope(ms.threads):
         run_model, ctx, _ = measure.compile_model(
             built.model, built.ctx, ms, shape, (ms.batch_size, 1)

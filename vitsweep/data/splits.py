@@ -22,6 +22,11 @@ class Splits:
     image_size: int
     class_names: tuple[str, ...]
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """One image's shape (channels, height, width): what timing and FLOP counts feed."""
+        return (self.in_chans, self.image_size, self.image_size)
+
 
 def stratified_tensor_splits(
     images: torch.Tensor, labels: torch.Tensor, spec: DataSpec

@@ -115,6 +115,7 @@ class AccuracyPredictor:
     seed: int = 0
     layers: int = 0  # fixed width of the encoding, the deepest depth fitted on
     model: Any = None
+    fitted_on: int = 0  # evaluations
 
     def fit(
         self,
@@ -128,6 +129,7 @@ class AccuracyPredictor:
                 f"accuracy predictor: {len(candidates)} evaluations; need at least 5 to fit"
             )
         self.layers = max([c.depth for c in candidates] + [layers or 0])
+        self.fitted_on = len(candidates)
         x = np.array([features(c, self.layers) for c in candidates])
         model = _model(self.kind, self.seed, x.shape[1])
         with warnings.catch_warnings():  # a length scale at its bound is an answer, not an error
