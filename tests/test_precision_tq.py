@@ -321,6 +321,10 @@ def test_finetuning_lowers_the_loss_and_keeps_the_rate(trained, splits) -> None:
     assert "fine-tuned 40 steps" in tctx.precision_exec
     assert tq_stats(tuned).rate == tq_stats(plain).rate == 2.0
     assert all(layer.latent is None for layer in tq_layers(tuned))
+    # the forms chosen by timing are plain tensors, whichever won: usable with autograd on
+    assert not any(
+        t.is_inference() for layer in tq_layers(tuned) for t in (layer.first, layer.second)
+    )
     # What runs is what is stored: a reload of the state_dict gives the same logits.
     again, _ = apply_precision(
         copy.deepcopy(trained), PrecisionSpec(mode="tq", rate=2.0), calib=splits.train

@@ -565,6 +565,10 @@ def choose_forwards(
                 name, layer.weight_shape[0], layer.weight_shape[1], layer.kept,
                 x.numel() // x.shape[-1], seconds[False], seconds[True],
             )  # fmt: skip
-            layer.use_factorized(choice.factorized)
             out.append(choice)
+    # the chosen forms are built outside inference mode: factors made inside it are inference
+    # tensors, which a later forward with autograd on (a fine-tuned layer's bias requires
+    # grad) refuses to use; test_precision_tq failed so in one CI run, by which form won
+    for layer, choice in zip(layers.values(), out, strict=True):
+        layer.use_factorized(choice.factorized)
     return out
