@@ -18,10 +18,11 @@ from torch.utils.data import TensorDataset
 
 from vitsweep.measure import compile_model, measure_all, should_compile
 from vitsweep.precision import apply_precision, model_bytes
-from vitsweep.precision.pt2e import pt2e_available
+from vitsweep.precision.pt2e import pt2e_available, pt2e_bytes
 from vitsweep.precision.resolve import _cpu_has
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
+from vitsweep.tome import apply_tome
 
 pytestmark = pytest.mark.skipif(
     not pt2e_available("cpu"), reason="torchao PT2E needs an x86 CPU with oneDNN"
@@ -68,6 +69,28 @@ def test_int8_program_stores_int8_weights_only(int8_program):
     linear_weights = sum(m.weight.numel() for m in base.modules() if isinstance(m, nn.Linear))
     int8 = sum(t.numel() for t in model.state_dict().values() if t.dtype == torch.int8)
     assert int8 == linear_weights  # every Linear weight once, in int8, no float copy kept
+
+
+def test_tome_int8_program_folds_every_weight_and_its_bytes_are_known_before_export(int8_program):
+    """ToMe writes merged tokens back in place (`index_copy_`); torchao's folder then left every
+    Linear before the first merge quantizing its fp32 weight at run time. Now none is, and the
+    program's bytes are what `pt2e_bytes` counts on the float model, merging or not."""
+    base, model, _ = int8_program
+    assert pt2e_bytes(base) == model_bytes(model)
+    tome = apply_tome(copy.deepcopy(base), [0, 4, 0, 4])
+    program, ctx = apply_precision(
+        copy.deepcopy(tome), PrecisionSpec(mode="int8"), calib=_data(32, 1)
+    )
+    assert ctx.precision_exec == "int8 static pt2e x86-inductor, 17 Linear"
+    floats = [
+        k for k, t in program.state_dict().items() if t.dtype == torch.float32 and t.dim() == 2
+    ]
+    assert floats == []  # no Linear weight kept in fp32
+    assert model_bytes(program) == pt2e_bytes(tome) == model_bytes(model)
+    x = _data(64, 2).tensors[0]
+    with torch.inference_mode():
+        ref, out = tome(x), ctx.forward(program, x)
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
 
 
 def test_dynamic_scheme_and_no_calibration_data_are_labelled():

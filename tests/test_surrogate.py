@@ -30,12 +30,13 @@ def test_the_bytes_model_is_exact_on_candidates_it_never_saw(one_thread: None) -
     ]
     held_out = [(32, (2, 1, 2), (2.0, 2.0, 4.0)), (16, (1, 1), (4.0, 4.0))]
 
-    def cands(rows: list, precision: str) -> list[Candidate]:
-        return [Candidate(e, h, m, 8, (0,) * len(h), 17, precision) for e, h, m in rows]
+    def cands(rows: list, precision: str, r: int = 0) -> list[Candidate]:
+        return [Candidate(e, h, m, 8, (r,) * len(h), 17, precision) for e, h, m in rows]
 
     for precision in ("fp32", "int8"):
         model = BytesModel.fit([(c, count_bytes(c, g)) for c in cands(shapes, precision)], g)
-        for c in cands(held_out, precision):
+        # merging too: ToMe stores nothing, and int8 programs keep no fp32 weight before a merge
+        for c in cands(held_out, precision) + cands(held_out, precision, r=2):
             counted = count_bytes(c, g)
             assert model.predict(c, g) == pytest.approx(counted, rel=1e-3), (precision, c)
     with pytest.raises(ConfigError, match="precision=bf16"):

@@ -417,11 +417,13 @@ def _predicted(spec: TrialSpec) -> Metrics:
         spec.arch.img_size, spec.arch.patch_size, splits.in_chans, splits.num_classes
     )
     if model_bytes is None:
-        # on the candidate built whole with random weights (storage does not depend on their
-        # values): exact, and for int8 a PT2E export (~5 s on xray), as an int8 program's
-        # bytes are not linear in its layer sizes (22 xray subnets: up to 57 kB off a
-        # least-squares fit on `surrogate.bytes_features`)
-        model_bytes = count_bytes(c, geometry, spec.token.prop_attn)
+        # exact, and nothing exported: int8 counted on the float subnet as its PT2E program
+        # stores it (an export was ~5 s of each such xray trial); the other precisions on
+        # the candidate built whole with random weights (storage does not depend on them)
+        if c.precision == "int8":
+            model_bytes = precision.pt2e_bytes(model)
+        else:
+            model_bytes = count_bytes(c, geometry, spec.token.prop_attn)
     table = CostTable(
         spec.root, spec.measure, geometry, prop_attn=spec.token.prop_attn, shipped=True
     )

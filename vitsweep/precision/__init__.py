@@ -52,7 +52,7 @@ from vitsweep.precision.mixed import (
     set_module,
 )
 from vitsweep.precision.pt2e import label as pt2e_label
-from vitsweep.precision.pt2e import quantize_pt2e
+from vitsweep.precision.pt2e import pt2e_bytes, quantize_pt2e
 from vitsweep.precision.resolve import (
     MODES,
     Resolved,
@@ -78,6 +78,7 @@ __all__ = [
     "Resolved",
     "apply_precision",
     "model_bytes",
+    "pt2e_bytes",
     "resolve_precision",
 ]
 

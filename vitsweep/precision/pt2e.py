@@ -17,6 +17,7 @@ for models torch.export cannot capture and devices inductor's x86 lowering does 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -51,6 +52,37 @@ def _quantizer(dynamic: bool, module_names: Sequence[str] | None):
     for name in module_names:  # mixed: only its 8-bit layers; everything else stays as it is
         quantizer.set_module_name_qconfig(name, config)
     return quantizer
+
+
+def _fold_weight_quantize(gm: torch.fx.GraphModule) -> int:
+    """Quantize, once and for good, every weight `convert_pt2e` left quantizing at run time;
+    returns how many. Ours because torchao's folder is wrong for in-place ops on activations:
+    `constant_fold` treats every producer of a `copy_`/`put_` target that descends from an
+    input as a mutable buffer and folds none of them (torchao 0.18,
+    `ConstantFolder._find_mutable_buffers`). ToMe's merge writes its receivers back with
+    `index_copy_`, so every Linear before the first merge kept its fp32 weight (4x its int8
+    bytes in the program and the shipped `.pt2`) and requantized it on each eager forward.
+    Only a quantize op whose every input is a stored tensor is folded: an activation's never is.
+    """
+    from torchao.quantization.pt2e.constant_fold import replace_node_with_constant
+    from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
+
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if not _quant_node_constraint(node):
+            continue
+        inputs = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if not inputs or any(a.op != "get_attr" for a in inputs):
+            continue
+        args = [
+            attrgetter(str(a.target))(gm) if isinstance(a, torch.fx.Node) else a for a in node.args
+        ]
+        replace_node_with_constant(gm, node, node.target(*args, **node.kwargs))
+        folded += 1
+    if folded:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return folded
 
 
 def _prune_unused(gm: torch.fx.GraphModule) -> None:
@@ -88,6 +120,23 @@ def quantized_layers(gm: torch.fx.GraphModule) -> dict[str, int]:
     return counts
 
 
+def pt2e_bytes(model: nn.Module) -> int:
+    """What `quantize_pt2e(model)` stores (`model_bytes` of its program), counted on the float
+    model without exporting it (~5 s for an xray subnet): every Linear's fp32 weight becomes
+    int8 with a per-channel fp32 scale and int64 zero point; everything else stays as it is.
+    Holds for the default quantizer (every Linear, `_fold_weight_quantize` applied); a test
+    checks it against the program's own count, ToMe included."""
+    from vitsweep.precision.bytes import model_bytes
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if any(m.weight.dtype != torch.float32 for m in linears):
+        raise ValueError("pt2e_bytes: counts a float32 model, as quantize_pt2e takes it")
+    weights = sum(m.weight.numel() for m in linears)
+    channels = sum(m.out_features for m in linears)
+    fp32, int8, qparams = 4, 1, 4 + 8  # bytes per weight; per output channel: scale, zero point
+    return model_bytes(model) - (fp32 - int8) * weights + qparams * channels
+
+
 def quantize_pt2e(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -121,6 +170,7 @@ def quantize_pt2e(
         for x in batches if not dynamic else batches[:1]:
             prepared(x)
         converted = convert_pt2e(prepared)
+        _fold_weight_quantize(converted)
         _prune_unused(converted)
         # Exported once more: the trial runs, and vitsweep-export saves, this very program.
         final = torch.export.export(converted, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
