@@ -13,33 +13,37 @@ import torch
 from filelock import FileLock
 
 BIN = Path(sys.executable).parent
-# Set in each pytest-xdist worker (`make test` runs the suite on two: pyproject's addopts).
+# Set in each pytest-xdist worker (`make test` runs the suite on three: pyproject's addopts).
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
-    # Two workers share the 2 cores: one intra-op thread each, or OpenMP's barriers spin against
-    # the other worker's threads (see `one_thread`). A test that wants more sets them itself;
-    # the console scripts a test starts inherit one thread too, as scale-out workers are given.
+    # Three workers share the 2 cores: one intra-op thread each, or OpenMP's barriers spin
+    # against the other workers' threads (see `one_thread`). A test that wants more sets them
+    # itself; the console scripts a test starts inherit one thread too, as scale-out workers
+    # are given.
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
-# The longest modules first (seconds on one of two workers, this 2-core box, 2026-12-04): each
-# worker takes whole modules (`--dist loadfile`) in this order, so that no long one starts last
-# while the other worker has nothing left; unlisted modules follow, most tests first.
+# The longest modules first (seconds of one worker in a run of 2026-12-06 that shared the cores
+# with a training, so about twice the quiet figures; the order is what counts): each worker
+# takes whole modules (`--dist loadfile`) in this order, so that no long one starts last while
+# the others have nothing left; unlisted modules follow, most tests first.
 LONGEST_FIRST = {
-    "test_scaleout.py": 356,
-    "test_sweep.py": 310,
-    "test_export.py": 223,
-    "test_confirm.py": 200,
-    "test_hostile.py": 186,
-    "test_config.py": 123,
-    "test_runtime.py": 71,
-    "test_precision_modes.py": 70,
-    "test_precision_latency.py": 69,
-    "test_tome_published.py": 56,
-    "test_predict.py": 50,
-    "test_hydra_apps.py": 48,
+    "test_sweep.py": 324,
+    "test_precision_latency.py": 297,
+    "test_confirm.py": 294,
+    "test_scaleout.py": 287,
+    "test_export.py": 215,
+    "test_hostile.py": 205,
+    "test_precision_int4.py": 110,
+    "test_tome_published.py": 108,
+    "test_precision_pt2e.py": 107,
+    "test_precision_wide.py": 106,
+    "test_hydra_apps.py": 96,
+    "test_browser.py": 78,
+    "test_runtime.py": 78,
+    "test_predicted_mode.py": 78,
 }
 
 
