@@ -13,11 +13,11 @@ import torch
 from filelock import FileLock
 
 BIN = Path(sys.executable).parent
-# Set in each pytest-xdist worker (`make test` runs the suite on three: pyproject's addopts).
+# Set in each pytest-xdist worker (`make test` runs the suite on two: pyproject's addopts).
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
-    # Three workers share the 2 cores: one intra-op thread each, or OpenMP's barriers spin
-    # against the other workers' threads (see `one_thread`). A test that wants more sets them
+    # Two workers share the 2 cores: one intra-op thread each, or OpenMP's barriers spin
+    # against the other worker's threads (see `one_thread`). A test that wants more sets them
     # itself; the console scripts a test starts inherit one thread too, as scale-out workers
     # are given.
     torch.set_num_threads(1)
