@@ -28,7 +28,7 @@ if WORKER:
 # The longest modules first (seconds of one worker in a run of 2026-12-06 that shared the cores
 # with a training, so about twice the quiet figures; the order is what counts): each worker
 # takes whole modules (`--dist loadfile`) in this order, so that no long one starts last while
-# the others have nothing left; unlisted modules follow, most tests first.
+# the other worker has nothing left; unlisted modules follow, most tests first.
 LONGEST_FIRST = {
     "test_sweep.py": 324,
     "test_precision_latency.py": 297,
