@@ -25,25 +25,26 @@ if WORKER:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
-# The longest modules first (seconds of one worker in a run of 2026-12-06 that shared the cores
-# with a training, so about twice the quiet figures; the order is what counts): each worker
-# takes whole modules (`--dist loadfile`) in this order, so that no long one starts last while
-# the other worker has nothing left; unlisted modules follow, most tests first.
+# The longest modules first (seconds of one worker in a fresh-clone `make test` of 2026-12-06 on
+# the AMD EPYC, both workers busy; test_scaleout and test_confirm less what their trims saved;
+# the order is what counts): each worker takes whole modules (`--dist loadfile`) in this order,
+# so that no long one starts last while the other worker has nothing left; unlisted modules
+# follow, most tests first.
 LONGEST_FIRST = {
-    "test_sweep.py": 324,
-    "test_precision_latency.py": 297,
-    "test_confirm.py": 294,
-    "test_scaleout.py": 287,
-    "test_export.py": 215,
-    "test_hostile.py": 205,
-    "test_precision_int4.py": 110,
-    "test_tome_published.py": 108,
-    "test_precision_pt2e.py": 107,
-    "test_precision_wide.py": 106,
-    "test_hydra_apps.py": 96,
-    "test_browser.py": 78,
-    "test_runtime.py": 78,
-    "test_predicted_mode.py": 78,
+    "test_scaleout.py": 250,
+    "test_hostile.py": 244,
+    "test_sweep.py": 204,
+    "test_export.py": 191,
+    "test_confirm.py": 130,
+    "test_precision_latency.py": 115,
+    "test_precision_wide.py": 53,
+    "test_runtime.py": 49,
+    "test_hydra_apps.py": 48,
+    "test_precision_pt2e.py": 44,
+    "test_precision_int4.py": 41,
+    "test_tome_published.py": 34,
+    "test_predicted_mode.py": 27,
+    "test_browser.py": 20,
 }
 
 

@@ -378,9 +378,10 @@ def complete_rows(report_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_chaos_kill_and_restart_seven_times(pg_url: str, tmp_path: Path) -> None:
-    """Seven SIGKILLs at seeded random points (startup, mid-trial, right after a tell), restarts,
-    then one run to the end: nothing finished is lost, nothing counted twice, nothing stale."""
+def test_chaos_kill_and_restart(pg_url: str, tmp_path: Path) -> None:
+    """Four SIGKILLs, each kind of point at least once (startup, mid-trial, right after a tell)
+    in a seeded order with seeded delays, restarts, then one run to the end: nothing finished
+    is lost, nothing counted twice, nothing stale."""
     budget = 4
     rng = random.Random(20240)
     chaos_dir, ref_dir = tmp_path / "chaos", tmp_path / "ref"
@@ -393,12 +394,14 @@ def test_chaos_kill_and_restart_seven_times(pg_url: str, tmp_path: Path) -> None
     study = _Lazy(lambda: optuna.load_study(study_name="smoke", storage=storage))
     env = worker_env(pg_url)
     finished: dict[int, tuple[float, ...]] = {}
-    phases = []
+    # Every kind once, and one more drawn: seven drawn kills (the test's first form) cost 50 s
+    # more of the suite and could miss a kind, which the seed alone decided.
+    kinds = ["startup", "mid-trial", "after-tell"]
+    phases = [*kinds, rng.choice(kinds)]
+    rng.shuffle(phases)
     try:
-        for i in range(7):
+        for i, phase in enumerate(phases):
             w = start_worker(chaos_dir, tmp_path / f"chaos{i}.log", *args, env=env)
-            phase = rng.choice(["startup", "mid-trial", "after-tell"])
-            phases.append(phase)
             _wait_for_phase(w, phase, rng, timeout=60)
             w.kill()
             for t in study.get_trials(states=(TrialState.COMPLETE,)):
@@ -421,7 +424,7 @@ def test_chaos_kill_and_restart_seven_times(pg_url: str, tmp_path: Path) -> None
     for t in stale:  # each killed trial was re-run exactly once, under a new number
         assert t.user_attrs["fail_reason"].startswith("stale")
         assert sum(u.user_attrs.get(record.RETRY_OF) == t.number for u in trials) == 1
-    assert "mid-trial" not in phases or stale, "a mid-trial kill must leave a trial to recover"
+    assert stale, "a mid-trial kill must leave a trial to recover"
     measured = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len([t for t in measured if record.duplicate_of(t) is None]) == budget
 
@@ -441,7 +444,8 @@ def _wait_for_phase(w: Worker, phase: str, rng: random.Random, timeout: float) -
         return
     deadline = time.time() + timeout
     pattern = STARTED if phase == "mid-trial" else TOLD
-    delay = rng.uniform(0.0, 2.0) if phase == "mid-trial" else rng.uniform(0.0, 0.3)
+    # a smoke trial lasts about a second once its model is cached: killed within half of one
+    delay = rng.uniform(0.0, 0.5) if phase == "mid-trial" else rng.uniform(0.0, 0.3)
     while time.time() < deadline and w.proc.poll() is None:
         if pattern.search(w.text()):
             time.sleep(delay)
