@@ -343,6 +343,16 @@ def test_a_supernet_keeps_its_evaluations_and_predicts_once_it_has_enough(tmp_pa
     fitted = kept.predictor(cands[30], after=10, layers=6)
     assert fitted is not None
     assert kendalltau(y[30:], fitted.predict(cands[30:])).statistic > 0.5
+    # a candidate evaluated before is looked up as it was; one never evaluated is not
+    assert kept.lookup(cands[3]) == (pytest.approx(y[3], abs=1e-6), 500)
+    assert kept.lookup(cands[35]) is None and other.lookup(cands[3]) is None
+    # weights of their own (their sha256): records of other weights are left out, and the
+    # records kept before digests were (none) still count
+    mine = Evaluations(path, "one", weights="a" * 64)
+    mine.add(cands[35], 0.5, 400)
+    assert mine.lookup(cands[35]) == (0.5, 400) and mine.lookup(cands[3]) is not None
+    retrained = Evaluations(path, "one", weights="b" * 64)
+    assert retrained.lookup(cands[35]) is None and len(retrained.records()[0]) == 30
     path.write_text("{")
     with pytest.raises(ConfigError, match=r"supernet\.accuracy\.json: not a file of subnet "):
         kept.records()

@@ -71,15 +71,26 @@ def test_a_predicted_study_prices_subnets_and_says_so(workdir: Path) -> None:
     assert results["pareto"] and all(PREDICTED in m["predicted"] for m in results["pareto"])
 
 
-def test_a_plain_model_is_priced_like_the_subnets_in_predicted_mode() -> None:
+def test_a_plain_model_is_priced_like_the_subnets_in_predicted_mode(tmp_path: Path) -> None:
     """The study's baseline is usually a ViT built from its dims, which the table's blocks
     describe: it is priced like the subnets (their ratios rest on one predictor) and its val
     accuracy evaluated; a model the table cannot describe would be measured."""
-    spec = config.trial_spec(config.compose([*STUDY, "measure.mode=predicted", "train.epochs=1"]))
+    spec = config.trial_spec(
+        config.compose(
+            [*STUDY, "measure.mode=predicted", "train.epochs=1", f"paths.root={tmp_path}"]
+        )
+    )
     assert trial.priceable(spec)
     metrics = trial.run(spec).as_dict()
     assert metrics["predicted"] == PREDICTED and "throughput_cv" not in metrics
     assert metrics["accuracy_n"] > 0 and 0 <= metrics["accuracy"] <= 1
+    # kept beside its weights: the next predicted study's baseline reuses that evaluation
+    # (xray's took 35-43 s of each), with its interval, and builds nothing at its precision
+    again = trial.run(spec).as_dict()
+    assert again["accuracy_source"].startswith("evaluated before (")
+    for key in ("accuracy", "accuracy_n", "accuracy_lo", "accuracy_hi", "model_bytes", "flops"):
+        assert again[key] == pytest.approx(metrics[key]), key
+    assert again["predicted"] == PREDICTED and "build_s" not in again
     timm = config.trial_spec(config.compose([*STUDY, "arch.timm_name=vit_tiny_patch16_224"]))
     assert not trial.priceable(timm)
 

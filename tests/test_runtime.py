@@ -113,6 +113,27 @@ def trials(tmp_path_factory) -> dict[str, tuple]:
     return out
 
 
+def test_installed_bytes_are_kept_per_installed_versions(tmp_path) -> None:
+    """Every trial's fresh process reads the runtime's installed bytes from `<root>/host/`
+    rather than walking torch's files again; what it reads is what walking them counts."""
+    import json
+
+    from vitsweep.measure.deploy import _distribution_bytes, installed_bytes, requirement_closure
+
+    walked = sum(_distribution_bytes(n) for n in requirement_closure(("numpy",)))
+    assert installed_bytes(("numpy",), tmp_path) == walked > 0
+    kept = json.loads((tmp_path / "installed-bytes.json").read_text())
+    from importlib import metadata
+
+    versions = " ".join(f"{n}=={metadata.version(n)}" for n in requirement_closure(("numpy",)))
+    assert kept == {versions: walked} and f"numpy=={np.__version__}" in versions
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "installed-bytes.json").write_text("{")
+    assert installed_bytes(("numpy",), damaged) == walked  # counted again, and kept
+    assert json.loads((damaged / "installed-bytes.json").read_text()) == kept
+
+
 @pytest.mark.slow
 def test_an_onnxruntime_trial_records_deploy_bytes_compile_s_and_per_image_results(trials):
     from vitsweep.measure.accuracy import TEST_FLAGS_KEY, paired_difference, unpack_flags

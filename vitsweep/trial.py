@@ -224,7 +224,7 @@ def deploy_bytes(spec: TrialSpec, model_bytes: int, precision_exec: str) -> int:
     from vitsweep import measure, runtime
 
     packages = runtime.distributions(spec.runtime.name, precision_exec)
-    return model_bytes + measure.installed_bytes(packages)
+    return model_bytes + measure.installed_bytes(packages, Path(spec.root) / "host")
 
 
 # `measure.mode=predicted`: blocks of one (precision, batch) timed into the per-machine table
@@ -309,19 +309,23 @@ def priceable(spec: TrialSpec) -> bool:
 
 
 def evaluations(spec: TrialSpec) -> Evaluations | None:
-    """Where a supernet subnet's real val accuracy is kept (`predict.accuracy.Evaluations`,
-    beside the supernet's weights); None for what the accuracy predictor does not describe (a
-    plain model, a fine-tuned subnet, another runtime, mixed or transform precision)."""
+    """Where a candidate's real val accuracy is kept (`predict.accuracy.Evaluations`, beside
+    its weights): a supernet's subnets, which the accuracy predictor is fitted on, and a ViT
+    built from its dims and trained here (a study's usual baseline), whose evaluation a later
+    predicted study reuses. None for the rest (a timm or pretrained model, a fine-tuned subnet,
+    another runtime, mixed or transform precision)."""
     import dataclasses
     import hashlib
     import json
 
     from vitsweep import models
+    from vitsweep.models.checkpoint import checksum_path
     from vitsweep.predict.accuracy import Evaluations
     from vitsweep.predict.cost import PRECISIONS
 
     arch = spec.arch
-    if arch.kind != "supernet" or arch.space is None or arch.finetune:
+    subnet = arch.kind == "supernet" and arch.space is not None and not arch.finetune
+    if not (subnet or (priceable(spec) and arch.kind == "vit" and arch.checkpoint is None)):
         return None
     if spec.runtime.name != "torch" or spec.precision.mode not in PRECISIONS:
         return None
@@ -337,7 +341,9 @@ def evaluations(spec: TrialSpec) -> Evaluations | None:
         for group, keys in said.items()
     }
     digest = hashlib.sha1(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()
-    return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16])
+    sidecar = checksum_path(weights)  # written with the weights: their sha256, then the name
+    sha = sidecar.read_text().split()[0] if sidecar.is_file() else None
+    return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16], sha)
 
 
 def _keep_evaluation(spec: TrialSpec, acc: dict[str, Any]) -> None:
@@ -368,6 +374,7 @@ def _predicted(spec: TrialSpec) -> Metrics:
         Geometry,
     )
     from vitsweep.predict.surrogate import count_bytes
+    from vitsweep.stats import wilson
 
     t0 = time.perf_counter()
     c = candidate(spec)
@@ -381,15 +388,16 @@ def _predicted(spec: TrialSpec) -> Metrics:
             "measure.mode=predicted: the cost table is timed on this CPU; with "
             f"measure.device={spec.measure.device} use measure.mode=measured"
         )
-    kept = evaluations(spec)  # None for a plain model: its accuracy is always evaluated
+    kept = evaluations(spec)  # None for a timm or pretrained model: always evaluated
     space = spec.arch.space
+    known = None if kept is None else kept.lookup(c)  # evaluated before: reused as it was
     predictor = None
-    if kept is not None and space is not None:
+    if kept is not None and space is not None and known is None:
         predictor = kept.predictor(c, spec.measure.accuracy_after, max(space.depth))
     predicted = ["throughput", "latency_ms", "energy"]
     extra: dict[str, Any]
     model_bytes: int | None
-    if predictor is None:  # evaluated, and kept for the predictor
+    if predictor is None and known is None:  # evaluated, and kept for the predictor
         built = build(spec)
         model, ctx, splits = built.model, built.ctx, built.splits
         flags = correct_flags(precision.accuracy_model(model, model), ctx, splits.val, spec.measure)
@@ -404,15 +412,19 @@ def _predicted(spec: TrialSpec) -> Metrics:
         with measure.thread_scope(spec.measure.threads):
             model = tome.apply_token(model, spec.token)
         ctx = RunContext()  # FLOPs do not depend on the precision
-        acc = {"accuracy": float(predictor.predict([c])[0])}
         model_bytes = None  # counted below
-        predicted = ["accuracy", *predicted]
-        extra = {
-            "accuracy_fitted_on": predictor.fitted_on,
-            # not built at its precision: what the trial would execute, by name (for the runtime
-            # it needs); vitsweep-confirm builds it
-            "precision_exec": f"{c.precision}{' pt2e' * (c.precision == 'int8')} (not built)",
-        }
+        # not built at its precision: what the trial would execute, by name (for the runtime it
+        # needs); vitsweep-confirm builds it
+        extra = {"precision_exec": f"{c.precision}{' pt2e' * (c.precision == 'int8')} (not built)"}
+        if known is not None and kept is not None:  # e.g. the baseline, once per weights
+            value, n = known
+            lo, hi = wilson(round(value * n), n) if n else (float("nan"), float("nan"))
+            acc = {"accuracy": value, "accuracy_lo": lo, "accuracy_hi": hi, "accuracy_n": n}
+            extra["accuracy_source"] = f"evaluated before ({kept.path.name})"
+        else:
+            acc = {"accuracy": float(predictor.predict([c])[0])}
+            predicted = ["accuracy", *predicted]
+            extra["accuracy_fitted_on"] = predictor.fitted_on
     geometry = Geometry(
         spec.arch.img_size, spec.arch.patch_size, splits.in_chans, splits.num_classes
     )

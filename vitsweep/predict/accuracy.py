@@ -153,10 +153,12 @@ class Evaluations:
     fits its accuracy predictor on, as OFA fits its predictor on a supernet's evaluated subnets.
     Every trial that evaluates a subnet adds to it, in either mode, so a measured study leaves
     what a later predicted study of the same supernet starts from. `setting` keeps apart what
-    the candidate does not say (precision and token options other than the searched ones)."""
+    the candidate does not say (precision and token options other than the searched ones);
+    `weights` (the weights file's sha256) what a retrained file would change: records of other
+    weights are left out (records kept before the digest was, with none, are read)."""
 
-    def __init__(self, path: Path, setting: str) -> None:
-        self.path, self.setting = Path(path), setting
+    def __init__(self, path: Path, setting: str, weights: str | None = None) -> None:
+        self.path, self.setting, self.weights = Path(path), setting, weights
 
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():
@@ -175,8 +177,24 @@ class Evaluations:
 
     def records(self) -> tuple[list[Candidate], np.ndarray]:
         """(candidates, val accuracies) evaluated under this setting."""
-        mine = [r for r in self._read()["records"] if r.get("setting") == self.setting]
+        mine = self._mine()
         return [candidate_of(r) for r in mine], np.array([float(r["accuracy"]) for r in mine])
+
+    def _mine(self) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self._read()["records"]
+            if r.get("setting") == self.setting and r.get("weights") in (None, self.weights)
+        ]
+
+    def lookup(self, c: Candidate) -> tuple[float, int] | None:
+        """(val accuracy, images) of `c` itself, where it was evaluated before: an evaluation
+        of the same weights, setting and split, so it is reused rather than repeated."""
+        want = json.loads(json.dumps(dataclasses.asdict(c)))  # as JSON gives it back
+        for r in self._mine():
+            if r["candidate"] == want:
+                return float(r["accuracy"]), int(r.get("n", 0))
+        return None
 
     def add(self, c: Candidate, accuracy: float, n: int) -> None:
         """Keep one evaluation (a candidate evaluated before keeps its first). Workers of one
@@ -190,7 +208,13 @@ class Evaluations:
             data = self._read()
             # as JSON gives it back (tuples come back as lists)
             entry = json.loads(
-                json.dumps({"candidate": dataclasses.asdict(c), "setting": self.setting})
+                json.dumps(
+                    {
+                        "candidate": dataclasses.asdict(c),
+                        "setting": self.setting,
+                        **({"weights": self.weights} if self.weights else {}),
+                    }
+                )
             )
             if any({k: r.get(k) for k in entry} == entry for r in data["records"]):
                 return
