@@ -22,13 +22,15 @@ SMOKE = ("experiment=smoke",)
 
 def _snapshot(root: Path) -> dict[str, object]:
     """What must not change: the study's trials as Optuna reads them, and every file of the
-    cached weights and W&B runs, byte for byte."""
+    cached weights and W&B runs, byte for byte. Not W&B's `logs/debug-core.log` links: they
+    point at its service's log under ~/.cache/wandb, named by the second the service started,
+    which a service of another test's sweep started in the same second appends to."""
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{root / 'vitsweep.db'}")
     trials = [(t.number, t.state.name, t.values, t.params) for t in study.trials]
     files = {}
     for sub in ("models", "supernets", "smoke/wandb"):
         for p in sorted((root / sub).rglob("*")) if (root / sub).exists() else []:
-            if p.is_file() and not p.name.endswith(".lock"):
+            if p.is_file() and not p.is_symlink() and not p.name.endswith(".lock"):
                 files[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return {"trials": trials, "files": files}
 
