@@ -319,7 +319,7 @@ def evaluations(spec: TrialSpec) -> Evaluations | None:
     import json
 
     from vitsweep import models
-    from vitsweep.models.checkpoint import checksum_path
+    from vitsweep.models.checkpoint import recorded_sha256
     from vitsweep.predict.accuracy import Evaluations
     from vitsweep.predict.cost import PRECISIONS
 
@@ -341,9 +341,7 @@ def evaluations(spec: TrialSpec) -> Evaluations | None:
         for group, keys in said.items()
     }
     digest = hashlib.sha1(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()
-    sidecar = checksum_path(weights)  # written with the weights: their sha256, then the name
-    sha = sidecar.read_text().split()[0] if sidecar.is_file() else None
-    return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16], sha)
+    return Evaluations(weights.with_suffix(".accuracy.json"), digest[:16], recorded_sha256(weights))
 
 
 def _keep_evaluation(spec: TrialSpec, acc: dict[str, Any]) -> None:

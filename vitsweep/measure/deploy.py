@@ -64,17 +64,18 @@ def installed_bytes(names: tuple[str, ...], cache_dir: str | Path | None = None)
         return sum(_distribution_bytes(n) for n in closure)
     path = Path(cache_dir) / "installed-bytes.json"
     key = " ".join(f"{n}=={metadata.version(n)}" for n in closure)
-    try:
-        kept = json.loads(path.read_text())
-        return int(kept[key])
-    except (OSError, ValueError, KeyError, TypeError):  # missing, damaged or another closure
-        pass
+    if isinstance(found := _kept(path).get(key), int):
+        return found
     total = sum(_distribution_bytes(n) for n in closure)
     with FileLock(str(path.with_suffix(".lock"))):  # workers of one study add to one file
-        try:
-            kept = json.loads(path.read_text())
-        except (OSError, ValueError):
-            kept = {}
-        kept = kept if isinstance(kept, dict) else {}
-        write_text(path, json.dumps({**kept, key: total}, indent=1, sort_keys=True) + "\n")
+        write_text(path, json.dumps({**_kept(path), key: total}, indent=1, sort_keys=True) + "\n")
     return total
+
+
+def _kept(path: Path) -> dict[str, object]:
+    """The sums kept in `path`; {} when it is missing or damaged (it is counted again)."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}

@@ -49,6 +49,14 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 written beside `path` with it (`<name>.sha256`: the digest, then the name);
+    None when there is none, as for files written before checksums were."""
+    side = checksum_path(path)
+    words = side.read_text().split() if side.is_file() else []
+    return words[0] if words else None
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -63,10 +71,8 @@ def damage(path: str | Path, kind: str) -> str | None:
     path = Path(path)
     if not path.is_file():
         return "missing"
-    side = checksum_path(path)
-    if side.is_file():
-        want = side.read_text().split()[0] if side.read_text().split() else ""
-        if want != file_sha256(path):
+    if checksum_path(path).is_file():
+        if (recorded_sha256(path) or "") != file_sha256(path):
             return "checksum mismatch (truncated or modified after it was written)"
         return None
     try:  # written before checksums: a load check instead
