@@ -136,3 +136,23 @@ def test_importing_search_and_track_loads_nothing_vit_specific() -> None:
         if m.split(".")[0] in ("torch", "timm") or (m.startswith("vitsweep.") and package(m) in vit)
     ]
     assert not loaded, f"search/track loaded {loaded[:5]}"
+
+
+def test_a_config_check_that_fails_loads_no_torch() -> None:
+    """A launch with a mistake fails in the check, before anything imports torch (1.5-2 s of a
+    3 s command): the check composes the search space (`vit_space`, the precision knobs),
+    converts the specs and only then reaches the bad root."""
+    code = (
+        "import sys\n"
+        "from vitsweep.config import check\n"
+        "try:\n"
+        "    check(['-m', 'experiment=smoke', 'paths.root=/proc/vitsweep'])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, ' '.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    code_, *loaded = proc.stdout.split()
+    assert code_ == "2" and "paths.root=/proc/vitsweep" in proc.stderr, proc.stderr[-500:]
+    assert "vitsweep.vit_space" in loaded and "vitsweep.precision.knobs" in loaded
+    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "timm", "torchvision")]
+    assert not heavy, f"the failing check imported {heavy[:5]}"

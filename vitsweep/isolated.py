@@ -37,7 +37,7 @@ PRELOAD = [
     "vitsweep.data",
     "vitsweep.models",
     "vitsweep.tome",
-    "vitsweep.precision",
+    "vitsweep.precision.apply",
     "vitsweep.measure",
     "vitsweep.runtime",
     "torch._dynamo",

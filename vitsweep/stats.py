@@ -12,7 +12,6 @@ import base64
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 CONFIDENCE = 0.95
 # The user attr holding a trial's per-image test-split correctness (`pack_flags`, split order).
@@ -23,6 +22,8 @@ def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float
     """Wilson score interval of the proportion k/n (scipy's; better than Wald near 0 and 1)."""
     if n <= 0:
         raise ValueError(f"wilson: n={n} images; need at least one")
+    from scipy.stats import binomtest  # 1 s to import: every CLI start reads this module
+
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -77,6 +78,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDEN
     d = a_only + b_only
     if d == 0:  # the two models agree on every image: the difference is exactly zero
         return Paired(n, 0, 0, 0.0, 0.0, 0.0, 1.0)
+    from scipy.stats import binomtest
+
     test = binomtest(a_only, d, 0.5)
     ci = test.proportion_ci(confidence_level=confidence, method="exact")
     scale = d / n

@@ -211,9 +211,19 @@ def _check_checkpoint(cfg: DictConfig) -> None:
     path = OmegaConf.select(cfg, "arch.checkpoint")
     if path is None:
         return
+    if not Path(str(path)).is_file():  # before importing torch and timm (5 s) to read it
+        raise ConfigError(f"arch.checkpoint={str(path)!r}: no such file")
     from vitsweep.models.checkpoint import readable
 
     readable(Path(str(path)), key="arch.checkpoint")
+
+
+def _check_data_root(cfg: DictConfig) -> None:
+    """A data.root that is not a folder fails at launch, not in every trial's process after
+    its start (12 s); the tree inside is checked where it is read (`data.folder`)."""
+    root = OmegaConf.select(cfg, "data.root", throw_on_missing=False)
+    if isinstance(root, str) and not Path(root).expanduser().is_dir():
+        raise ConfigError(f"data.root={root}: not a directory (an ImageFolder tree: train/ val/)")
 
 
 def _check_root(cfg: DictConfig) -> None:
@@ -463,6 +473,7 @@ def check(args: list[str]) -> None:
         ctx = sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([o.input_line for o in sweeps])
         _check_root(cfg)
         _check_checkpoint(cfg)
+        _check_data_root(cfg)
         for key in ctx.space.distributions:
             _check_param_key(cfg, key)
     except ConfigError as e:
