@@ -4,8 +4,11 @@ what the child computes, raises or suffers comes back to the sweep as it would i
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +86,24 @@ def test_the_server_imports_the_vitsweep_this_process_runs_not_one_in_the_cwd(tm
     )
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == Path(vitsweep.__file__).resolve()
+
+
+def test_the_sweeps_own_process_never_imports_the_models_room(tmp_path: Path) -> None:
+    """Whether a trial's weights are cached is asked in a child too: the process that runs the
+    study imports neither timm, torchvision nor sklearn (3 s of every launch), while the child
+    trains what was missing and the weights land in the cache."""
+    code = (
+        "import json, sys\n"
+        "from vitsweep import isolated, trial\n"
+        "from vitsweep.config import compose, trial_spec\n"
+        f"spec = trial_spec(compose(['experiment=smoke', 'paths.root={tmp_path}']))\n"
+        "isolated.trained(spec)\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules})\n"
+        "print(json.dumps([loaded, trial.needs_training(spec)]))\n"  # the check loads them here
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.splitlines()[-1]
+    loaded, needs = json.loads(out)
+    assert not needs  # the child trained it
+    assert "torch" in loaded and not {"timm", "torchvision", "sklearn"} & set(loaded)

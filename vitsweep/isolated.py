@@ -142,12 +142,12 @@ def in_child(fn: Callable[[A], T], arg: A) -> T:
 
 def trained(*specs: TrialSpec) -> None:
     """Train, each in a child of its own, the float models `specs` need and the cache lacks, so
-    that no later child pays for training inside what it times."""
+    that no later child pays for training inside what it times. Even whether one is cached is
+    asked in a child (a fork of the preloaded server, milliseconds)."""
     from vitsweep import trial
 
     for spec in specs:
-        if trial.needs_training(spec):
-            in_child(trial.train, spec)
+        in_child(trial.train_if_needed, spec)
         if spec.beside is not None:  # the baseline timed beside it: trained by its own trial
             trained(spec.beside.spec)
 

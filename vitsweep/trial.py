@@ -95,6 +95,14 @@ def needs_training(spec: TrialSpec) -> bool:
     return path is not None and not path.exists()
 
 
+def train_if_needed(spec: TrialSpec) -> None:
+    """`train(spec)` unless the weights it needs are cached: what `isolated.trained` runs in a
+    child, since even the check imports the models room (timm, torchvision, sklearn: 3 s) that
+    a sweep's own process never needs otherwise."""
+    if needs_training(spec):
+        train(spec)
+
+
 def train(spec: TrialSpec) -> Path | None:
     """Train (or find cached) the float model `spec` needs: the supernet and its teacher, or the
     standalone model. The cached weights' file, None when nothing is trained."""
