@@ -103,6 +103,12 @@ PREDICTED_KEYS = (
 )
 
 
+def _known(value: Any) -> Any:
+    """None (YAML null) for a number not measured: NaN, as a predicted trial's test accuracy
+    (left to `vitsweep-confirm`), read as `.nan` beside the null intervals."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "trials.csv", table.rows)
@@ -129,7 +135,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         "pareto": [
             {
                 **{
-                    k: r.get(k)
+                    k: _known(r.get(k))
                     for k in ("number", *table.objectives, *INTERVAL_KEYS, *PREDICTED_KEYS)
                     if k in r
                     and (k not in PREDICTED_KEYS or r.get("predicted_latency_ms") is not None)
