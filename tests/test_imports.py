@@ -15,6 +15,7 @@ more at run time: importing every module of both leaves torch, timm and the room
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,26 @@ def test_a_config_check_that_fails_loads_no_torch() -> None:
     assert "vitsweep.vit_space" in loaded and "vitsweep.precision.knobs" in loaded
     heavy = [m for m in loaded if m.split(".")[0] in ("torch", "timm", "torchvision")]
     assert not heavy, f"the failing check imported {heavy[:5]}"
+
+
+def test_a_precision_module_that_takes_a_sibling_through_the_package_imports_first() -> None:
+    """`vitsweep.precision` resolves names lazily (its `__getattr__`): a module importing a
+    sibling as `from vitsweep.precision import transform` must still import on its own, first,
+    in a fresh interpreter (`tq` did not: the package looked for `transform` in `apply`, which
+    imports `tq`)."""
+    pkg = ROOT / "vitsweep" / "precision"
+    subs = {p.stem for p in pkg.glob("*.py")}
+    takers = sorted(
+        p.stem
+        for p in pkg.glob("*.py")
+        if subs & set(re.findall(r"^from vitsweep\.precision import (\w+)", p.read_text(), re.M))
+    )
+    assert "tq" in takers
+    for module in takers:
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import vitsweep.precision.{module}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, f"{module}: {proc.stderr.strip().splitlines()[-1:]}"

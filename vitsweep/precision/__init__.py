@@ -11,14 +11,19 @@ surgery would pull torch into a command that fails on a bad key in a second (2.2
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    """`from vitsweep.precision import apply_precision` and the like (PEP 562)."""
+    """`from vitsweep.precision import apply_precision` and the like (PEP 562). A submodule
+    not imported yet (`from vitsweep.precision import transform`) is imported itself, not
+    looked for in `apply`: `apply` imports `tq`, which imports `transform` that way."""
     if name.startswith("__"):  # import machinery probing (__path__ is set; __file__ too)
         raise AttributeError(name)
-    apply = importlib.import_module("vitsweep.precision.apply")
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    apply = importlib.import_module(f"{__name__}.apply")
     try:
         return getattr(apply, name)
     except AttributeError:
