@@ -25,6 +25,8 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f"{__name__}.{name}")
     apply = importlib.import_module(f"{__name__}.apply")
     try:
-        return getattr(apply, name)
+        value = getattr(apply, name)
     except AttributeError:
         raise AttributeError(f"module 'vitsweep.precision' has no attribute {name!r}") from None
+    globals()[name] = value  # found once: later imports of the name read it here directly
+    return value
