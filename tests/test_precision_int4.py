@@ -108,9 +108,10 @@ def test_the_latency_table_times_distinct_copies(tmp_path) -> None:
                                                max_repeats=1, repeat_s=0))  # fmt: skip
     lin = nn.Linear(32, 64)
     for bits, kernel in ((4, "int4"), (4, "packed"), (6, "int4"), (6, "int_mm")):
-        module, x = table.program(lin, 5, bits, kernel)
+        module, xs = table.program(lin, 5, bits, kernel)
         copies = list(module.layers)
-        assert len(copies) == REPEATS and x.shape == (REPEATS, 1, 5, 32)
+        assert len(copies) == len(xs) == REPEATS and all(x.shape == (1, 5, 32) for x in xs)
+        assert len({x.data_ptr() for x in xs}) == REPEATS  # each copy reads its own input
         assert len({m.packed.data_ptr() for m in copies}) == REPEATS
         assert {type(m) for m in copies} == {type(convert_layer(lin, bits, "x86", "cpu", kernel))}
         assert table.seconds(lin, 5, bits, kernel) > 0

@@ -71,6 +71,41 @@ def test_int8_program_stores_int8_weights_only(int8_program):
     assert int8 == linear_weights  # every Linear weight once, in int8, no float copy kept
 
 
+def test_a_program_exported_in_eval_mode_skips_torchaos_rewrite_and_stays_in_eval(
+    int8_program, monkeypatch
+):
+    """program_module marks an eval-exported program as torchao's .eval() rewrite would, without
+    running it; a program exported while training still gets the rewrite (dropout off)."""
+    from torchao.quantization.pt2e import export_utils
+    from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
+
+    from vitsweep.precision.pt2e import _infers_already, program_module
+
+    rewrites = []
+    original = export_utils._replace_dropout
+    monkeypatch.setattr(  # torchao's, counted: the rewrite that exports 6 pattern graphs
+        export_utils, "_replace_dropout", lambda m, **kw: rewrites.append(1) or original(m, **kw)
+    )
+    _, model, ctx = int8_program
+    assert not rewrites and program_module(model.vitsweep_program) is not None and not rewrites
+    assert _EXPORTED_TRAINING_ATTR == "_exported_training"  # the name program_module sets
+    assert _infers_already(model) and getattr(model, _EXPORTED_TRAINING_ATTR) is False
+    x = _data(16, 3).tensors[0]
+    with torch.inference_mode():
+        first = ctx.forward(model, x)
+        model.train(False)  # what eval_mode() does after each measurement
+        assert torch.equal(ctx.forward(model, x), first) and not model.training
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5)).train()
+    program = torch.export.export(net, (torch.randn(4, 8),))
+    assert not _infers_already(program.module())  # a dropout that trains
+    module = program_module(program)
+    assert len(rewrites) == 1
+    y = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.equal(module(y), net[0](y))  # the rewrite turned dropout off
+
+
 def test_tome_int8_program_folds_every_weight_and_its_bytes_are_known_before_export(int8_program):
     """ToMe writes merged tokens back in place (`index_copy_`); torchao's folder then left every
     Linear before the first merge quantizing its fp32 weight at run time. Now none is, and the

@@ -139,21 +139,23 @@ def pt2e_bytes(model: nn.Module) -> int:
 
 def quantize_pt2e(
     model: nn.Module,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, ...]],
     *,
     dynamic: bool = False,
     module_names: Sequence[str] | None = None,
 ) -> torch.fx.GraphModule:
     """The PT2E int8 program of `model` (eval mode, on CPU): exported on the first batch with a
     dynamic batch dimension, calibrated on every batch (static), converted, unused floats pruned.
+    A batch is one input tensor, or a tuple of a model's arguments (tensors or tuples of them).
 
     `module_names`: quantize only these submodules (qualified names); None: every Linear/Conv
     X86InductorQuantizer supports. Raises whatever torch.export raises for an uncapturable model.
     """
     from torch.export import Dim
+    from torch.utils._pytree import tree_map
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    batches = list(batches)
+    batches = [b if isinstance(b, tuple) else (b,) for b in batches]
     # Parameters as deployed, before export flattens the modules that say how many they hold
     # as buffers (mixed's packed layers): count_params reads them back from `buffered_params`.
     params = sum(p.numel() for p in model.parameters())
@@ -162,18 +164,20 @@ def quantize_pt2e(
         raise ValueError("quantize_pt2e: needs at least one input batch (the export example)")
     model.eval()
     with torch.no_grad():
-        program = torch.export.export(model, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
+        example = batches[0]
+        shapes = tree_map(lambda _: {0: Dim.AUTO}, example)  # every tensor's dim 0
+        program = torch.export.export(model, example, dynamic_shapes=shapes)
         prepared = prepare_pt2e(program.module(), _quantizer(dynamic, module_names))
         # Observers record activation ranges (static) and, in both schemes, the per-channel
         # weight ranges: without one forward a weight observer has seen nothing, and convert
         # falls back to a single scale per tensor. Dynamic needs no more than that one batch.
-        for x in batches if not dynamic else batches[:1]:
-            prepared(x)
+        for args in batches if not dynamic else batches[:1]:
+            prepared(*args)
         converted = convert_pt2e(prepared)
         _fold_weight_quantize(converted)
         _prune_unused(converted)
         # Exported once more: the trial runs, and vitsweep-export saves, this very program.
-        final = torch.export.export(converted, (batches[0],), dynamic_shapes=({0: Dim.AUTO},))
+        final = torch.export.export(converted, example, dynamic_shapes=shapes)
     module = program_module(final)
     module.buffered_params = params - sum(p.numel() for p in module.parameters())
     return module
@@ -205,6 +209,11 @@ def program_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModul
     # flag alone: then eval_mode() would "restore" training after each measurement, and
     # torchao's train rewrite turns dropout(p=0) into dropout(p=0.5) (seen here: compiled
     # logits off by 0.6). This module only infers: mark it eval for good.
+    if _infers_already(module):
+        # torchao's .eval() rewrite exports 6 pattern graphs to find training-mode dropout and
+        # batch norm (0.6-1.3 s of every int8 program); a program exported in eval mode has
+        # none to find, so only its flag is set, as that rewrite would leave it.
+        setattr(module, _EXPORTED_TRAINING_ATTR, False)
     module.eval()
     for sub in module.modules():
         sub.training = False
@@ -214,6 +223,27 @@ def program_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModul
     )
     setattr(module, PROGRAM_ATTR, program)
     return module
+
+
+# torchao's mark on an exported module (`export_utils._EXPORTED_TRAINING_ATTR`), private: were
+# it renamed, .eval() would only run its rewrite again, slower and still right.
+_EXPORTED_TRAINING_ATTR = "_exported_training"
+
+
+def _infers_already(gm: torch.fx.GraphModule) -> bool:
+    """No op in the graph that behaves differently in training: every dropout exported with
+    train=False, no batch norm that updates its statistics."""
+    aten = torch.ops.aten
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in (aten.dropout.default, aten.native_dropout.default):
+            train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
+            if train is not False:
+                return False
+        elif "batch_norm" in str(node.target) and "no_training" not in str(node.target):
+            return False
+    return True
 
 
 def label(gm: torch.fx.GraphModule, dynamic: bool) -> str:
