@@ -33,6 +33,7 @@ from vitsweep.predict.cost import (
     Geometry,
     block_features,
     committed_entries,
+    equal_inputs,
     fit_offset,
     parse_block_key,
 )
@@ -161,6 +162,17 @@ def test_int8_parts_are_compiled_programs_and_the_call_is_counted_once(tmp_path)
     blocks = [table.block_s(b, "int8", 4) for b in c.blocks()]
     assert call > 0 and step == pytest.approx(table.fixed_s(48, 32, "int8", 4) + sum(blocks))
     assert table.fixed_s(48, 32, "int8", 4) >= call
+
+
+def test_a_parts_repeats_read_equal_values_from_storage_of_their_own() -> None:
+    """What lets inductor build one kernel set for all repeats of a part: no repeat reads a
+    view into another's storage (its offset would be baked into its kernels), and all see the
+    same values (calibration would bake a scale of their own)."""
+    x = torch.randn(1, 17, 8)
+    xs = equal_inputs(x, 8)
+    assert len(xs) == 8 and all(torch.equal(v, x) for v in xs)
+    storages = {v.untyped_storage().data_ptr() for v in xs}
+    assert len(storages) == 8 and x.untyped_storage().data_ptr() not in storages
 
 
 def test_references_are_timed_whole_once_and_calibrate_the_sum_of_parts(tmp_path) -> None:

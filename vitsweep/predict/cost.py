@@ -9,7 +9,7 @@ sizes flow in yet (the first merging block has none, so no size bias). Each entr
 alone, run as the trial runs it: the block through ToMe's own `block_forward`; fp32/bf16/fp16
 eager under the precision's autocast and casts (`apply_precision`); int8 as its own PT2E
 program compiled by inductor (the trial compiles the whole model's). One program runs the part
-`REPEATS` times on distinct inputs at batch 1 and the time is divided by that, as the latency
+`REPEATS` times on inputs of its own at batch 1 and the time is divided by that, as the latency
 table of mixed precision does (`precision.latency`): a compiled call costs about 200 us of
 guards, more than a small block's work at batch 1. That call's own cost (timed once, on a
 program that does nearly nothing) is taken off every compiled part and counted once per forward,
@@ -121,19 +121,23 @@ def build_whole(c: Candidate, g: Geometry, prop_attn: bool = True) -> tuple[nn.M
 
 class _BlockRuns(nn.Module):
     """The block applied to each of its token inputs in one call; the ToMe sizes flowing
-    in (None before the first merge) are a constant of the part, not an input."""
+    in (None before the first merge) are constants of the part, one per input, not inputs."""
 
-    def __init__(self, blk: nn.Module, merged: int, prop: bool, sizes: torch.Tensor | None) -> None:
+    def __init__(
+        self, blk: nn.Module, merged: int, prop: bool, sizes: torch.Tensor | None, n: int
+    ) -> None:
         super().__init__()
         self.blk, self.merged, self.prop = blk, merged, prop
-        self.register_buffer("sizes", sizes)
+        for k in range(n):  # a buffer each, not slices of one (see `equal_inputs`)
+            self.register_buffer(f"sizes_{k}", None if sizes is None else sizes.clone())
 
-    def forward(self, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         out = []
-        for k in range(xs.shape[0]):
-            # float32 as ToMe keeps them under any cast (a full cast casts this buffer too)
-            size = None if self.sizes is None else self.sizes[k].float()
-            out.append(block_forward(self.blk, xs[k], size, self.merged, NUM_PREFIX, self.prop)[0])
+        for k, x in enumerate(xs):
+            size = getattr(self, f"sizes_{k}")
+            # float32 as ToMe keeps them under any cast (a full cast casts these buffers too)
+            size = None if size is None else size.float()
+            out.append(block_forward(self.blk, x, size, self.merged, NUM_PREFIX, self.prop)[0])
         return tuple(out)
 
 
@@ -146,8 +150,17 @@ class _FixedRuns(nn.Module):
         super().__init__()
         self.vits = nn.ModuleList(copy.deepcopy(vit) for _ in range(n))
 
-    def forward(self, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(vit(xs[k]) for k, vit in enumerate(self.vits))
+    def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(vit(x) for vit, x in zip(self.vits, xs, strict=True))
+
+
+def equal_inputs(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """`n` inputs of a part's timed call: equal values, storage of their own. Slices of one
+    tensor, or calibration on different values, baked each slice's offset and each copy's
+    activation scale into C++ kernels of their own, so an int8 part of 8 repeats compiled 8
+    kernel sets on a cold inductor cache (`precision.latency`, where this was measured); the
+    work timed is the same either way, so entries timed before stay valid."""
+    return tuple(x.clone() for _ in range(n))
 
 
 class _AddOne(nn.Module):
@@ -336,12 +349,11 @@ class CostTable:
         vit = self._vit(ViTShape(b.embed_dim, 1, (b.heads,), (b.mlp_ratio,), b.head_dim))
         gen = torch.Generator().manual_seed(0)
         n = repeats(batch)
-        xs = torch.randn(n, batch, block.tokens_in, block.embed_dim, generator=gen)
+        xs = equal_inputs(torch.randn(batch, block.tokens_in, block.embed_dim, generator=gen), n)
         sizes = None
         if not block.first:  # merged tokens stand for 1..3 patches
-            sizes = torch.randint(1, 4, (n, batch, block.tokens_in, 1), generator=gen)
-            sizes = sizes.float()
-        module = _BlockRuns(copy.deepcopy(vit.blocks[0]), block.merged, self.prop_attn, sizes)
+            sizes = torch.randint(1, 4, (batch, block.tokens_in, 1), generator=gen).float()
+        module = _BlockRuns(copy.deepcopy(vit.blocks[0]), block.merged, self.prop_attn, sizes, n)
         return self._time(module.eval(), xs, precision)
 
     def _time_fixed(self, embed_dim: int, head_dim: int, precision: str, batch: int) -> float:
@@ -350,8 +362,8 @@ class CostTable:
         g = self.geometry
         gen = torch.Generator().manual_seed(0)
         n = repeats(batch)
-        xs = torch.randn(n, batch, g.in_chans, g.img_size, g.img_size, generator=gen)
-        return self._time(_FixedRuns(vit, n).eval(), xs, precision)
+        x = torch.randn(batch, g.in_chans, g.img_size, g.img_size, generator=gen)
+        return self._time(_FixedRuns(vit, n).eval(), equal_inputs(x, n), precision)
 
     def _time_call(self) -> float:
         run = compile_program(_AddOne().eval())
@@ -359,17 +371,18 @@ class CostTable:
         with thread_scope(self.timing.threads), torch.inference_mode():
             return batch1_seconds(lambda: run(x), self.timing)
 
-    def _time(self, module: nn.Module, xs: torch.Tensor, precision: str) -> float:
+    def _time(self, module: nn.Module, xs: tuple[torch.Tensor, ...], precision: str) -> float:
         """Seconds per call of `module` (all its repeats) at `precision`, timed as a trial
         times it."""
         spec = precision_spec(precision)
         if precision == "int8":  # exported and calibrated outside inference mode, as a trial
-            run = compile_program(quantize_pt2e(module, [xs, xs.neg()]))
+            neg = tuple(x.neg() for x in xs)
+            run = compile_program(quantize_pt2e(module, [(xs,), (neg,)]))
             with thread_scope(self.timing.threads), torch.inference_mode():
                 return batch1_seconds(lambda: run(xs), self.timing)
         module, ctx = apply_precision(module, spec)
         with thread_scope(self.timing.threads), torch.inference_mode():
-            x = ctx.prepare(xs)
+            x = tuple(ctx.prepare(x) for x in xs)
 
             def step() -> object:
                 with ctx.autocast():
