@@ -77,11 +77,11 @@ def main() -> None:
 
 def train_main() -> None:
     """`vitsweep-train [overrides]`: train (or resume) the model the composed arch needs; cached."""
-    from vitsweep import trial
-
     with one_line_errors():
         cfg = compose(sys.argv[1:])
         spec = trial_spec(cfg)
+        from vitsweep import trial  # torch and timm: after the config is known to be good
+
         path = trial.train(spec)
         if spec.arch.kind == "supernet":
             print(f"supernet: {path}")
@@ -201,8 +201,6 @@ def export_main() -> None:
     exactly; 1: it does not (files left in `<dir>.partial`); 2: bad input, nothing written."""
     from optuna.trial import TrialState
 
-    from vitsweep.export import default_dir, export_trial
-
     raw, out, rest = _export_args(sys.argv[1:])
     with one_line_errors():
         cfg = compose(rest)
@@ -228,6 +226,9 @@ def export_main() -> None:
         # The weights it was built from are cached under this launch's root, wherever it is now.
         spec = dataclasses.replace(spec, root=str(ctx.root))
         metrics = record.metrics(found)
+        # torch: once the study and the trial are known to be good (a bad key fails in 0.5 s)
+        from vitsweep.export import default_dir, export_trial
+
         dest = Path(out) if out else default_dir(ctx.root, ctx.sweeper.study_name, number)
         result = export_trial(
             spec,
@@ -276,7 +277,6 @@ def confirm_main() -> None:
     report/confirmed.csv and confirmed.yaml, and a `confirmed` W&B table."""
     from optuna.trial import TrialState
 
-    from vitsweep.confirm import Member, confirm, confirmed_hypervolume
     from vitsweep.track.pareto import study_table
     from vitsweep.track.report import write_confirmed
 
@@ -291,6 +291,9 @@ def confirm_main() -> None:
                 f"hydra.sweeper.study_name={ctx.sweeper.study_name}: no complete baseline and "
                 "front to confirm yet; run the study first (make sweep)"
             )
+        # torch: once the study is known to have a front (a bad key fails in 0.5 s)
+        from vitsweep.confirm import Member, confirm, confirmed_hypervolume
+
         by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         members = []
         for number in dict.fromkeys([table.baseline, *table.pareto]):
