@@ -57,6 +57,8 @@ def test_smoke_sweep_resumes_to_the_budget_and_logs_every_trial(workdir: Path) -
     proc = run_cli("vitsweep", *SMOKE, "hydra.sweeper.n_trials=6", cwd=workdir)
     assert "resumed" in proc.stderr + proc.stdout
     assert "bought 6 distinct candidates" in proc.stderr + proc.stdout
+    # measure=quick estimates energy: said once the study is open (the note is asked for then)
+    assert (proc.stderr + proc.stdout).count("energy: no meter on this machine") == 1
     study = load_study(workdir)
     trials = study.get_trials()
     assert [t.number for t in trials] == list(range(len(trials)))

@@ -352,11 +352,15 @@ def launch_notes(ctx: SweepContext) -> SweepContext:
     (resolved at sweep time: `measure.device` is only looked for then)."""
     if not isinstance(ctx.base, TrialSpec):
         return ctx
-    from vitsweep.measure.energy import estimate_note
+    m, objectives = ctx.base.measure, dict(ctx.sweeper.objectives)
 
-    m = ctx.base.measure
-    note = estimate_note(m.energy, m.device, m.watts, ctx.sweeper.objectives)
-    return dataclasses.replace(ctx, notes=(note,) if note else ())
+    def notes() -> tuple[str, ...]:
+        from vitsweep.measure.energy import estimate_note
+
+        note = estimate_note(m.energy, m.device, m.watts, objectives)
+        return (note,) if note else ()
+
+    return dataclasses.replace(ctx, notes=notes)
 
 
 def recorder(ctx: SweepContext, results_file: Path | None = None) -> StudyRecorder:

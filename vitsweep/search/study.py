@@ -51,7 +51,9 @@ class SweepContext:
     cli_overrides: tuple[str, ...] = ()  # plain command-line overrides, given to every trial
     # ... but the baseline, which gets those its own config has keys for (None: all of them)
     baseline_cli: tuple[str, ...] | None = None
-    notes: tuple[str, ...] = ()  # what the app wants said at launch (e.g. energy is an estimate)
+    # what the app wants said at launch (e.g. energy is an estimate), asked once the study is
+    # open: vitsweep's note imports torch (2 s), which a launch refused by its storage never needs
+    notes: Callable[[], tuple[str, ...]] = tuple
     columns: tuple[str, ...] = ()  # the app's metric names: a column of every report row
     # The override that tells a job its Optuna trial number (vitsweep's app: a config key; any
     # other app: the environment variable VITSWEEP_TRIAL_NUMBER, its config left alone).
@@ -139,7 +141,7 @@ def run_study(
     whatever happened; the numbers of the trials run here. The Hydra sweeper is this plus
     Hydra's launcher; tests give their own `launch`."""
     study = open_study(ctx)
-    for note in ctx.notes:
+    for note in ctx.notes():
         log.warning(note)
     loop = StudyLoop(
         ctx.sweeper,
