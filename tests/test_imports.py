@@ -203,24 +203,35 @@ def test_a_sweep_refused_by_its_storage_never_imports_torch() -> None:
     assert not heavy, f"the refused launch imported {heavy[:5]}"
 
 
-def test_a_precision_module_that_takes_a_sibling_through_the_package_imports_first() -> None:
-    """`vitsweep.precision` resolves names lazily (its `__getattr__`): a module importing a
-    sibling as `from vitsweep.precision import transform` must still import on its own, first,
-    in a fresh interpreter (`tq` did not: the package looked for `transform` in `apply`, which
-    imports `tq`)."""
-    pkg = ROOT / "vitsweep" / "precision"
+@pytest.mark.parametrize(("package", "taker"), [("precision", "tq"), ("models", "train")])
+def test_a_module_of_a_lazy_package_imports_first(package: str, taker: str) -> None:
+    """`vitsweep.precision` and `vitsweep.models` resolve names lazily (their `__getattr__`): a
+    module importing a sibling as `from vitsweep.precision import transform` must still import
+    on its own, first, in a fresh interpreter (`tq` did not: the package looked for `transform`
+    in `apply`, which imports `tq`)."""
+    pkg = ROOT / "vitsweep" / package
     subs = {p.stem for p in pkg.glob("*.py")}
-    takers = sorted(
-        p.stem
-        for p in pkg.glob("*.py")
-        if subs & set(re.findall(r"^from vitsweep\.precision import (\w+)", p.read_text(), re.M))
-    )
-    assert "tq" in takers
-    for module in takers:
+    pattern = rf"^from vitsweep\.{package} import (\w+)"
+    takers = {
+        p.stem for p in pkg.glob("*.py") if subs & set(re.findall(pattern, p.read_text(), re.M))
+    }
+    assert taker in takers
+    for module in sorted(takers):
         proc = subprocess.run(
-            [sys.executable, "-c", f"import vitsweep.precision.{module}"],
+            [sys.executable, "-c", f"import vitsweep.{package}.{module}"],
             cwd=ROOT,
             capture_output=True,
             text=True,
         )
         assert proc.returncode == 0, f"{module}: {proc.stderr.strip().splitlines()[-1:]}"
+
+
+def test_reading_a_checkpoint_does_not_import_the_model_builders() -> None:
+    """The launch check reads `arch.checkpoint` through `vitsweep.models.checkpoint`; the lazy
+    package leaves timm and torchvision (`models.build`) unimported."""
+    code = "import sys, vitsweep.models.checkpoint as c; print(' '.join(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    loaded = proc.stdout.split()
+    assert "vitsweep.models.checkpoint" in loaded, proc.stderr[-500:]
+    heavy = [m for m in loaded if m.split(".")[0] in ("timm", "torchvision")]
+    assert not heavy and "vitsweep.models.build" not in loaded, heavy[:5]

@@ -35,7 +35,8 @@ PRELOAD = [
     "__main__",
     "vitsweep.trial",
     "vitsweep.data",
-    "vitsweep.models",
+    "vitsweep.models.build",  # the package itself is lazy: its heavy modules by name
+    "vitsweep.models.train",
     "vitsweep.tome",
     "vitsweep.precision.apply",
     "vitsweep.measure",
