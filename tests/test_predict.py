@@ -18,6 +18,7 @@ from scipy.stats import kendalltau
 
 from vitsweep import config
 from vitsweep.models.vit import ViTShape, build_vit
+from vitsweep.precision.latency import equal_inputs
 from vitsweep.predict.accuracy import (
     DATA_DIR,
     MIN_SAME_PRECISION,
@@ -33,7 +34,6 @@ from vitsweep.predict.cost import (
     Geometry,
     block_features,
     committed_entries,
-    equal_inputs,
     fit_offset,
     parse_block_key,
 )

@@ -116,6 +116,12 @@ def model_signature(layers: list[tuple[str, nn.Linear, int]], extra: str) -> str
 REPEATS = 16  # layer executions (distinct copies) per timed program call; see the docstring
 
 
+def equal_inputs(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """`n` inputs of a timed program's copies: equal values, storage of their own, so that
+    every copy compiles to the same C++ kernels (the module docstring says why)."""
+    return tuple(x.clone() for _ in range(n))
+
+
 class _Copies(nn.Module):
     """Copy k of the layer applied to input k, in one graph (the module docstring says why
     inputs apart and outputs as they come)."""
@@ -177,7 +183,7 @@ class LatencyTable:
         each on its own input (equal values, own storage); what `seconds` compiles and times."""
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(1, rows, layer.in_features, generator=gen)
-        xs = tuple(x.clone() for _ in range(REPEATS))
+        xs = equal_inputs(x, REPEATS)
         if bits == 8:
             copies = [copy.deepcopy(layer).float().cpu() for _ in range(REPEATS)]
             neg = tuple(x.neg() for x in xs)

@@ -50,7 +50,7 @@ from vitsweep.measure.host import machine_file, read_table
 from vitsweep.measure.speed import thread_scope, time_forward
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.precision import apply_precision
-from vitsweep.precision.latency import batch1_seconds
+from vitsweep.precision.latency import batch1_seconds, equal_inputs
 from vitsweep.precision.pt2e import quantize_pt2e
 from vitsweep.predict.candidate import NUM_PREFIX, Block, Candidate
 from vitsweep.runctx import RunContext
@@ -128,7 +128,9 @@ class _BlockRuns(nn.Module):
     ) -> None:
         super().__init__()
         self.blk, self.merged, self.prop = blk, merged, prop
-        for k in range(n):  # a buffer each, not slices of one (see `equal_inputs`)
+        # a buffer each, not slices of one (`precision.latency.equal_inputs` says why); the
+        # work timed is the same, so entries timed with slices stay valid
+        for k in range(n):
             self.register_buffer(f"sizes_{k}", None if sizes is None else sizes.clone())
 
     def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -152,15 +154,6 @@ class _FixedRuns(nn.Module):
 
     def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(vit(x) for vit, x in zip(self.vits, xs, strict=True))
-
-
-def equal_inputs(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-    """`n` inputs of a part's timed call: equal values, storage of their own. Slices of one
-    tensor, or calibration on different values, baked each slice's offset and each copy's
-    activation scale into C++ kernels of their own, so an int8 part of 8 repeats compiled 8
-    kernel sets on a cold inductor cache (`precision.latency`, where this was measured); the
-    work timed is the same either way, so entries timed before stay valid."""
-    return tuple(x.clone() for _ in range(n))
 
 
 class _AddOne(nn.Module):
