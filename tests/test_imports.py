@@ -140,67 +140,64 @@ def test_importing_search_and_track_loads_nothing_vit_specific() -> None:
     assert not loaded, f"search/track loaded {loaded[:5]}"
 
 
+HEAVY = ("torch", "timm", "torchvision")
+
+
+def failing_call(setup: str, call: str, *args: str) -> tuple[str, list[str], str]:
+    """(exit code, modules loaded by then, stderr) of `call` in a fresh interpreter, after
+    `setup`; `args` are its sys.argv[1:]."""
+    code = (
+        f"import sys\n{setup}\n"
+        f"try:\n    {call}\n"
+        "except SystemExit as e:\n    print(e.code, ' '.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
+    )
+    exit_code, *loaded = proc.stdout.split() or ["(no exit)"]
+    return exit_code, loaded, proc.stderr
+
+
+def heavy(loaded: list[str]) -> list[str]:
+    return [m for m in loaded if m.split(".")[0] in HEAVY]
+
+
 def test_a_config_check_that_fails_loads_no_torch() -> None:
     """A launch with a mistake fails in the check, before anything imports torch (1.5-2 s of a
     3 s command): the check composes the search space (`vit_space`, the precision knobs),
     converts the specs and only then reaches the bad root."""
-    code = (
-        "import sys\n"
-        "from vitsweep.config import check\n"
-        "try:\n"
-        "    check(['-m', 'experiment=smoke', 'paths.root=/proc/vitsweep'])\n"
-        "except SystemExit as e:\n"
-        "    print(e.code, ' '.join(sorted(sys.modules)))\n"
+    code_, loaded, err = failing_call(
+        "from vitsweep.config import check",
+        "check(['-m', 'experiment=smoke', 'paths.root=/proc/vitsweep'])",
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    code_, *loaded = proc.stdout.split()
-    assert code_ == "2" and "paths.root=/proc/vitsweep" in proc.stderr, proc.stderr[-500:]
+    assert code_ == "2" and "paths.root=/proc/vitsweep" in err, err[-500:]
     assert "vitsweep.vit_space" in loaded and "vitsweep.precision.knobs" in loaded
-    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "timm", "torchvision")]
-    assert not heavy, f"the failing check imported {heavy[:5]}"
+    assert not heavy(loaded), f"the failing check imported {heavy(loaded)[:5]}"
 
 
 @pytest.mark.parametrize("main", ["train_main", "export_main", "confirm_main", "report_main"])
 def test_a_console_script_given_a_bad_key_fails_before_importing_torch(main: str) -> None:
     """vitsweep-train/-export/-confirm/-report: a mistyped key is a one-line error in about
     0.6 s; they imported torch first, and took 2.3-2.4 s to say it."""
-    code = (
-        "import sys\n"
-        "from vitsweep import app\n"
-        f"sys.argv = ['x', 'nosuchkey=1']\n"
-        "try:\n"
-        f"    app.{main}()\n"
-        "except SystemExit as e:\n"
-        "    print(e.code, ' '.join(sorted(sys.modules)))\n"
+    code_, loaded, err = failing_call(
+        "from vitsweep import app\nsys.argv = ['x', 'nosuchkey=1']", f"app.{main}()"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    code_, *loaded = proc.stdout.split() or ["(no exit)"]
-    assert code_ == "2" and "nosuchkey" in proc.stderr, proc.stderr[-500:]
-    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "timm", "torchvision")]
-    assert not heavy, f"{main} imported {heavy[:5]} before failing"
+    assert code_ == "2" and "nosuchkey" in err, err[-500:]
+    assert not heavy(loaded), f"{main} imported {heavy(loaded)[:5]} before failing"
 
 
 def test_a_sweep_refused_by_its_storage_never_imports_torch() -> None:
     """The launch note on energy (which resolves the device with torch) is asked for once the
     study is open: a bad storage URL is a one-line error in about 1 s, not 3."""
-    code = (
-        "import sys\n"
+    setup = (
         "from vitsweep import app\n"
         "sys.argv = ['vitsweep', '-m', 'experiment=smoke', 'hydra.sweeper.storage=foo://bar',\n"
-        "            f'paths.root={sys.argv[1]}', f'hydra.sweep.dir={sys.argv[1]}/h']\n"
-        "try:\n"
-        "    app.main()\n"
-        "except SystemExit as e:\n"
-        "    print(e.code, ' '.join(sorted(sys.modules)))\n"
+        "            f'paths.root={sys.argv[1]}', f'hydra.sweep.dir={sys.argv[1]}/h']"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, tmp], cwd=ROOT, capture_output=True, text=True
-        )
-    code_, *loaded = proc.stdout.split() or ["(no exit)"]
-    assert code_ == "2" and "hydra.sweeper.storage" in proc.stderr, proc.stderr[-500:]
-    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "timm", "torchvision")]
-    assert not heavy, f"the refused launch imported {heavy[:5]}"
+        code_, loaded, err = failing_call(setup, "app.main()", tmp)
+    assert code_ == "2" and "hydra.sweeper.storage" in err, err[-500:]
+    assert not heavy(loaded), f"the refused launch imported {heavy(loaded)[:5]}"
 
 
 @pytest.mark.parametrize(("package", "taker"), [("precision", "tq"), ("models", "train")])
@@ -233,5 +230,5 @@ def test_reading_a_checkpoint_does_not_import_the_model_builders() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     loaded = proc.stdout.split()
     assert "vitsweep.models.checkpoint" in loaded, proc.stderr[-500:]
-    heavy = [m for m in loaded if m.split(".")[0] in ("timm", "torchvision")]
-    assert not heavy and "vitsweep.models.build" not in loaded, heavy[:5]
+    builders = [m for m in heavy(loaded) if m.split(".")[0] != "torch"]  # torch reads the file
+    assert not builders and "vitsweep.models.build" not in loaded, builders[:5]
