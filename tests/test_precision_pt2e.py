@@ -128,6 +128,58 @@ def test_tome_int8_program_folds_every_weight_and_its_bytes_are_known_before_exp
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
 
 
+def test_requantized_is_torchaos_quantize_dequantize_pair_bit_for_bit():
+    """Ties (half a step: rounded to even), values past either end (clamped) and a zero point
+    off the middle, against the reference ops a converted program runs."""
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the ops)
+
+    from vitsweep.precision.pt2e import requantized
+
+    q = torch.ops.quantized_decomposed
+    scale, zero = 0.0371, 37
+    steps = torch.arange(-300, 300, dtype=torch.float32)
+    x = torch.cat([(steps + 0.5) * scale, steps * scale, torch.randn(10_000) * 5])
+    for lo, hi, dtype in ((0, 255, torch.uint8), (-128, 127, torch.int8)):
+        ref = q.dequantize_per_tensor(
+            q.quantize_per_tensor(x, scale, zero, lo, hi, dtype), scale, zero, lo, hi, dtype
+        )
+        out = requantized(x, scale, zero, lo, hi)
+        assert out.dtype == ref.dtype == torch.float32
+        assert torch.equal(out, ref)
+        assert out.min() == (lo - zero) * torch.tensor(scale)  # clamped at both ends
+        assert out.unique().numel() == hi - lo + 1
+
+
+@pytest.mark.parametrize("merge", [None, [0, 4, 0, 4]], ids=["vit", "tome"])
+def test_evaluate_only_builds_the_programs_numbers_without_its_reference_pairs(merge):
+    """What predicted mode evaluates: the same logits as the exported program run eagerly,
+    ToMe's in-place merges included, with no activation quantize/dequantize pair left, the
+    program's int8 weights and counts, and nothing to compile."""
+    from vitsweep.measure import count_params
+
+    base = _vit() if merge is None else apply_tome(_vit(), merge)
+    program, ctx = apply_precision(
+        copy.deepcopy(base), PrecisionSpec(mode="int8"), calib=_data(32, 1)
+    )
+    sim, sim_ctx = apply_precision(
+        copy.deepcopy(base), PrecisionSpec(mode="int8"), calib=_data(32, 1), evaluate_only=True
+    )
+    assert sim_ctx.precision_exec == ctx.precision_exec + " (eager simulation)"
+    assert ctx.wants_compile and not sim_ctx.wants_compile
+    assert not hasattr(sim, "vitsweep_program")  # nothing exported to ship or compile
+    targets = [str(n.target) for n in sim.graph.nodes if n.op == "call_function"]
+    assert "quantized_decomposed.quantize_per_tensor.default" not in targets
+    assert "quantized_decomposed.dequantize_per_tensor.default" not in targets
+    assert targets.count("quantized_decomposed.dequantize_per_channel.default") == 17
+    assert model_bytes(sim) == model_bytes(program) and count_params(sim) == count_params(program)
+    x = _data(64, 2).tensors[0]
+    with torch.inference_mode():
+        ref, out = ctx.forward(program, x), sim_ctx.forward(sim, x)
+        sim.train(False)
+        again = sim_ctx.forward(sim, x)
+    assert torch.equal(out, ref) and torch.equal(again, ref) and not sim.training
+
+
 def test_dynamic_scheme_and_no_calibration_data_are_labelled():
     _, ctx = apply_precision(_vit(), PrecisionSpec(mode="int8", int8_scheme="dynamic"))
     assert ctx.precision_exec == "int8 dynamic pt2e x86-inductor, 17 Linear"

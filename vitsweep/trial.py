@@ -38,9 +38,10 @@ class Built:
     build_s: float  # seconds to get the float model (training, if not cached, included)
 
 
-def build(spec: TrialSpec) -> Built:
+def build(spec: TrialSpec, *, evaluate_only: bool = False) -> Built:
     """The model one trial measures: float subnet (trained or extracted as cached), then ToMe,
-    then precision (mixed: calibrated on the train split).
+    then precision (mixed: calibrated on the train split). `evaluate_only`: for accuracy only,
+    never timed or exported (`precision.apply_precision`).
 
     Token and precision surgery run at `measure.threads` like the accuracy evaluation, so that a
     rebuild (an export) repeats the calibration's floating-point sums in the same order.
@@ -70,6 +71,7 @@ def build(spec: TrialSpec) -> Built:
             calib=splits.train,
             timing=spec.measure,
             cache_root=spec.root,
+            evaluate_only=evaluate_only,
         )
     return Built(model, ctx, splits, build_s)
 
@@ -366,9 +368,10 @@ def _predicted(spec: TrialSpec) -> Metrics:
     latency from the per-machine cost table, whose blocks are timed until the block model can
     price the rest; energy as the estimate's watts over that throughput. Its val accuracy is
     evaluated (uncompiled: same weights and calibration; compiling is most of an int8 trial's
-    time); a subnet's until `measure.accuracy_after` of the supernet's subnets were, then
-    predicted from them. The test split is left to `vitsweep-confirm`, which measures the
-    front. `predicted` names the metrics that were not measured."""
+    time; int8 as the program's eager simulation, `pt2e.simulated`); a subnet's until
+    `measure.accuracy_after` of the supernet's subnets were, then predicted from them. The test
+    split is left to `vitsweep-confirm`, which measures the front. `predicted` names the
+    metrics that were not measured."""
     from vitsweep import data, measure, models, precision, tome
     from vitsweep.measure.accuracy import accuracy_summary
     from vitsweep.predict.candidate import candidate
@@ -404,7 +407,7 @@ def _predicted(spec: TrialSpec) -> Metrics:
     extra: dict[str, Any]
     model_bytes: int | None
     if predictor is None and known is None:  # evaluated, and kept for the predictor
-        built = build(spec)
+        built = build(spec, evaluate_only=True)
         model, ctx, splits = built.model, built.ctx, built.splits
         flags = correct_flags(precision.accuracy_model(model, model), ctx, splits.val, spec.measure)
         acc = accuracy_summary(flags, "accuracy")

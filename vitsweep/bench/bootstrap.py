@@ -118,7 +118,7 @@ def point_flags(spec: TrialSpec, split: str, images: int | None = None) -> np.nd
 
     from vitsweep import precision, trial
 
-    built = trial.build(spec)
+    built = trial.build(spec, evaluate_only=True)
     data = getattr(built.splits, split)
     if images is not None and images < len(data):
         data = Subset(data, range(images))

@@ -118,11 +118,13 @@ def sample_points(study: Study, n: int, seed: int) -> list[Point]:
 
 
 def val_accuracy(spec: TrialSpec) -> float:
-    """The trial's val accuracy, computed as the trial computes it (inherited weights)."""
-    from vitsweep import trial
+    """The trial's val accuracy, computed as `measure.mode=predicted` computes it (inherited
+    weights, uncompiled; int8 as its PT2E program's eager simulation, the same values)."""
+    from vitsweep import precision, trial
 
-    built, run_model, ctx, _ = trial.ready(spec)
-    return trial.accuracy(run_model, ctx, built.splits.val, spec.measure)
+    built = trial.build(spec, evaluate_only=True)
+    judged = precision.accuracy_model(built.model, built.model)
+    return trial.accuracy(judged, built.ctx, built.splits.val, spec.measure)
 
 
 def collect_accuracy(
@@ -130,8 +132,8 @@ def collect_accuracy(
 ) -> Path:
     """Append `n` new real evaluations to the data file (created with its machine on first use).
 
-    int8 is scored uncompiled (`measure.compile=never`: PT2E's reference q/dq program, the
-    same quantized maths as the compiled one, without minutes of compiling per candidate)."""
+    int8 is scored uncompiled (`val_accuracy`: the same quantized maths as the compiled
+    program, without minutes of compiling per candidate)."""
     path = path or DATA_DIR / f"{experiment}_accuracy.json"
     study = make_study(
         experiment, [f"paths.root={root}", "measure.compile=never", "measure.threads=1"]

@@ -155,15 +155,19 @@ def _pt2e(
     batch_size: int,
     device: str,
     module_names: list[str] | None = None,
+    program: bool = True,
 ) -> tuple[nn.Module, str]:
-    """The PT2E int8 program; static needs calibration data, without it dynamic (said so)."""
+    """The PT2E int8 program; static needs calibration data, without it dynamic (said so).
+    `program=False`: its eager simulation, to evaluate accuracy only (`pt2e.simulated`)."""
     dynamic = spec.int8_scheme == "dynamic" or calib is None
     batches = _example_batches(model, spec, calib, batch_size, device)
-    program = quantize_pt2e(model, batches, dynamic=dynamic, module_names=module_names)
-    text = pt2e_label(program, dynamic)
+    built = quantize_pt2e(
+        model, batches, dynamic=dynamic, module_names=module_names, program=program
+    )
+    text = pt2e_label(built, dynamic) + ("" if program else " (eager simulation)")
     if calib is None and spec.int8_scheme == "static":
         text += " (dynamic: no calibration data given)"
-    return program, text
+    return built, text
 
 
 def _export_failure(err: Exception) -> str:
@@ -180,16 +184,20 @@ def _int8(
     int8_backend: str,
     calib: Dataset | None,
     calib_batch_size: int,
+    evaluate_only: bool = False,
     **_: object,
 ) -> tuple[nn.Module, str, bool]:
     """PT2E (x86 CPU): every Linear and the patch-embed Conv int8 in one exported program, to
-    be compiled. Eager backends: every nn.Linear -> int8-kernel Linear, the rest fp32."""
+    be compiled (`evaluate_only`: its eager simulation, never compiled). Eager backends: every
+    nn.Linear -> int8-kernel Linear, the rest fp32."""
     backend = resolve_int8_backend(device, int8_backend)
     fallback = ""
     if backend == "pt2e":
         try:
-            program, text = _pt2e(model, spec, calib, calib_batch_size, device)
-            return program, text, True
+            program, text = _pt2e(
+                model, spec, calib, calib_batch_size, device, program=not evaluate_only
+            )
+            return program, text, not evaluate_only
         except Exception as err:  # torch.export's failures have no common type
             if int8_backend == "pt2e":
                 raise ConfigError(
@@ -541,6 +549,7 @@ def apply_precision(
     plan: MixedPlan | None = None,
     timing: MeasureSpec | None = None,
     cache_root: str | None = None,
+    evaluate_only: bool = False,
 ) -> tuple[nn.Module, RunContext]:
     """Convert `model` in place to run at `spec`'s precision on `device`; returns it and how to
     feed it. Idempotent: the same spec again returns the model untouched; a different one on a
@@ -561,7 +570,9 @@ def apply_precision(
     `plan` (mixed only) skips calibration and applies a plan chosen before: how an export is
     rebuilt to the very layer kinds its saved weights belong to. `timing` and `cache_root`
     (mixed with `precision.latency_ratio`): the timing protocol and where the per-machine
-    latency table is kept.
+    latency table is kept. `evaluate_only`: the model is only evaluated, never timed, compiled
+    or exported; PT2E int8 then comes as the program's eager simulation (`pt2e.simulated`: the
+    same values, built 2-3x and evaluated 1.5x faster).
     """
     _validate(spec)
     device = resolve_device(device)
@@ -588,6 +599,7 @@ def apply_precision(
         plan=plan,
         timing=timing,
         cache_root=cache_root,
+        evaluate_only=evaluate_only,
     )
     ctx = RunContext(
         device=device,
