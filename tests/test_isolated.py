@@ -3,6 +3,7 @@ what the child computes, raises or suffers comes back to the sweep as it would i
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -107,3 +108,36 @@ def test_the_sweeps_own_process_never_imports_the_models_room(tmp_path: Path) ->
     loaded, needs = json.loads(out)
     assert not needs  # the child trained it
     assert "torch" in loaded and not {"timm", "torchvision", "sklearn"} & set(loaded)
+
+
+def test_children_do_not_import_again_what_the_launching_script_imports(tmp_path: Path) -> None:
+    """Python 3.11's forkserver runs the script again in every child (its `__main__` preload
+    is dead code), so a console script's imports (vitsweep.app: hydra, optuna) were paid by
+    each trial's process. A module the script imports records every process that imports it:
+    the launching one and the server, none of the children."""
+    (tmp_path / "probe_mod.py").write_text(
+        "import os\n"
+        f"with open({str(tmp_path / 'imported')!r}, 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
+    )
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import os\n"
+        "import probe_mod\n"
+        "from vitsweep import isolated\n"
+        "def pid(_):\n"
+        "    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    print(isolated.main_imports())\n"
+        "    print([isolated.in_child(pid, None) for _ in range(3)])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    preloaded, children = map(ast.literal_eval, out.stdout.strip().splitlines()[-2:])
+    assert "probe_mod" in preloaded and "vitsweep.isolated" in preloaded
+    importers = [int(pid) for pid in (tmp_path / "imported").read_text().split()]
+    assert len(set(children)) == 3 and not set(children) & set(importers)
+    assert len(importers) == 2  # this process and the forkserver
