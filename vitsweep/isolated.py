@@ -87,7 +87,7 @@ def main_imports() -> list[str]:
     import types
 
     main = sys.modules["__main__"]
-    names = [getattr(main.__spec__, "name", None)]
+    names = [getattr(getattr(main, "__spec__", None), "name", None)]
     for value in vars(main).values():
         names.append(value.__name__ if isinstance(value, types.ModuleType) else None)
         names.append(getattr(value, "__module__", None) if callable(value) else None)

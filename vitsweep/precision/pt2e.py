@@ -191,7 +191,7 @@ def quantize_pt2e(
 def simulated(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """`gm` with every activation's quantize -> dequantize pair (per tensor, scale and zero
     point as numbers) replaced by `requantized`: the same float32 ops in the same order, so
-    the same values bit for bit, without the five tensors `quantized_decomposed` allocates
+    the same values bit for bit, without the eight tensors `quantized_decomposed` allocates
     per pair. Ours because torch keeps reference q/dq as the only eager form of a converted
     program, and its fused `fake_quantize_per_tensor_affine` is a scalar loop, as slow as the
     pair (256x65x384 floats, AMD EPYC: pair 25-30 ms, fake_quantize 18-25 ms, this 6.5 ms).
