@@ -135,9 +135,7 @@ def collect_accuracy(
     int8 is scored uncompiled (`val_accuracy`: the same quantized maths as the compiled
     program, without minutes of compiling per candidate)."""
     path = path or DATA_DIR / f"{experiment}_accuracy.json"
-    study = make_study(
-        experiment, [f"paths.root={root}", "measure.compile=never", "measure.threads=1"]
-    )
+    study = make_study(experiment, [f"paths.root={root}", "measure.threads=1"])
     data = (
         json.loads(path.read_text())
         if path.exists()

@@ -122,6 +122,12 @@ def equal_inputs(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
     return tuple(x.clone() for _ in range(n))
 
 
+def quantized_copies(module: nn.Module, xs: tuple[torch.Tensor, ...]) -> nn.Module:
+    """The PT2E int8 program of a timed part that takes the inputs `xs`, calibrated on them and
+    on their negation, so that every activation's range spans both signs."""
+    return quantize_pt2e(module, [(xs,), (tuple(x.neg() for x in xs),)])
+
+
 class _Copies(nn.Module):
     """Copy k of the layer applied to input k, in one graph (the module docstring says why
     inputs apart and outputs as they come)."""
@@ -186,8 +192,7 @@ class LatencyTable:
         xs = equal_inputs(x, REPEATS)
         if bits == 8:
             copies = [copy.deepcopy(layer).float().cpu() for _ in range(REPEATS)]
-            neg = tuple(x.neg() for x in xs)
-            return quantize_pt2e(_Copies(copies).eval(), [(xs,), (neg,)]), xs
+            return quantized_copies(_Copies(copies).eval(), xs), xs
         low = [self._low(layer, bits, low_bit_kernel) for _ in range(REPEATS)]
         return _Copies(low).eval(), xs
 

@@ -50,8 +50,7 @@ from vitsweep.measure.host import machine_file, read_table
 from vitsweep.measure.speed import thread_scope, time_forward
 from vitsweep.models.vit import ViTShape, build_vit
 from vitsweep.precision import apply_precision
-from vitsweep.precision.latency import batch1_seconds, equal_inputs
-from vitsweep.precision.pt2e import quantize_pt2e
+from vitsweep.precision.latency import batch1_seconds, equal_inputs, quantized_copies
 from vitsweep.predict.candidate import NUM_PREFIX, Block, Candidate
 from vitsweep.runctx import RunContext
 from vitsweep.spec import ConfigError, MeasureSpec, PrecisionSpec
@@ -369,8 +368,7 @@ class CostTable:
         times it."""
         spec = precision_spec(precision)
         if precision == "int8":  # exported and calibrated outside inference mode, as a trial
-            neg = tuple(x.neg() for x in xs)
-            run = compile_program(quantize_pt2e(module, [(xs,), (neg,)]))
+            run = compile_program(quantized_copies(module, xs))
             with thread_scope(self.timing.threads), torch.inference_mode():
                 return batch1_seconds(lambda: run(xs), self.timing)
         module, ctx = apply_precision(module, spec)
