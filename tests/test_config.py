@@ -104,6 +104,53 @@ def test_runtime_is_searchable_like_the_other_axes() -> None:
     assert list(dist.choices) == ["torch", "onnxruntime", "openvino"]
 
 
+FIXED = ["experiment=xray", "arch=vit"]  # a fixed ViT; the study sweeps token.r and precision
+
+
+def _timm_vit_file(path: Path, depth: int, embed_dim: int | None = None) -> Path:
+    """A state dict as timm writes it (not our builder) of FIXED's ViT, at `depth` layers."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    arch = config.trial_spec(config.compose(FIXED)).arch
+    vit = VisionTransformer(
+        img_size=arch.img_size, patch_size=arch.patch_size, in_chans=3, num_classes=7,
+        embed_dim=embed_dim or arch.embed_dim, depth=depth, num_heads=arch.num_heads,
+    )  # fmt: skip
+    torch.save(vit.state_dict(), path)
+    return path
+
+
+def test_a_fixed_vit_checkpoint_must_fit_the_launch_before_any_trial(
+    tmp_path: Path, capsys
+) -> None:
+    """A kind=vit file of another architecture, or a sweep that varies the architecture one
+    file holds, is one line at launch (not a failed trial each until the failure rate stops
+    the study); a fitting file passes, in a run and in a sweep of other keys."""
+    depth = config.trial_spec(config.compose(FIXED)).arch.depth
+    fits = _timm_vit_file(tmp_path / "fits.pt", depth)
+    deeper = _timm_vit_file(tmp_path / "deeper.pt", depth + 1)
+    wider = _timm_vit_file(tmp_path / "wider.pt", depth, embed_dim=240)
+    config.check([*FIXED, f"arch.checkpoint={fits}"])
+    config.check(["-m", *FIXED, f"arch.checkpoint={fits}"])
+    cases = [
+        ([*FIXED, f"arch.checkpoint={deeper}"],
+         f"{deeper}: weights do not match the model (Unexpected key(s) in state_dict: "
+         f'"blocks.{depth}.'),
+        (["-m", *FIXED, f"arch.checkpoint={wider}"],
+         f"{wider}: weights do not match the model (size mismatch"),
+        (["-m", *FIXED, f"arch.checkpoint={fits}", "arch.depth=choice(2,4)"],
+         f"arch.checkpoint='{fits}': one file holds one architecture, but the sweep varies "
+         "arch.depth"),
+    ]  # fmt: skip
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            config.check(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"vitsweep: error: {message}"), err
+
+
 @pytest.mark.parametrize("override", sorted(BAD))
 def test_malformed_override_is_one_line(override: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -64,6 +64,7 @@ CASES = [
     ("vitsweep", ["-m", "arch.checkpoint=missing.pt"], "arch.checkpoint='missing.pt': no such"),
     ("vitsweep", ["-m", "arch.checkpoint=bad.pt"], "bad.pt: unreadable checkpoint"),
     ("vitsweep", ["arch.checkpoint=other_arch.pt"], "other_arch.pt: weights do not match"),
+    ("vitsweep", ["-m", "arch.checkpoint=other_arch.pt"], "one file holds one architecture"),
     ("vitsweep", ["-m", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0: must be >= 1"),
     ("vitsweep", ["-m", "hydra.sweeper.sampler.name=cmaes"], "valid: tpe, nsga2, random, gp"),
     ("vitsweep", ["-m", "+hydra.sweeper.objectives.foo=maximize"], "objectives.foo: not a metric"),

@@ -206,8 +206,18 @@ class PointSpecs:
         return TrialSpec(**specs, root=base.root, seed=base.seed, trial_number=base.trial_number)
 
 
-def _check_checkpoint(cfg: DictConfig) -> None:
-    """A given checkpoint must exist and load, before a study starts trials that all need it."""
+# What the tensors of a kind=vit checkpoint are laid out by (heads: how qkv splits them).
+_VIT_LAYOUT = tuple(
+    f"arch.{k}"
+    for k in ("timm_name", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
+              "mlp_ratio", "head_dim")
+)  # fmt: skip
+
+
+def _check_checkpoint(cfg: DictConfig, swept: typing.Sequence[str]) -> None:
+    """A given checkpoint must exist and load, before a study starts trials that all need it;
+    a fixed ViT's (kind vit) must also fit the launch's architecture, which a sweep (`swept`:
+    its params, empty for a single run) must then not vary: one file holds one architecture."""
     path = OmegaConf.select(cfg, "arch.checkpoint")
     if path is None:
         return
@@ -215,7 +225,19 @@ def _check_checkpoint(cfg: DictConfig) -> None:
         raise ConfigError(f"arch.checkpoint={str(path)!r}: no such file")
     from vitsweep.models.checkpoint import readable
 
-    readable(Path(str(path)), key="arch.checkpoint")
+    obj = readable(Path(str(path)), key="arch.checkpoint")
+    if OmegaConf.select(cfg, "arch.kind") != "vit":
+        return  # a supernet file is converted into the space where a trial needs it
+    varied = [k for k in swept if k in _VIT_LAYOUT]
+    if varied:
+        raise ConfigError(
+            f"arch.checkpoint={str(path)!r}: one file holds one architecture, but the sweep "
+            f"varies {varied[0]}; sweep other keys (token, precision), or search a supernet "
+            "(arch=supernet arch.checkpoint=<a supernet file>)"
+        )
+    from vitsweep.models import check_checkpoint_fits
+
+    check_checkpoint_fits(trial_spec(cfg).arch, obj, str(path))
 
 
 def _check_data_root(cfg: DictConfig) -> None:
@@ -476,7 +498,7 @@ def check(args: list[str]) -> None:
         cfg = compose([o.input_line for o in parsed if not o.is_sweep_override()])
         ctx = sweep_context(cfg, cfg.hydra.sweeper).with_cli_params([o.input_line for o in sweeps])
         _check_root(cfg)
-        _check_checkpoint(cfg)
+        _check_checkpoint(cfg, list(ctx.space.distributions) if multirun else [])
         _check_data_root(cfg)
         for key in ctx.space.distributions:
             _check_param_key(cfg, key)

@@ -17,6 +17,7 @@ _WHERE = {
     "Geometry": "build",
     "architecture": "build",
     "build_model": "build",
+    "check_checkpoint_fits": "build",
     "load_supernet": "build",
     "skeleton": "build",
     "supernet_file": "build",

@@ -142,13 +142,35 @@ def make_vit(arch: ArchSpec, splits: Splits | Geometry) -> nn.Module:
     )
 
 
+def _weights_in(obj: Any) -> Any:
+    """The state dict of a file of ours (`{"state_dict": ...}`) or a bare/`{"model": ...}` one."""
+    return obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+
+
 def _load_weights(model: nn.Module, path: str | Path) -> None:
-    """Weights from a file of ours (`{"state_dict": ...}`) or a bare/`{"model": ...}` state dict."""
+    """Weights from `arch.checkpoint` (a file of ours, or a bare/`{"model": ...}` state dict)."""
     path = Path(path)
-    obj = readable(path, key="arch.checkpoint")
-    if isinstance(obj, dict):
-        obj = obj.get("state_dict", obj.get("model", obj))
-    load_state(model, obj, path)
+    load_state(model, _weights_in(readable(path, key="arch.checkpoint")), path)
+
+
+def check_checkpoint_fits(arch: ArchSpec, obj: Any, path: str | Path) -> None:
+    """At launch: a kind=vit `arch.checkpoint` (already read: `obj`) loads into the model `arch`
+    builds, checked for names and shapes on the meta device (nothing allocated, 0.05 s), so that
+    a file of another architecture is one line before the study starts, not a failed trial each
+    (11 s apiece, until the failure rate stops it). Channels and classes are the file's own: the
+    data is not read here, and a head of the wrong class count still fails in the trial."""
+    state = _weights_in(obj)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: checkpoint holds no state dict")
+    patch, head = state.get("patch_embed.proj.weight"), state.get("head.weight")
+    geometry = Geometry(
+        arch.img_size,
+        int(patch.shape[1]) if isinstance(patch, torch.Tensor) and patch.dim() == 4 else 3,
+        int(head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else 1000,
+    )
+    with torch.device("meta"):
+        model = make_vit(arch, geometry)
+    load_state(model, state, path, assign=True)
 
 
 def model_path(arch: ArchSpec, train: TrainSpec, data: DataSpec, root: str | Path) -> Path:

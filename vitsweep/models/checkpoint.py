@@ -128,12 +128,16 @@ def readable(path: Path, key: str) -> Any:
         raise CheckpointError(f"{path}: unreadable checkpoint ({one_line(e)})") from None
 
 
-def load_state(module: torch.nn.Module, state: Any, path: str | Path) -> None:
-    """`load_state_dict(strict=True)` with a one-line error naming the file on any mismatch."""
+def load_state(
+    module: torch.nn.Module, state: Any, path: str | Path, *, assign: bool = False
+) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming the file on any mismatch.
+    `assign`: the module's tensors become the file's (a module on the meta device, checked
+    for names and shapes only, would otherwise warn at every copy into it)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: checkpoint holds no state dict")
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
