@@ -127,10 +127,14 @@ def test_a_fixed_vit_checkpoint_must_fit_the_launch_before_any_trial(
     """A kind=vit file of another architecture, or a sweep that varies the architecture one
     file holds, is one line at launch (not a failed trial each until the failure rate stops
     the study); a fitting file passes, in a run and in a sweep of other keys."""
+    import torch
+
     depth = config.trial_spec(config.compose(FIXED)).arch.depth
     fits = _timm_vit_file(tmp_path / "fits.pt", depth)
     deeper = _timm_vit_file(tmp_path / "deeper.pt", depth + 1)
     wider = _timm_vit_file(tmp_path / "wider.pt", depth, embed_dim=240)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
     config.check([*FIXED, f"arch.checkpoint={fits}"])
     config.check(["-m", *FIXED, f"arch.checkpoint={fits}"])
     cases = [
@@ -139,6 +143,7 @@ def test_a_fixed_vit_checkpoint_must_fit_the_launch_before_any_trial(
          f'"blocks.{depth}.'),
         (["-m", *FIXED, f"arch.checkpoint={wider}"],
          f"{wider}: weights do not match the model (size mismatch"),
+        ([*FIXED, f"arch.checkpoint={tensor}"], f"{tensor}: checkpoint holds no state dict"),
         (["-m", *FIXED, f"arch.checkpoint={fits}", "arch.depth=choice(2,4)"],
          f"arch.checkpoint='{fits}': one file holds one architecture, but the sweep varies "
          "arch.depth"),

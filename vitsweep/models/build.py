@@ -160,9 +160,8 @@ def check_checkpoint_fits(arch: ArchSpec, obj: Any, path: str | Path) -> None:
     (11 s apiece, until the failure rate stops it). Channels and classes are the file's own: the
     data is not read here, and a head of the wrong class count still fails in the trial."""
     state = _weights_in(obj)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: checkpoint holds no state dict")
-    patch, head = state.get("patch_embed.proj.weight"), state.get("head.weight")
+    sizes = state if isinstance(state, dict) else {}  # not a dict: load_state says so below
+    patch, head = sizes.get("patch_embed.proj.weight"), sizes.get("head.weight")
     geometry = Geometry(
         arch.img_size,
         int(patch.shape[1]) if isinstance(patch, torch.Tensor) and patch.dim() == 4 else 3,
