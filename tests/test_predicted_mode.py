@@ -69,8 +69,9 @@ def test_a_predicted_study_prices_subnets_and_says_so(workdir: Path) -> None:
         for n in results["notes"]
     )
     assert results["pareto"] and all(PREDICTED in m["predicted"] for m in results["pareto"])
-    # the test split is not measured here: null, as its interval, not .nan
+    # the test split is not measured here: null, as its interval, not .nan (front and headline)
     assert all(m["test_accuracy"] is None for m in results["pareto"])
+    assert results["headline"] and all(h["test_accuracy"] is None for h in results["headline"])
 
 
 def test_a_plain_model_is_priced_like_the_subnets_in_predicted_mode(tmp_path: Path) -> None:

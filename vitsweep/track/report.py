@@ -105,7 +105,8 @@ PREDICTED_KEYS = (
 
 def _known(value: Any) -> Any:
     """None (YAML null) for a number not measured: NaN, as a predicted trial's test accuracy
-    (left to `vitsweep-confirm`), read as `.nan` beside the null intervals."""
+    (left to `vitsweep-confirm`), read as `.nan` beside the null intervals, in the front's
+    entries and the headline's alike."""
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
@@ -149,7 +150,7 @@ def write_report(table: StudyTable, out_dir: Path, study_name: str, extra: dict[
         ],
         "selected_on": SELECTED_ON,
         "reported_on": REPORTED_ON,
-        "headline": table.headline,
+        "headline": [{k: _known(v) for k, v in row.items()} for row in table.headline],
         "hypervolume": table.hypervolume[-1] if table.hypervolume else None,
         "hypervolume_objectives": table.hv_objectives,
         "energy_derived": table.energy_derived,
